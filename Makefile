@@ -1,0 +1,54 @@
+# resty_grpc_zc: the two commands a fresh machine needs are `make demo` and `make test`.
+# Every target installs what it needs first (scripts/deps.sh is idempotent).
+
+SHELL := /bin/bash
+PREFIX ?= /usr/local
+LUA_DIR ?= $(PREFIX)/share/lua/5.1
+LIB_DIR ?= $(PREFIX)/lib
+CARGO ?= cargo
+NGINX_TREE := target/nginx
+RELEASE := target/release
+LIBS := libresty_ffi.so libresty_ffi_echo.so libresty_grpc_zc.so
+# Integration tests start real nginx instances; on 2 cores two at a time keeps timings sane.
+TEST_THREADS ?= 2
+
+.PHONY: all deps nginx-tree build test lint demo bench install uninstall clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+nginx-tree: deps
+	@scripts/nginx-tree.sh $(NGINX_TREE)
+
+build: nginx-tree
+	$(CARGO) build --release --workspace --bins --lib
+
+lint: nginx-tree
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --workspace --no-deps
+
+test: build lint
+	$(CARGO) test --release --workspace -- --test-threads=$(TEST_THREADS)
+
+demo: build
+	@scripts/demo.sh
+
+bench: build
+	$(CARGO) bench --bench transport
+
+install: build
+	install -d $(DESTDIR)$(LIB_DIR) $(DESTDIR)$(LUA_DIR)
+	for l in $(LIBS); do install -m 0755 $(RELEASE)/$$l $(DESTDIR)$(LIB_DIR)/$$l; done
+	install -m 0644 lua/resty_ffi.lua $(DESTDIR)$(LUA_DIR)/resty_ffi.lua
+	if [ -d lua/resty ]; then cp -r lua/resty $(DESTDIR)$(LUA_DIR)/ ; fi
+	-[ -z "$(DESTDIR)" ] && ldconfig
+
+uninstall:
+	for l in $(LIBS); do rm -f $(DESTDIR)$(LIB_DIR)/$$l; done
+	rm -f $(DESTDIR)$(LUA_DIR)/resty_ffi.lua
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,368 @@
+//! The host's only door to C: the lua-resty-ffi contract for runtimes, and the functions
+//! `resty_ffi.lua` binds. Every export runs its body under [`guard`], so a panic is logged and
+//! turned into an error value instead of unwinding into nginx.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::nginx;
+use crate::queue::{PostError, Queue};
+use crate::task::{Release, Task};
+
+/// Runs `f`, turning a panic into a logged alert and `on_panic`.
+pub(crate) fn guard<T>(what: &str, on_panic: T, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| e.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            nginx::log(
+                nginx_sys::NGX_LOG_ALERT,
+                false,
+                &format!("panic in {what}: {msg}"),
+            );
+            on_panic
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lua-resty-ffi contract, for runtimes (any thread).
+// ---------------------------------------------------------------------------------------------
+
+/// Blocks until a task is posted; returns NULL once the finish marker is consumed, after which
+/// `tq` must not be used again.
+///
+/// # Safety
+/// `tq` is the queue handed to `libffi_init`, polled by one thread, and not used after this
+/// function returned NULL.
+#[no_mangle]
+pub unsafe extern "C" fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_void {
+    guard("task_poll", ptr::null_mut(), || {
+        if tq.is_null() {
+            return ptr::null_mut();
+        }
+        let q = tq as *const Queue;
+        // SAFETY: the runtime's reference to the queue is alive until poll returns NULL.
+        match unsafe { (*q).poll() } {
+            Some(task) => task as *mut c_void,
+            None => {
+                // SAFETY: the runtime's reference is released exactly once, here, when the
+                // marker is consumed (see `resty_ffi_queue_new`).
+                unsafe { Arc::decrement_strong_count(q) };
+                ptr::null_mut()
+            }
+        }
+    })
+}
+
+/// The request of a polled task: a NUL-terminated copy, or NULL with length 0 for a nil request.
+/// Valid until the task is answered.
+///
+/// # Safety
+/// `task` was returned by `ngx_http_lua_ffi_task_poll` and not yet answered; `len` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn ngx_http_lua_ffi_get_req(
+    task: *mut c_void,
+    len: *mut c_int,
+) -> *mut c_char {
+    guard("get_req", ptr::null_mut(), || {
+        if task.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: the runtime holds a polled, unanswered task.
+        let (req, n) = unsafe { (*(task as *const Task)).request() };
+        if !len.is_null() {
+            // SAFETY: the caller passes a writable int or NULL. Requests are limited to
+            // i32::MAX bytes at post time.
+            unsafe { *len = n as c_int };
+        }
+        req
+    })
+}
+
+/// Answers a task, exactly once. `rsp` must come from libc `malloc` (the host frees it) or be
+/// NULL; `rsp_len == 0` with a non-NULL `rsp` means a NUL-terminated string.
+///
+/// # Safety
+/// `task` was polled and not yet answered; `rsp` is NULL or a malloc'd buffer of `rsp_len` bytes
+/// (or a NUL-terminated string when `rsp_len` is 0) whose ownership passes to the host.
+#[no_mangle]
+pub unsafe extern "C" fn ngx_http_lua_ffi_respond(
+    task: *mut c_void,
+    rc: c_int,
+    rsp: *mut c_char,
+    rsp_len: c_int,
+) {
+    guard("respond", (), || {
+        if task.is_null() {
+            return;
+        }
+        let (mut rsp, len) = match rsp_len {
+            _ if rsp.is_null() => (rsp, 0),
+            // SAFETY: the contract: a NUL-terminated string when the length is 0.
+            0 => (rsp, unsafe { libc::strlen(rsp) }),
+            n if n > 0 => (rsp, n as usize),
+            n => {
+                nginx::log(
+                    nginx_sys::NGX_LOG_ERR,
+                    false,
+                    &format!("runtime answered with negative rsp_len {n}; response dropped"),
+                );
+                // SAFETY: ownership of the malloc'd buffer passed to us.
+                unsafe { libc::free(rsp as *mut c_void) };
+                (ptr::null_mut(), 0)
+            }
+        };
+        if rsp.is_null() {
+            rsp = ptr::null_mut();
+        }
+        // SAFETY: the runtime answers a live task once (its contract duty).
+        unsafe { nginx::complete(task as *mut Task, rc, rsp, len) };
+    })
+}
+
+/// This host's extension: 1 when nobody waits for the task any more (the Lua call timed out or
+/// its request was aborted), so a runtime can stop work early. It must still answer the task.
+///
+/// # Safety
+/// `task` was polled and not yet answered.
+#[no_mangle]
+pub unsafe extern "C" fn ngx_http_lua_ffi_task_cancelled(task: *mut c_void) -> c_int {
+    guard("task_cancelled", 0, || {
+        if task.is_null() {
+            return 0;
+        }
+        // SAFETY: the runtime holds a polled, unanswered task.
+        c_int::from(unsafe { (*(task as *const Task)).is_cancelled() })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// For resty_ffi.lua (nginx main thread only).
+// ---------------------------------------------------------------------------------------------
+
+/// Version of the Lua-facing ABI below; `resty_ffi.lua` refuses a library with another one.
+#[no_mangle]
+pub extern "C" fn resty_ffi_abi_version() -> c_int {
+    1
+}
+
+/// Attaches the host to the worker's event loop. 0 on success, else -1 with `*err` set to a
+/// static message.
+///
+/// # Safety
+/// Main thread of an nginx worker; `err` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_init(err: *mut *const c_char) -> c_int {
+    guard("init", -1, || match nginx::init() {
+        Ok(()) => 0,
+        Err(e) => {
+            // SAFETY: the caller passes a writable pointer.
+            unsafe { *err = init_error_text(&e) };
+            -1
+        }
+    })
+}
+
+fn init_error_text(e: &nginx::InitError) -> *const c_char {
+    // The messages are few and static; leak one CString per distinct failure (init failures
+    // happen at most once per worker).
+    std::ffi::CString::new(e.to_string())
+        .map(|c| c.into_raw() as *const c_char)
+        .unwrap_or(c"init failed".as_ptr())
+}
+
+/// A new queue for one runtime. It has two owners: the Lua object (released by
+/// `resty_ffi_queue_finish`) and the runtime (released when its poll returns NULL).
+#[no_mangle]
+pub extern "C" fn resty_ffi_queue_new(max_queue: c_int, poll_spin_us: c_int) -> *mut c_void {
+    guard("queue_new", ptr::null_mut(), || {
+        let q = Arc::new(Queue::new(
+            max_queue.max(1) as usize,
+            Duration::from_micros(poll_spin_us.max(0) as u64),
+        ));
+        nginx::track_queue(q.clone());
+        let raw = Arc::into_raw(q);
+        // SAFETY: `raw` came from `Arc::into_raw` just above; this is the runtime's reference.
+        unsafe { Arc::increment_strong_count(raw) };
+        raw as *mut c_void
+    })
+}
+
+/// Appends the finish marker and drops the Lua object's reference to the queue.
+///
+/// # Safety
+/// `tq` came from `resty_ffi_queue_new` and Lua calls this once per queue.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_queue_finish(tq: *mut c_void) {
+    guard("queue_finish", (), || {
+        if tq.is_null() {
+            return;
+        }
+        // SAFETY: the Lua reference is still held (released right below, once).
+        let q = unsafe { Arc::from_raw(tq as *const Queue) };
+        q.finish();
+    })
+}
+
+/// Posts a request (`req == NULL` means nil; it is copied). Returns the task, or NULL with
+/// `*err` = 1 (queue full), 2 (finished), 3 (out of memory), 4 (request too large).
+///
+/// # Safety
+/// `tq` is a live queue from `resty_ffi_queue_new`; `req` points to `len` readable bytes or is
+/// NULL; `err` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_post(
+    tq: *mut c_void,
+    req: *const c_char,
+    len: usize,
+    err: *mut c_int,
+) -> *mut c_void {
+    guard("task_post", ptr::null_mut(), || {
+        let fail = |code: c_int| {
+            // SAFETY: the caller passes a writable int.
+            unsafe { *err = code };
+            ptr::null_mut()
+        };
+        if len > i32::MAX as usize {
+            return fail(4);
+        }
+        let bytes = if req.is_null() {
+            None
+        } else {
+            // SAFETY: the caller passes `len` readable bytes (a Lua string).
+            Some(unsafe { std::slice::from_raw_parts(req as *const u8, len) })
+        };
+        let Some(task) = Task::new(bytes) else {
+            return fail(3);
+        };
+        let task = Box::into_raw(task);
+        // SAFETY: the Lua reference to the queue is alive while Lua posts.
+        match unsafe { (*(tq as *const Queue)).post(task) } {
+            Ok(()) => task as *mut c_void,
+            Err(e) => {
+                // SAFETY: a refused task was never seen by anyone else.
+                drop(unsafe { Box::from_raw(task) });
+                fail(match e {
+                    PostError::Full => 1,
+                    PostError::Finished => 2,
+                })
+            }
+        }
+    })
+}
+
+/// Spins up to `max_us` microseconds for the answer; 1 when it is there.
+///
+/// # Safety
+/// `task` was returned by `resty_ffi_task_post` and not released.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_spin(task: *mut c_void, max_us: c_int) -> c_int {
+    guard("task_spin", 0, || {
+        // SAFETY: Lua holds its reference to the task.
+        let t = unsafe { &*(task as *const Task) };
+        if t.is_done_direct() {
+            return 1;
+        }
+        let deadline = Instant::now() + Duration::from_micros(max_us.max(0) as u64);
+        loop {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+                if t.is_done_direct() {
+                    return 1;
+                }
+            }
+            if Instant::now() >= deadline {
+                return 0;
+            }
+        }
+    })
+}
+
+/// Lua stops spinning and will wait. Returns the semaphore to wait on, or NULL when the answer
+/// is already there (`*err` NULL) or the semaphore could not be made (`*err` set).
+///
+/// # Safety
+/// As `resty_ffi_task_spin`; `err` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_wait(
+    task: *mut c_void,
+    err: *mut *const c_char,
+) -> *mut c_void {
+    guard("task_wait", ptr::null_mut(), || {
+        // SAFETY: the caller passes a writable pointer.
+        unsafe { *err = ptr::null() };
+        // SAFETY: Lua holds its reference to the task.
+        let t = unsafe { &*(task as *const Task) };
+        let sem = if t.sema().is_null() {
+            match nginx::new_sema() {
+                Ok(s) => s,
+                Err(_) => {
+                    // SAFETY: as above.
+                    unsafe { *err = c"cannot create semaphore".as_ptr() };
+                    return ptr::null_mut();
+                }
+            }
+        } else {
+            t.sema()
+        };
+        t.set_sema(sem);
+        if t.start_waiting() {
+            sem
+        } else {
+            ptr::null_mut()
+        }
+    })
+}
+
+/// The answer of a finished task: returns rc, sets `*rsp` (NULL for none) and `*len`. The
+/// response stays owned by the task (valid until release).
+///
+/// # Safety
+/// `task` is held by Lua and finished (spin returned 1, wait returned NULL without error, or
+/// the semaphore was posted); `rsp` and `len` are writable.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_result(
+    task: *mut c_void,
+    rsp: *mut *const c_char,
+    len: *mut usize,
+) -> c_int {
+    guard("task_result", -1, || {
+        // SAFETY: Lua holds its reference to a finished task.
+        let (rc, r, n) = unsafe { (*(task as *const Task)).result() };
+        // SAFETY: the caller passes writable out-parameters.
+        unsafe {
+            *rsp = r;
+            *len = n;
+        }
+        rc
+    })
+}
+
+/// Lua drops its reference: after reading the answer, on timeout, or from the finalizer of a
+/// call whose request was aborted.
+///
+/// # Safety
+/// `task` came from `resty_ffi_task_post` and this is Lua's only release of it.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_release(task: *mut c_void) {
+    guard("task_release", (), || {
+        if task.is_null() {
+            return;
+        }
+        let t = task as *mut Task;
+        // SAFETY: Lua's reference is alive until this call.
+        if unsafe { (*t).release() } == Release::Free {
+            // SAFETY: both sides are done with the task.
+            unsafe { nginx::free_task(t) };
+        }
+    })
+}
