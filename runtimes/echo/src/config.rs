@@ -1,0 +1,175 @@
+//! The `cfg` string given to `libffi_init`: `key=value` pairs separated by `,`.
+//!
+//! Safe Rust only: this module knows nothing about the host.
+
+use std::fmt;
+use std::os::raw::c_int;
+use std::time::Duration;
+
+/// Shape of the response handed to `ngx_http_lua_ffi_respond`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RspMode {
+    /// A malloc'd copy of the request with its real length (NULL, 0 for a nil request).
+    #[default]
+    Echo,
+    /// Always NULL, 0: Lua sees `nil`.
+    Nil,
+    /// A NUL-terminated malloc'd copy with `rsp_len = 0` (the C-string convention).
+    CStr,
+}
+
+/// Parsed configuration of one runtime instance.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Respond this long after the task was polled; zero answers at once from the poll thread.
+    pub delay: Duration,
+    /// The rc passed to `respond`.
+    pub rc: c_int,
+    /// The response shape.
+    pub rsp: RspMode,
+    /// When set, `libffi_init` returns this value and starts nothing.
+    pub init_rc: Option<c_int>,
+    /// Ask the host extension `ngx_http_lua_ffi_task_cancelled` before answering a delayed task.
+    pub check_cancel: bool,
+}
+
+/// Why a cfg string was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A pair without `=`.
+    Malformed(String),
+    /// A key this runtime does not know.
+    UnknownKey(String),
+    /// A known key with a value it does not accept.
+    BadValue { key: String, value: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Malformed(pair) => write!(f, "malformed pair {pair:?} (want key=value)"),
+            ConfigError::UnknownKey(key) => write!(f, "unknown key {key:?}"),
+            ConfigError::BadValue { key, value } => {
+                write!(f, "bad value {value:?} for key {key:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses `key=value[,key=value...]`. Empty segments and spaces around keys and values are
+    /// ignored; a later pair overrides an earlier one with the same key.
+    pub fn parse(cfg: &str) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        for pair in cfg.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| ConfigError::Malformed(pair.to_owned()))?;
+            let bad = || ConfigError::BadValue {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            };
+            match key {
+                "delay_ms" => {
+                    config.delay = Duration::from_millis(value.parse().map_err(|_| bad())?)
+                }
+                "rc" => config.rc = value.parse().map_err(|_| bad())?,
+                "rsp" => {
+                    config.rsp = match value {
+                        "nil" => RspMode::Nil,
+                        "cstr" => RspMode::CStr,
+                        "echo" => RspMode::Echo,
+                        _ => return Err(bad()),
+                    }
+                }
+                "init_rc" => config.init_rc = Some(value.parse().map_err(|_| bad())?),
+                "check_cancel" => {
+                    config.check_cancel = match value {
+                        "1" => true,
+                        "0" => false,
+                        _ => return Err(bad()),
+                    }
+                }
+                "tag" => {}
+                _ => return Err(ConfigError::UnknownKey(key.to_owned())),
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        assert_eq!(Config::parse(" , ,").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn all_keys() {
+        let c =
+            Config::parse("delay_ms=250,rc=-3,rsp=cstr,init_rc=7,check_cancel=1,tag=x=y").unwrap();
+        assert_eq!(
+            c,
+            Config {
+                delay: Duration::from_millis(250),
+                rc: -3,
+                rsp: RspMode::CStr,
+                init_rc: Some(7),
+                check_cancel: true,
+            }
+        );
+        assert_eq!(Config::parse("rsp=nil").unwrap().rsp, RspMode::Nil);
+        assert_eq!(Config::parse("rsp=echo").unwrap().rsp, RspMode::Echo);
+    }
+
+    #[test]
+    fn spaces_and_overrides() {
+        let c = Config::parse(" rc = 1 , rc=2 ,").unwrap();
+        assert_eq!(c.rc, 2);
+    }
+
+    #[test]
+    fn tag_value_is_free_form() {
+        assert_eq!(Config::parse("tag=").unwrap(), Config::default());
+        assert_eq!(Config::parse("tag=a b&c").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(
+            Config::parse("bogus=1"),
+            Err(ConfigError::UnknownKey("bogus".into()))
+        );
+        assert_eq!(
+            Config::parse("rc"),
+            Err(ConfigError::Malformed("rc".into()))
+        );
+        assert!(matches!(
+            Config::parse("delay_ms=-1"),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            Config::parse("rc=abc"),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            Config::parse("rsp=json"),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            Config::parse("check_cancel=yes"),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            Config::parse("init_rc=99999999999"),
+            Err(ConfigError::BadValue { .. })
+        ));
+    }
+}

@@ -1,0 +1,46 @@
+//! `testkit`: what the integration tests (`t/*.rs`) and benches need around a real nginx.
+//!
+//! ```text
+//!  test ── NginxBuilder::new("name")....start() ──► target/t-nginx/<name>-<pid>-<n>/
+//!    │                                                  conf/nginx.conf  logs/error.log
+//!    │                                                  logs/{stdout,stderr}.log  tmp/
+//!    ├── nginx.get("/path") / post / get_many ──► 127.0.0.1:<port> ──► worker(s) ──► Lua
+//!    ├── reload() / quit() / stop() ── signals ──► master (child of the test process)
+//!    └── assert_log_clean(&[..]) ◄── logs/error.log
+//! ```
+//!
+//! The generated `nginx.conf` loads Debian's ndk and lua modules, runs `daemon off;
+//! master_process on;` (the test owns the master), `user root;` when the test runs as root,
+//! keeps every path inside the prefix, sets `lua_package_path "<repo>/lua/?.lua;;"` and
+//! `lua_package_cpath "<lib_dir>/lib?.so;;"`, passes `LD_LIBRARY_PATH=<lib_dir>` to the workers,
+//! and serves one `server` on a free port of 127.0.0.1.
+//!
+//! Modules: `nginx` (builder and process control), `http` (blocking client and [`get_many`]),
+//! [`procfs`] (pids, rss, signals), `uds` ([`UdsEcho`], the proxy-model echo server).
+
+mod http;
+mod nginx;
+pub mod procfs;
+mod uds;
+
+use std::path::PathBuf;
+
+pub use http::{get_many, Client, Resp, TIMEOUT};
+pub use nginx::{Nginx, NginxBuilder, MODULES_DIR, NGINX_BIN};
+pub use uds::UdsEcho;
+
+/// The workspace root (the parent of this crate's directory).
+pub fn repo_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .expect("testkit lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Where the runtime libraries are: `$RESTY_LIB_DIR`, or `<repo>/target/release`.
+pub fn lib_dir() -> PathBuf {
+    match std::env::var_os("RESTY_LIB_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => repo_root().join("target/release"),
+    }
+}
