@@ -360,9 +360,15 @@ pub unsafe extern "C" fn resty_ffi_task_release(task: *mut c_void) {
         }
         let t = task as *mut Task;
         // SAFETY: Lua's reference is alive until this call.
-        if unsafe { (*t).release() } == Release::Free {
+        match unsafe { (*t).release() } {
             // SAFETY: both sides are done with the task.
-            unsafe { nginx::free_task(t) };
+            Release::Free => unsafe { nginx::free_task(t) },
+            // Lua no longer waits, so the semaphore goes back now: semaphores must all be freed
+            // before lua-nginx-module's semaphore memory is at worker exit, while the task may
+            // wait for an answer that never comes.
+            // SAFETY: Lua's reference was alive at the start of this call; `release` moved the
+            // task to a state where only the main thread (us) touches the semaphore.
+            Release::Later => nginx::free_sema(unsafe { (*t).take_sema() }),
         }
     })
 }

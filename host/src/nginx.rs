@@ -211,10 +211,14 @@ pub(crate) fn new_sema() -> Result<*mut c_void, String> {
 pub(crate) unsafe fn free_task(task: *mut Task) {
     // SAFETY: guaranteed by the caller.
     let task = unsafe { Box::from_raw(task) };
-    let sem = task.sema();
+    free_sema(task.take_sema());
+}
+
+/// Main thread: frees a semaphore made by [`new_sema`] that nobody waits on (NULL is a no-op).
+pub(crate) fn free_sema(sem: *mut c_void) {
     if !sem.is_null() {
-        // SAFETY: main thread; the semaphore was created by `new_sema` for this task and has no
-        // waiter left (Lua returned from its wait before releasing the task).
+        // SAFETY: main thread; the semaphore came from `new_sema` and Lua returned from (or was
+        // torn out of) its wait before releasing the task.
         unsafe { ngx_http_lua_ffi_sema_gc(sem) };
     }
 }

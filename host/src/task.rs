@@ -188,7 +188,8 @@ impl Task {
     }
 
     /// Main thread: Lua drops its reference (after reading the answer, on timeout, or from the
-    /// finalizer of an aborted request).
+    /// finalizer of an aborted request). When the task outlives this, its semaphore (no longer
+    /// waited on) is handed back through `take_sema` by the caller.
     pub(crate) fn release(&self) -> Release {
         let mut cur = self.state.load(Ordering::Acquire);
         loop {
@@ -228,6 +229,12 @@ impl Task {
     pub(crate) fn sema(&self) -> *mut c_void {
         // SAFETY: only the main thread touches `sema`.
         unsafe { *self.sema.get() }
+    }
+
+    /// Main thread: takes the semaphore out of the task (to free it early).
+    pub(crate) fn take_sema(&self) -> *mut c_void {
+        // SAFETY: only the main thread touches `sema`.
+        unsafe { std::mem::replace(&mut *self.sema.get(), ptr::null_mut()) }
     }
 
     /// Main thread: stores the semaphore created for waiting.

@@ -31,6 +31,9 @@ pub struct Config {
     pub init_rc: Option<c_int>,
     /// Ask the host extension `ngx_http_lua_ffi_task_cancelled` before answering a delayed task.
     pub check_cancel: bool,
+    /// The poll thread sleeps this long before each poll, so tasks pile up in the host's queue
+    /// (to test `max_queue`).
+    pub poll_delay: Duration,
 }
 
 /// Why a cfg string was refused.
@@ -93,6 +96,9 @@ impl Config {
                         _ => return Err(bad()),
                     }
                 }
+                "poll_delay_ms" => {
+                    config.poll_delay = Duration::from_millis(value.parse().map_err(|_| bad())?)
+                }
                 "tag" => {}
                 _ => return Err(ConfigError::UnknownKey(key.to_owned())),
             }
@@ -113,8 +119,10 @@ mod tests {
 
     #[test]
     fn all_keys() {
-        let c =
-            Config::parse("delay_ms=250,rc=-3,rsp=cstr,init_rc=7,check_cancel=1,tag=x=y").unwrap();
+        let c = Config::parse(
+            "delay_ms=250,rc=-3,rsp=cstr,init_rc=7,check_cancel=1,poll_delay_ms=5,tag=x=y",
+        )
+        .unwrap();
         assert_eq!(
             c,
             Config {
@@ -123,6 +131,7 @@ mod tests {
                 rsp: RspMode::CStr,
                 init_rc: Some(7),
                 check_cancel: true,
+                poll_delay: Duration::from_millis(5),
             }
         );
         assert_eq!(Config::parse("rsp=nil").unwrap().rsp, RspMode::Nil);
@@ -165,6 +174,10 @@ mod tests {
         ));
         assert!(matches!(
             Config::parse("check_cancel=yes"),
+            Err(ConfigError::BadValue { .. })
+        ));
+        assert!(matches!(
+            Config::parse("poll_delay_ms=x"),
             Err(ConfigError::BadValue { .. })
         ));
         assert!(matches!(

@@ -63,12 +63,16 @@ pub fn start(cfg_text: String, config: Config, queue: Queue) -> io::Result<()> {
         Some(timer)
     };
     let delay = config.delay;
+    let poll_delay = config.poll_delay;
     thread::Builder::new()
         .name("echo-poll".to_owned())
         .spawn(move || {
             let mut queue = queue;
             loop {
                 let step = catch_unwind(AssertUnwindSafe(|| {
+                    if !poll_delay.is_zero() {
+                        thread::sleep(poll_delay);
+                    }
                     let task = queue.poll()?;
                     let polled_at = Instant::now();
                     let (rc, rsp) = answer.response(task.request());
@@ -146,6 +150,13 @@ mod tests {
         assert_eq!(a[0].body.as_deref(), Some(&b"ab"[..]));
         assert_eq!(a[0].raw_len, 0);
         assert_eq!(a[1].body, None);
+    }
+
+    #[test]
+    fn poll_delay_spaces_out_polls() {
+        let (a, _) = run("poll_delay_ms=30", &[Some(b"a"), Some(b"b")]);
+        assert_eq!(a[0].body.as_deref(), Some(&b"a"[..]));
+        assert_eq!(a[1].body.as_deref(), Some(&b"b"[..]));
     }
 
     #[test]
