@@ -29,6 +29,18 @@ pub use http::{get_many, Client, Resp, TIMEOUT};
 pub use nginx::{Nginx, NginxBuilder, MODULES_DIR, NGINX_BIN};
 pub use uds::UdsEcho;
 
+/// The tokio this crate uses, for tests that drive [`get_many`] without a tokio dependency of
+/// their own (`testkit::tokio::runtime::Runtime::new()`).
+pub use tokio;
+
+/// [`get_many`] on a fresh multi-thread runtime, for plain `#[test]` functions. Panics when
+/// called from inside a tokio runtime (use `get_many(..).await` there).
+pub fn get_many_blocking(urls: Vec<String>, concurrency: usize) -> Vec<(u16, Vec<u8>)> {
+    tokio::runtime::Runtime::new()
+        .expect("starting a tokio runtime")
+        .block_on(get_many(urls, concurrency))
+}
+
 /// The workspace root (the parent of this crate's directory).
 pub fn repo_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -103,7 +103,7 @@ fn get_many_keeps_order() {
     }
     // A refused connection is reported, not hidden.
     let dead = vec![format!("http://127.0.0.1:{}/", 1)];
-    let got = rt.block_on(get_many(dead, 4));
+    let got = testkit::get_many_blocking(dead, 4);
     assert_eq!(got[0].0, 0);
     nginx.assert_log_clean(&[]);
 }
