@@ -6,7 +6,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::nginx;
 use crate::queue::{PostError, Queue};
@@ -272,18 +272,8 @@ pub unsafe extern "C" fn resty_ffi_task_spin(task: *mut c_void, max_us: c_int) -
         if t.is_done_direct() {
             return 1;
         }
-        let deadline = Instant::now() + Duration::from_micros(max_us.max(0) as u64);
-        loop {
-            for _ in 0..64 {
-                std::hint::spin_loop();
-                if t.is_done_direct() {
-                    return 1;
-                }
-            }
-            if Instant::now() >= deadline {
-                return 0;
-            }
-        }
+        let max = Duration::from_micros(max_us.max(0) as u64);
+        c_int::from(crate::queue::spin_until(max, || t.is_done_direct()))
     })
 }
 

@@ -110,9 +110,8 @@ impl Queue {
 
     /// Blocks until a task arrives; `None` once the finish marker is consumed.
     pub(crate) fn poll(&self) -> Option<*mut Task> {
-        let deadline = Instant::now() + self.spin;
-        while self.len.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
-            std::hint::spin_loop();
+        if !self.spin.is_zero() {
+            spin_until(self.spin, || self.len.load(Ordering::Acquire) != 0);
         }
         let mut inner = self.lock();
         loop {
@@ -139,6 +138,52 @@ impl Queue {
     /// True once the poll thread consumed the finish marker.
     pub(crate) fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
+    }
+}
+
+/// A bounded spin-wait for `ready`, up to `max`. Returns whether `ready` became true.
+///
+/// When the other side of the hand-off can run on another CPU, a plain busy wait catches it
+/// within a microsecond. When it shares our CPU (a pinned worker: runtime threads inherit its
+/// affinity, or the scheduler put both threads on one core), busy waiting only delays it, so we
+/// `sched_yield` to let it run. Both cases start with a short busy phase unless this thread may
+/// only run on one CPU.
+pub(crate) fn spin_until(max: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    const BUSY_PHASE: Duration = Duration::from_micros(4);
+    let start = Instant::now();
+    let busy_until = if single_cpu() {
+        start
+    } else {
+        start + BUSY_PHASE.min(max)
+    };
+    let deadline = start + max;
+    loop {
+        if ready() {
+            return true;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        if now < busy_until {
+            for _ in 0..16 {
+                std::hint::spin_loop();
+            }
+        } else {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        }
+    }
+}
+
+/// True when the calling thread may run on one CPU only (nginx `worker_cpu_affinity`,
+/// `taskset -c N`). Threads inherit the mask, so the answer holds for a worker and its runtimes.
+fn single_cpu() -> bool {
+    // SAFETY: `set` is a zeroed cpu_set_t of the size we pass; pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0
+            && libc::CPU_COUNT(&set) == 1
     }
 }
 
