@@ -207,29 +207,31 @@ fn machine() -> String {
 }
 
 fn json(rows: &[Row], machine: &str, quick: bool) -> String {
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "{{\n  \"benchmark\": \"transport\",\n  \"machine\": {:?},\n  \"quick\": {quick},\n  \"repeats\": {REPEATS},\n  \"unit\": \"seconds (median of repeats) for `calls` sequential calls\",\n  \"results\": [\n",
-        machine
-    );
-    for (i, r) in rows.iter().enumerate() {
-        let _ = write!(
-            s,
-            "    {{\"pinned\": {}, \"size\": {}, \"calls\": {}, \"ffi_s\": {:.6}, \"uds_s\": {:.6}, \"ffi_us_per_call\": {:.3}, \"uds_us_per_call\": {:.3}, \"uds_over_ffi\": {:.3}}}{}\n",
-            r.pinned,
-            r.size,
-            r.calls,
-            r.secs[0],
-            r.secs[1],
-            r.secs[0] * 1e6 / r.calls as f64,
-            r.secs[1] * 1e6 / r.calls as f64,
-            r.secs[1] / r.secs[0],
-            if i + 1 == rows.len() { "" } else { "," }
-        );
-    }
-    s.push_str("  ]\n}\n");
-    s
+    let results: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let per = |x: f64| x * 1e6 / r.calls as f64;
+            serde_json::json!({
+                "pinned": r.pinned,
+                "size": r.size,
+                "calls": r.calls,
+                "ffi_s": r.secs[0],
+                "uds_s": r.secs[1],
+                "ffi_us_per_call": per(r.secs[0]),
+                "uds_us_per_call": per(r.secs[1]),
+                "uds_over_ffi": r.secs[1] / r.secs[0],
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "benchmark": "transport",
+        "machine": machine,
+        "quick": quick,
+        "repeats": REPEATS,
+        "unit": "seconds (median of repeats) for `calls` sequential calls",
+        "results": results,
+    });
+    serde_json::to_string_pretty(&doc).expect("json") + "\n"
 }
 
 fn table(rows: &[Row]) -> String {

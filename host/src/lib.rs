@@ -12,13 +12,13 @@
 //!     ▼ otherwise wait on a semaphore ◄── post ◄── eventfd handler ◄── done list ◄┘
 //! ```
 //!
-//! - [`task`]: one call's state machine (who owns the task when).
-//! - [`queue`]: the bounded queue and its spinning poll.
+//! - `task`: one call's state machine (who owns the task when).
+//! - `queue`: the bounded queue and its spinning poll.
 //! - `nginx`: the eventfd in nginx's event loop, the done list, semaphores, worker exit.
 //! - `ffi`: every `extern "C"` export, each behind a panic guard.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod ffi;
 mod nginx;
-pub mod queue;
-pub mod task;
+mod queue;
+mod task;
