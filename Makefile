@@ -12,7 +12,7 @@ LIBS := libresty_ffi.so libresty_ffi_echo.so libresty_grpc_zc.so
 # Integration tests start real nginx instances; on 2 cores two at a time keeps timings sane.
 TEST_THREADS ?= 2
 
-.PHONY: all deps nginx-tree build test lint demo bench install uninstall clean
+.PHONY: all deps nginx-tree build test lint gen gen-check demo bench install uninstall clean
 
 all: build
 
@@ -25,7 +25,14 @@ nginx-tree: deps
 build: nginx-tree
 	$(CARGO) build --release --workspace --bins --lib
 
-lint: nginx-tree
+# FlatBuffers code generated from schema/ is checked in; `make gen` regenerates it.
+gen:
+	scripts/gen.sh
+
+gen-check:
+	scripts/gen.sh --check
+
+lint: nginx-tree gen-check
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --workspace --no-deps

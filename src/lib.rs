@@ -19,3 +19,4 @@
 
 /// Version of this crate, as Cargo knows it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub mod wire;
