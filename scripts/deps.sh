@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   nginx libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache
   lua-cjson luajit2 libluajit2-5.1-dev nginx-dev libclang-dev pkg-config ca-certificates
-  python3-matplotlib
+  util-linux
 )
 
 missing=()
