@@ -28,7 +28,7 @@ local FFI_OK = base.FFI_OK
 local FFI_ERROR = base.FFI_ERROR
 local FFI_DECLINED = base.FFI_DECLINED
 
-local ABI_VERSION = 1
+local ABI_VERSION = 2
 
 -- Defaults of the optional tuning knobs (µs). See docs/host.md.
 local DEFAULT_MAX_QUEUE = 65536
@@ -44,7 +44,7 @@ ffi.cdef [[
     void *resty_ffi_queue_new(int max_queue, int poll_spin_us);
     void resty_ffi_queue_finish(void *tq);
     void *resty_ffi_task_post(void *tq, const char *req, size_t len, int *err);
-    int resty_ffi_task_spin(void *task, int max_us);
+    int resty_ffi_task_spin(void *tq, void *task, int max_us);
     ngx_http_lua_sema_t *resty_ffi_task_wait(void *task, const char **err);
     int resty_ffi_task_result(void *task, const char **rsp, size_t *len);
     void resty_ffi_task_release(void *task);
@@ -151,7 +151,8 @@ local function call(self, req, call_opts)
         return false, "no request found"
     end
 
-    local task = host_post(st.tq, req, req and #req or 0, err_int)
+    local tq = st.tq
+    local task = host_post(tq, req, req and #req or 0, err_int)
     if task == nil then
         return false, POST_ERRORS[err_int[0]] or "post failed"
     end
@@ -164,10 +165,12 @@ local function call(self, req, call_opts)
     if st.skip > 0 then
         st.skip = st.skip - 1
     elseif st.spin_us > 0 then
-        if host_spin(task, st.spin_us) == 1 then
+        if host_spin(tq, task, st.spin_us) == 1 then
             done = true
             st.backoff = 0
+            st.spin_hits = st.spin_hits + 1
         else
+            st.spin_misses = st.spin_misses + 1
             local b = st.backoff * 2
             if b < 1 then
                 b = 1
@@ -180,6 +183,7 @@ local function call(self, req, call_opts)
     end
 
     if not done then
+        st.waits = st.waits + 1
         local sem = host_wait(task, err_str)
         if sem ~= nil then
             errlen[0] = ERR_BUF_SIZE
@@ -322,12 +326,26 @@ function _M.load_ffi(lib, cfg, opts)
         spin_us = spin_us,
         skip = 0,
         backoff = 0,
+        spin_hits = 0,
+        spin_misses = 0,
+        waits = 0,
     }
     if not unpin then
         pinned[key] = handle
     end
     runtimes[key] = obj
     return obj
+end
+
+
+-- Wake-up counters of a runtime object, for tuning and tests: calls answered while spinning,
+-- spins that missed, and calls that waited on the semaphore.
+function _M.stats(obj)
+    local st = state[obj]
+    if st == nil then
+        error("not a runtime object", 2)
+    end
+    return { spin_hits = st.spin_hits, spin_misses = st.spin_misses, waits = st.waits }
 end
 
 

@@ -152,7 +152,7 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_task_cancelled(task: *mut c_void) -> c
 /// Version of the Lua-facing ABI below; `resty_ffi.lua` refuses a library with another one.
 #[no_mangle]
 pub extern "C" fn resty_ffi_abi_version() -> c_int {
-    1
+    2
 }
 
 /// Attaches the host to the worker's event loop. 0 on success, else -1 with `*err` set to a
@@ -263,17 +263,24 @@ pub unsafe extern "C" fn resty_ffi_task_post(
 /// Spins up to `max_us` microseconds for the answer; 1 when it is there.
 ///
 /// # Safety
-/// `task` was returned by `resty_ffi_task_post` and not released.
+/// `tq` is the live queue the task was posted to; `task` was returned by
+/// `resty_ffi_task_post` and not released.
 #[no_mangle]
-pub unsafe extern "C" fn resty_ffi_task_spin(task: *mut c_void, max_us: c_int) -> c_int {
+pub unsafe extern "C" fn resty_ffi_task_spin(
+    tq: *mut c_void,
+    task: *mut c_void,
+    max_us: c_int,
+) -> c_int {
     guard("task_spin", 0, || {
-        // SAFETY: Lua holds its reference to the task.
-        let t = unsafe { &*(task as *const Task) };
+        // SAFETY: Lua holds its references to the task and the queue.
+        let (t, q) = unsafe { (&*(task as *const Task), &*(tq as *const Queue)) };
         if t.is_done_direct() {
             return 1;
         }
         let max = Duration::from_micros(max_us.max(0) as u64);
-        c_int::from(crate::queue::spin_until(max, || t.is_done_direct()))
+        c_int::from(crate::queue::spin_until(max, q.poller_cpu(), || {
+            t.is_done_direct()
+        }))
     })
 }
 

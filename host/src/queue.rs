@@ -5,7 +5,7 @@
 //! more than a whole echo call, while a hot poller picks a task up in a fraction of a microsecond.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,10 @@ pub struct Queue {
     spin: Duration,
     /// The poll thread consumed the finish marker.
     finished: AtomicBool,
+    /// CPUs the two sides last ran on (-1: unknown), so a spinning side can tell whether the
+    /// other one shares its CPU (then it must yield, not spin).
+    poller_cpu: AtomicI32,
+    poster_cpu: AtomicI32,
 }
 
 impl Queue {
@@ -64,7 +68,14 @@ impl Queue {
             max,
             spin,
             finished: AtomicBool::new(false),
+            poller_cpu: AtomicI32::new(-1),
+            poster_cpu: AtomicI32::new(-1),
         }
+    }
+
+    /// CPU the poll thread last ran on (-1: unknown).
+    pub(crate) fn poller_cpu(&self) -> &AtomicI32 {
+        &self.poller_cpu
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -75,6 +86,7 @@ impl Queue {
 
     /// Appends a task. On error the caller keeps ownership of `task`.
     pub(crate) fn post(&self, task: *mut Task) -> Result<(), PostError> {
+        self.poster_cpu.store(current_cpu(), Ordering::Relaxed);
         let mut inner = self.lock();
         if inner.finishing {
             return Err(PostError::Finished);
@@ -110,8 +122,11 @@ impl Queue {
 
     /// Blocks until a task arrives; `None` once the finish marker is consumed.
     pub(crate) fn poll(&self) -> Option<*mut Task> {
+        self.poller_cpu.store(current_cpu(), Ordering::Relaxed);
         if !self.spin.is_zero() {
-            spin_until(self.spin, || self.len.load(Ordering::Acquire) != 0);
+            spin_until(self.spin, &self.poster_cpu, || {
+                self.len.load(Ordering::Acquire) != 0
+            });
         }
         let mut inner = self.lock();
         loop {
@@ -143,48 +158,54 @@ impl Queue {
 
 /// A bounded spin-wait for `ready`, up to `max`. Returns whether `ready` became true.
 ///
-/// When the other side of the hand-off can run on another CPU, a plain busy wait catches it
-/// within a microsecond. When it shares our CPU (a pinned worker: runtime threads inherit its
-/// affinity, or the scheduler put both threads on one core), busy waiting only delays it, so we
-/// `sched_yield` to let it run. Both cases start with a short busy phase unless this thread may
-/// only run on one CPU.
-pub(crate) fn spin_until(max: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    const BUSY_PHASE: Duration = Duration::from_micros(4);
-    let start = Instant::now();
-    let busy_until = if single_cpu() {
-        start
-    } else {
-        start + BUSY_PHASE.min(max)
-    };
-    let deadline = start + max;
+/// When the other side of the hand-off runs on another CPU, a busy wait catches it within a
+/// microsecond. When it shares our CPU (a pinned worker, whose runtime threads inherit its
+/// affinity, or two threads the scheduler put on one core), busy waiting only delays it, so we
+/// `sched_yield` to let it run. `other_cpu` is where the other side last ran.
+pub(crate) fn spin_until(
+    max: Duration,
+    other_cpu: &AtomicI32,
+    mut ready: impl FnMut() -> bool,
+) -> bool {
+    let deadline = Instant::now() + max;
+    let single = single_cpu();
     loop {
         if ready() {
             return true;
         }
-        let now = Instant::now();
-        if now >= deadline {
+        if Instant::now() >= deadline {
             return false;
         }
-        if now < busy_until {
+        if single || other_cpu.load(Ordering::Relaxed) == current_cpu() {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        } else {
             for _ in 0..16 {
                 std::hint::spin_loop();
             }
-        } else {
-            // SAFETY: sched_yield has no preconditions.
-            unsafe { libc::sched_yield() };
         }
     }
 }
 
-/// True when the calling thread may run on one CPU only (nginx `worker_cpu_affinity`,
-/// `taskset -c N`). Threads inherit the mask, so the answer holds for a worker and its runtimes.
+/// The CPU this thread runs on (vDSO, no system call), or -1.
+pub(crate) fn current_cpu() -> i32 {
+    // SAFETY: sched_getcpu has no preconditions.
+    unsafe { libc::sched_getcpu() }
+}
+
+/// Read once per thread: nginx applies `worker_cpu_affinity` before any Lua code runs.
 fn single_cpu() -> bool {
-    // SAFETY: `set` is a zeroed cpu_set_t of the size we pass; pid 0 is the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0
-            && libc::CPU_COUNT(&set) == 1
+    thread_local! {
+        static SINGLE: bool = {
+            // SAFETY: `set` is a zeroed cpu_set_t of the size we pass; pid 0 is this thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0
+                    && libc::CPU_COUNT(&set) == 1
+            }
+        };
     }
+    SINGLE.with(|s| *s)
 }
 
 impl Drop for Queue {
