@@ -19,4 +19,9 @@
 
 /// Version of this crate, as Cargo knows it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub mod arena;
+pub mod config;
+pub mod ffi;
+pub mod queue;
+pub mod runtime;
 pub mod wire;

@@ -1,0 +1,285 @@
+-- resty.grpc_zc: the Lua side of the resty_grpc_zc runtime.
+--
+-- Requests are built as FlatBuffers directly in a slot of the runtime's shared arena and posted
+-- through the lua-resty-ffi queue as a 16-byte descriptor; replies are read in place from
+-- another slot. See docs/architecture.md and docs/grpc_zc.md.
+--
+-- This version offers the transport self-test `echo`; the gRPC calls arrive with the next
+-- issues. Conventions (lua-resty-core): misuse raises error(msg, 2); failures return
+-- `false, err`.
+
+local ffi = require "ffi"
+require "resty_ffi"
+local fb = require("resty.grpc_zc.flatbuffers").preload()
+local Request = require "resty.grpc_zc.wire.Request"
+local Echo = require "resty.grpc_zc.wire.Echo"
+local Reply = require "resty.grpc_zc.wire.Reply"
+local Command = require "resty.grpc_zc.wire.Command"
+
+local C_ABI_VERSION = 1
+local ARENA_MAGIC = 0x5241435a43505247ULL      -- "GRPCZCAR" little-endian
+local ARENA_LAYOUT_VERSION = 1
+-- vtable offset of Reply.payload (schema/envelope.fbs; t/zerocopy.rs checks it end to end).
+local REPLY_PAYLOAD_VT = 12
+-- Bytes of envelope around an echo payload: root offset, tables, vtables, vector length,
+-- alignment padding (the builder raises "buffer full" if this were ever too small).
+local ECHO_OVERHEAD = 64
+
+local ffi_new = ffi.new
+local ffi_gc = ffi.gc
+local ffi_cast = ffi.cast
+local ffi_string = ffi.string
+local type = type
+local error = error
+local tostring = tostring
+local setmetatable = setmetatable
+
+ffi.cdef [[
+    int grpc_zc_abi_version(void);
+    const char *grpc_zc_cdef(void);
+    typedef struct {
+        uint32_t slot_offset;
+        uint32_t slot_gen;
+        uint32_t buf_offset;
+        uint32_t buf_len;
+    } grpc_zc_desc_t;
+]]
+
+local lib = ffi.load("resty_grpc_zc")
+if lib.grpc_zc_abi_version() ~= C_ABI_VERSION then
+    error("libresty_grpc_zc.so C ABI " .. tostring(lib.grpc_zc_abi_version())
+          .. " does not match resty.grpc_zc's " .. C_ABI_VERSION)
+end
+-- Arena header, handle and stats types: declared by the library itself (one source of truth).
+ffi.cdef(ffi_string(lib.grpc_zc_cdef()))
+ffi.cdef [[
+    void *grpc_zc_instance(const char *name);
+    uint8_t *grpc_zc_arena_base(void *inst);
+    int grpc_zc_call_begin(void *inst, uint32_t len, grpc_zc_handle_t *out);
+    int grpc_zc_call_end(void *inst, const grpc_zc_handle_t *req, int posted, int abandoned);
+    int grpc_zc_stats(void *inst, grpc_zc_arena_stats_t *out);
+    const char *grpc_zc_strerror(int code);
+]]
+
+ffi.cdef [[
+    typedef struct {
+        grpc_zc_handle_t h;     /* the request slot: identifies the call */
+        int32_t posted;         /* the descriptor went into the queue */
+    } grpc_zc_call_t;
+]]
+local call_t = ffi.typeof("grpc_zc_call_t")
+local desc_t = ffi.typeof("grpc_zc_desc_t")
+local desc_ptr_t = ffi.typeof("const grpc_zc_desc_t *")
+local header_ptr_t = ffi.typeof("const grpc_zc_arena_header_t *")
+local DESC_LEN = ffi.sizeof(desc_t)
+
+local _M = { version = "0.1.0" }
+
+-- Per-worker state, set by init().
+local inst, base, rt, inst_name
+local desc = ffi_new(desc_t)
+local stats_buf = ffi_new("grpc_zc_arena_stats_t")
+local builder = fb.Builder.FromBuffer(ffi_new("uint8_t[8]"), 8)
+local call_end = lib.grpc_zc_call_end
+
+-- Finalizer of a call: the Lua side is gone (aborted request, dropped reply, a Lua error
+-- between lease and post).
+local function abandon(c)
+    call_end(inst, c.h, c.posted, 1)
+end
+
+
+local function errstr(code)
+    return ffi_string(lib.grpc_zc_strerror(code))
+end
+
+
+-- grpc.init(opts?): loads the runtime in this worker (once). Called implicitly by the first
+-- call; call it from init_worker_by_lua to size the arena:
+--   opts.arena_size (bytes, default 64 MiB), opts.max_message (bytes, default 4 MiB).
+function _M.init(opts)
+    if inst ~= nil then
+        return true
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("bad opts: table expected", 2)
+    end
+    local name = "grpc_zc-" .. ngx.worker.pid()
+    local cfg = "instance=" .. name
+    if opts and opts.arena_size then
+        cfg = cfg .. ",arena_size=" .. math.floor(opts.arena_size)
+    end
+    if opts and opts.max_message then
+        cfg = cfg .. ",max_message=" .. math.floor(opts.max_message)
+    end
+    local obj, rc = ngx.load_ffi("resty_grpc_zc", cfg)
+    if not obj then
+        return false, "cannot start the resty_grpc_zc runtime (rc " .. tostring(rc)
+                      .. "; see the error log)"
+    end
+    local i = lib.grpc_zc_instance(name)
+    if i == nil then
+        return false, "resty_grpc_zc instance " .. name .. " not found"
+    end
+    local b = lib.grpc_zc_arena_base(i)
+    local hdr = ffi_cast(header_ptr_t, b)
+    if hdr.magic ~= ARENA_MAGIC or hdr.layout_version ~= ARENA_LAYOUT_VERSION then
+        return false, "arena header mismatch (magic or layout version)"
+    end
+    inst, base, rt, inst_name = i, b, obj, name
+    return true
+end
+
+
+-- Starts a call: leases a request slot big enough for `need` bytes. Returns the call.
+local function begin(need)
+    local c = ffi_new(call_t)
+    local rc = lib.grpc_zc_call_begin(inst, need, c.h)
+    if rc ~= 0 then
+        return nil, errstr(rc)
+    end
+    return ffi_gc(c, abandon)
+end
+
+
+-- Ends a call `c` that is still tied to the finalizer.
+local function finish(c, posted, abandoned)
+    ffi_gc(c, nil)
+    call_end(inst, c.h, posted, abandoned)
+end
+
+
+-- Posts the finished request of call `h` and waits. Returns the reply view, or false, err.
+local function roundtrip(h, call_opts)
+    local _, len, start = builder:Bytes()
+    desc.slot_offset = h.h.offset
+    desc.slot_gen = h.h.gen
+    desc.buf_offset = start
+    desc.buf_len = len
+    h.posted = 1
+    local ok, res, err = rt:call(ffi_string(desc, DESC_LEN), call_opts)
+    if not ok then
+        if type(res) == "number" then
+            -- The runtime answered with an error (bad request, exhausted arena).
+            finish(h, 1, 0)
+            return false, tostring(err or ("runtime error " .. res))
+        end
+        -- Host-level failure: "timeout" means it was posted; everything else was not.
+        finish(h, res == "timeout" and 1 or 0, 1)
+        return false, res
+    end
+    if res == nil or #res ~= DESC_LEN then
+        finish(h, 1, 1)
+        return false, "bad reply descriptor"
+    end
+    local d = ffi_cast(desc_ptr_t, res)
+    local buf = fb.binaryArray.FromPtr(base + d.slot_offset + d.buf_offset, d.buf_len)
+    local reply = Reply.New()
+    reply:Init(buf, fb.N.UOffsetT:Unpack(buf, 0))
+    return reply
+end
+
+
+local function payload_of(reply)
+    local v = reply.view
+    local o = v:Offset(REPLY_PAYLOAD_VT)
+    if o == 0 then
+        return nil, 0
+    end
+    return v:VectorPtr(o)
+end
+
+
+-- A reply read in place: valid until :release() (or until it is garbage-collected).
+local InPlace = {}
+local InPlace_mt = { __index = InPlace }
+
+function InPlace:string()
+    if self.h == nil then
+        error("reply already released", 2)
+    end
+    local s = ffi_string(self.ptr, self.len)
+    return s
+end
+
+function InPlace:release()
+    local h = self.h
+    if h ~= nil then
+        self.h = nil
+        self.ptr = nil
+        finish(h, 1, 0)
+    end
+end
+
+
+-- grpc.echo(payload, opts?) -> true, reply_string | false, err
+--   opts.timeout: ms; opts.inplace = true: the reply is an object with .ptr, .len, :string()
+--   and :release() instead of a Lua string (the bytes stay in the arena until released).
+function _M.echo(payload, opts)
+    if type(payload) ~= "string" then
+        error("bad payload: string expected, got " .. type(payload), 2)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("bad opts: table expected", 2)
+    end
+    if inst == nil then
+        local ok, err = _M.init()
+        if not ok then
+            return false, err
+        end
+    end
+
+    local n = #payload
+    local h, err = begin(n + ECHO_OVERHEAD)
+    if not h then
+        return false, err
+    end
+    builder:Reset(base + h.h.offset, h.h.len)
+    local pv = builder:CreateByteVector(payload)
+    Echo.Start(builder)
+    Echo.AddPayload(builder, pv)
+    local e = Echo.End(builder)
+    Request.Start(builder)
+    Request.AddCommandType(builder, Command.Echo)
+    Request.AddCommand(builder, e)
+    builder:Finish(Request.End(builder))
+
+    local reply, rerr = roundtrip(h, opts)
+    if not reply then
+        return false, rerr
+    end
+    local st = reply:Status()
+    if st ~= nil and st:Code() ~= 0 then
+        local msg = st:Message()
+        finish(h, 1, 0)
+        return false, msg
+    end
+    local ptr, len = payload_of(reply)
+    if opts and opts.inplace then
+        return true, setmetatable({ h = h, ptr = ptr, len = len }, InPlace_mt)
+    end
+    local s = ptr and ffi_string(ptr, len) or ""
+    finish(h, 1, 0)
+    return true, s
+end
+
+
+-- grpc.stats() -> table: arena usage of this worker's instance and calls in flight.
+function _M.stats()
+    if inst == nil then
+        return nil, "not initialized"
+    end
+    local calls = lib.grpc_zc_stats(inst, stats_buf)
+    return {
+        bytes_in_use = tonumber(stats_buf.bytes_in_use),
+        slots_in_use = tonumber(stats_buf.slots_in_use),
+        high_water_bytes = tonumber(stats_buf.high_water_bytes),
+        failed_leases = tonumber(stats_buf.failed_leases),
+        leases_total = tonumber(stats_buf.leases_total),
+        calls_in_flight = calls,
+        instance = inst_name,
+    }
+end
+
+
+return _M

@@ -1,0 +1,229 @@
+//! The runtime's only door to C: `libffi_init` (the lua-resty-ffi entry point) and the functions
+//! `resty/grpc_zc.lua` binds with LuaJIT FFI. Every export runs under [`guard`]: a panic is
+//! logged and becomes an error code, never an unwind into nginx.
+//!
+//! Error codes (negative; see `grpc_zc_strerror`): arena errors as `ArenaError::code`, plus
+//! [`E_BAD_ARGUMENT`].
+
+use std::ffi::{c_char, c_int, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+use crate::arena::{Handle, Stats};
+use crate::config::Config;
+use crate::queue::TaskQueue;
+use crate::runtime::Instance;
+
+/// Version of the C ABI below and of the descriptor layout; `resty/grpc_zc.lua` checks it.
+pub const ABI_VERSION: c_int = 1;
+
+/// A NULL instance or handle pointer, or another unusable argument.
+pub const E_BAD_ARGUMENT: c_int = -100;
+/// A panic was caught (a bug): the operation did nothing.
+pub const E_PANIC: c_int = -101;
+
+/// Runs `f`, turning a panic into a logged message and `on_panic`.
+fn guard<T>(what: &str, on_panic: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|e| {
+        let msg = e
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| e.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        eprintln!("resty_grpc_zc: panic in {what}: {msg}");
+        on_panic
+    })
+}
+
+/// lua-resty-ffi entry point: parses `cfg`, creates the instance (arena, poll thread).
+/// Returns 0, or 1 for a bad cfg, 2 when the instance cannot start (logged to stderr, which
+/// nginx sends to its error log).
+///
+/// # Safety
+/// `cfg` is NULL or a NUL-terminated string; `tq` is the host's task queue.
+#[no_mangle]
+pub unsafe extern "C" fn libffi_init(cfg: *const c_char, tq: *mut std::ffi::c_void) -> c_int {
+    guard("libffi_init", 3, || {
+        let text = if cfg.is_null() {
+            String::new()
+        } else {
+            // SAFETY: the host passes a NUL-terminated string, valid during this call.
+            unsafe { CStr::from_ptr(cfg) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let config = match Config::parse(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return 1;
+            }
+        };
+        // SAFETY: `tq` is the host's queue, polled only by the instance's poll thread.
+        let Some(queue) = (unsafe { TaskQueue::new(tq) }) else {
+            eprintln!("resty_grpc_zc: NULL task queue");
+            return 2;
+        };
+        match Instance::start(config, queue) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("resty_grpc_zc: {e}");
+                2
+            }
+        }
+    })
+}
+
+/// The C ABI version (see [`ABI_VERSION`]).
+#[no_mangle]
+pub extern "C" fn grpc_zc_abi_version() -> c_int {
+    ABI_VERSION
+}
+
+/// C declarations of the arena header, handle and stats types, for `ffi.cdef` (NUL-terminated,
+/// static).
+#[no_mangle]
+pub extern "C" fn grpc_zc_cdef() -> *const c_char {
+    static CDEF: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+    guard("grpc_zc_cdef", ptr::null(), || {
+        CDEF.get_or_init(|| {
+            std::ffi::CString::new(crate::arena::ARENA_HEADER_CDEF).unwrap_or_default()
+        })
+        .as_ptr()
+    })
+}
+
+/// The instance registered under `name` by `libffi_init`, or NULL. The pointer stays valid for
+/// the life of the process.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn grpc_zc_instance(name: *const c_char) -> *const Instance {
+    guard("grpc_zc_instance", ptr::null(), || {
+        if name.is_null() {
+            return ptr::null();
+        }
+        // SAFETY: NUL-terminated per the caller.
+        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+        match Instance::find(&name) {
+            // Instances are never dropped (the registry holds them), so the pointer outlives
+            // this Arc.
+            Some(inst) => std::sync::Arc::as_ptr(&inst),
+            None => ptr::null(),
+        }
+    })
+}
+
+/// Runs `f` on the instance behind `inst`, or returns [`E_BAD_ARGUMENT`] for NULL.
+fn with_instance(inst: *const Instance, what: &str, f: impl FnOnce(&Instance) -> c_int) -> c_int {
+    guard(what, E_PANIC, || {
+        if inst.is_null() {
+            return E_BAD_ARGUMENT;
+        }
+        // SAFETY: non-NULL instance pointers come from `grpc_zc_instance`, and instances live
+        // until the process exits.
+        f(unsafe { &*inst })
+    })
+}
+
+/// Base address of the instance's arena mapping (the `ArenaHeader` is at offset 0), or NULL.
+///
+/// # Safety
+/// `inst` is NULL or from `grpc_zc_instance`.
+#[no_mangle]
+pub unsafe extern "C" fn grpc_zc_arena_base(inst: *const Instance) -> *mut u8 {
+    guard("grpc_zc_arena_base", ptr::null_mut(), || {
+        if inst.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: as in `with_instance`.
+        unsafe { &*inst }.arena.base_ptr()
+    })
+}
+
+/// Leases a request slot of at least `len` bytes for a new call and writes its handle to `out`.
+/// 0 or a negative error code.
+///
+/// # Safety
+/// `inst` is NULL or from `grpc_zc_instance`; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn grpc_zc_call_begin(
+    inst: *const Instance,
+    len: u32,
+    out: *mut Handle,
+) -> c_int {
+    with_instance(inst, "grpc_zc_call_begin", |i| {
+        if out.is_null() {
+            return E_BAD_ARGUMENT;
+        }
+        match i.begin_call(len as usize) {
+            Ok(h) => {
+                // SAFETY: `out` is writable per the caller.
+                unsafe { out.write(h) };
+                0
+            }
+            Err(e) => e.code(),
+        }
+    })
+}
+
+/// Lua is done with a call. `posted` = 0 when the request never reached the queue;
+/// `abandoned` = 1 when Lua stopped waiting (timeout, abort) rather than read the answer.
+/// Frees whatever slots of the call are left.
+///
+/// # Safety
+/// `inst` is NULL or from `grpc_zc_instance`; `req` is NULL or points to a handle.
+#[no_mangle]
+pub unsafe extern "C" fn grpc_zc_call_end(
+    inst: *const Instance,
+    req: *const Handle,
+    posted: c_int,
+    abandoned: c_int,
+) -> c_int {
+    with_instance(inst, "grpc_zc_call_end", |i| {
+        if req.is_null() {
+            return E_BAD_ARGUMENT;
+        }
+        // SAFETY: readable per the caller.
+        let h = unsafe { req.read() };
+        i.finish_call(&h, posted != 0, abandoned != 0);
+        0
+    })
+}
+
+/// Copies the arena's usage figures to `out`.
+///
+/// # Safety
+/// `inst` is NULL or from `grpc_zc_instance`; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn grpc_zc_stats(inst: *const Instance, out: *mut Stats) -> c_int {
+    with_instance(inst, "grpc_zc_stats", |i| {
+        if out.is_null() {
+            return E_BAD_ARGUMENT;
+        }
+        // SAFETY: writable per the caller.
+        unsafe { out.write(i.stats()) };
+        i32::try_from(i.calls_in_flight()).unwrap_or(i32::MAX)
+    })
+}
+
+/// A static description of an error code.
+#[no_mangle]
+pub extern "C" fn grpc_zc_strerror(code: c_int) -> *const c_char {
+    let s: &'static CStr = match code {
+        0 => c"ok",
+        E_BAD_ARGUMENT => c"bad argument",
+        E_PANIC => c"internal error (panic)",
+        c => match crate::arena::ArenaErrorKind::from_code(c) {
+            Some(crate::arena::ArenaErrorKind::Exhausted) => c"arena exhausted",
+            Some(crate::arena::ArenaErrorKind::TooLarge) => c"message larger than max_message",
+            Some(crate::arena::ArenaErrorKind::StaleHandle) => c"stale arena handle",
+            Some(crate::arena::ArenaErrorKind::BadHandle) => c"bad arena handle",
+            Some(crate::arena::ArenaErrorKind::Config) => c"bad arena configuration",
+            Some(_) => c"arena internal error",
+            None => c"unknown error",
+        },
+    };
+    s.as_ptr()
+}

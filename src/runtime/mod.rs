@@ -1,0 +1,231 @@
+//! One runtime instance per `ngx.load_ffi("resty_grpc_zc", cfg)` in a worker: its arena, its
+//! calls in flight, and the poll thread that serves the host queue.
+//!
+//! ```text
+//! poll thread: task ─► Desc ─► claim request slot ─► verify envelope ─► command
+//!                                                                   │ Echo: lease reply slot,
+//!                                                                   │ write Reply (one copy)
+//!              respond(Desc of reply) ◄── calls.replied ◄───────────┘
+//! ```
+
+mod calls;
+
+use std::ffi::c_int;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use crate::arena::{Arena, ArenaConfig, Handle, Lease, Stats};
+use crate::config::Config;
+use crate::queue::{Desc, Task, TaskQueue};
+use crate::wire::{self, Command, ReplyParts};
+
+pub(crate) use calls::Finished;
+use calls::{Calls, Deliver};
+
+/// rc of a request the runtime could not use (bad descriptor, stale slot, invalid envelope).
+pub const RC_BAD_REQUEST: c_int = 2;
+/// rc when the arena has no room for the reply.
+pub const RC_EXHAUSTED: c_int = 3;
+/// rc of a call that Lua abandoned before the runtime saw it (nobody reads it).
+pub const RC_ABANDONED: c_int = 4;
+
+/// Calls the table holds without reallocating (more still work; they allocate).
+const CALLS_CAPACITY: usize = 4096;
+
+/// A runtime instance: shared by its poll thread and the Lua side (through `src/ffi`).
+pub struct Instance {
+    pub(crate) config: Config,
+    pub(crate) arena: Arena,
+    calls: Calls,
+}
+
+/// Every instance of this process, by name, for Lua to find. Instances live until the process
+/// exits: Lua keeps raw pointers to them.
+static INSTANCES: Mutex<Vec<Arc<Instance>>> = Mutex::new(Vec::new());
+
+/// Why an instance could not start.
+#[derive(Debug)]
+pub struct StartError(pub(crate) String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Instance {
+    /// Creates the instance, registers it under its name and starts its poll thread.
+    pub fn start(config: Config, queue: TaskQueue) -> Result<Arc<Instance>, StartError> {
+        let arena = Arena::new(ArenaConfig {
+            size: config.arena_size,
+            max_message: config.max_message,
+        })
+        .map_err(|e| StartError(format!("arena: {e}")))?;
+        let inst = Arc::new(Instance {
+            config,
+            arena,
+            calls: Calls::with_capacity(CALLS_CAPACITY),
+        });
+        let served = inst.clone();
+        thread::Builder::new()
+            .name("grpc_zc-poll".into())
+            .spawn(move || served.serve(queue))
+            .map_err(|e| StartError(format!("cannot start the poll thread: {e}")))?;
+        INSTANCES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(inst.clone());
+        Ok(inst)
+    }
+
+    /// The most recent instance registered under `name`.
+    pub fn find(name: &str) -> Option<Arc<Instance>> {
+        INSTANCES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rev()
+            .find(|i| i.config.instance == name)
+            .cloned()
+    }
+
+    /// Arena usage figures.
+    pub fn stats(&self) -> Stats {
+        self.arena.stats()
+    }
+
+    /// Calls tracked (leased by Lua and not yet finished).
+    pub fn calls_in_flight(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Lua: leases a request slot for a new call.
+    pub(crate) fn begin_call(&self, len: usize) -> Result<Handle, crate::arena::ArenaError> {
+        let h = self.arena.lease_raw(len)?;
+        self.calls.begin(&h);
+        Ok(h)
+    }
+
+    /// Lua: finished with a call (reply read, or error seen).
+    pub(crate) fn finish_call(&self, req: &Handle, posted: bool, abandoned: bool) {
+        let what = if abandoned || !posted {
+            self.calls.abandon(req, posted)
+        } else {
+            self.calls.done(req)
+        };
+        match what {
+            Finished::Nothing => {}
+            Finished::Reply(h) => {
+                let _ = self.arena.release(h);
+            }
+            Finished::Request => {
+                let _ = self.arena.release(*req);
+            }
+        }
+    }
+
+    /// The poll thread: serves tasks until the queue is finished.
+    fn serve(&self, mut queue: TaskQueue) {
+        while let Some(task) = queue.poll() {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(task)));
+            if r.is_err() {
+                // The task was answered by its Drop while unwinding.
+                eprintln!("resty_grpc_zc: panic while serving a task (answered with an error)");
+            }
+        }
+        eprintln!("resty_grpc_zc: instance {} finished", self.config.instance);
+    }
+
+    fn handle(&self, task: Task) {
+        let Some(desc) = Desc::decode(task.request()) else {
+            return task.respond_error(RC_BAD_REQUEST, "bad request descriptor");
+        };
+        let Some(used) = desc.buf_offset.checked_add(desc.buf_len) else {
+            return task.respond_error(RC_BAD_REQUEST, "bad request descriptor");
+        };
+        let req_handle = Handle {
+            offset: desc.slot_offset,
+            len: used,
+            gen: desc.slot_gen,
+        };
+        let lease = match self.arena.claim(req_handle) {
+            Ok(l) => l,
+            Err(e) => return task.respond_error(RC_BAD_REQUEST, &format!("request slot: {e}")),
+        };
+        if !self.calls.start(&req_handle) {
+            drop(lease);
+            return task.respond(RC_ABANDONED, None);
+        }
+        match self.dispatch(&lease, &desc) {
+            Ok(reply) => {
+                drop(lease);
+                self.deliver(task, &req_handle, reply)
+            }
+            Err((rc, msg)) => {
+                drop(lease);
+                self.calls.failed(&req_handle);
+                task.respond_error(rc, &msg)
+            }
+        }
+    }
+
+    /// Verifies the envelope and runs its command; returns the reply slot.
+    fn dispatch(&self, lease: &Lease, desc: &Desc) -> Result<(Lease, u32), (c_int, String)> {
+        let slot = lease.as_slice();
+        let start = desc.buf_offset as usize;
+        let end = start.checked_add(desc.buf_len as usize);
+        let bytes = match end {
+            Some(end) if end <= slot.len() => &slot[start..end],
+            _ => return Err((RC_BAD_REQUEST, "envelope outside its slot".into())),
+        };
+        let req = wire::parse_request(bytes, self.config.max_message)
+            .map_err(|e| (RC_BAD_REQUEST, e.to_string()))?;
+        match req.command_type() {
+            Command::Echo => {
+                let payload = req
+                    .command_as_echo()
+                    .and_then(|e| e.payload())
+                    .map_or(&[][..], |p| p.bytes());
+                self.reply(ReplyParts {
+                    payload: Some(payload),
+                    ..Default::default()
+                })
+            }
+            other => self.reply(ReplyParts {
+                status: Some((12, &format!("UNIMPLEMENTED: command {other:?}"))),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Leases a slot and writes a reply into it.
+    fn reply(&self, parts: ReplyParts<'_>) -> Result<(Lease, u32), (c_int, String)> {
+        let need = wire::reply_len(&parts);
+        let mut lease = self
+            .arena
+            .lease(need)
+            .map_err(|e| (RC_EXHAUSTED, format!("RESOURCE_EXHAUSTED: reply: {e}")))?;
+        let len = wire::write_reply(lease.as_mut_slice(), &parts)
+            .map_err(|e| (RC_EXHAUSTED, e.to_string()))?;
+        Ok((lease, len as u32))
+    }
+
+    fn deliver(&self, task: Task, req: &Handle, (reply, len): (Lease, u32)) {
+        let h = reply.into_handle();
+        match self.calls.replied(req, h) {
+            Deliver::Send => {
+                let d = Desc {
+                    slot_offset: h.offset,
+                    slot_gen: h.gen,
+                    buf_offset: 0,
+                    buf_len: len,
+                };
+                task.respond(0, Some(&d.encode()));
+            }
+            Deliver::Drop => {
+                let _ = self.arena.release(h);
+                task.respond(RC_ABANDONED, None);
+            }
+        }
+    }
+}
