@@ -214,7 +214,8 @@ end
 
 -- grpc.echo(payload, opts?) -> true, reply_string | false, err
 --   opts.timeout: ms; opts.inplace = true: the reply is an object with .ptr, .len, :string()
---   and :release() instead of a Lua string (the bytes stay in the arena until released).
+--   and :release() instead of a Lua string (the bytes stay in the arena until released);
+--   opts.delay_ms: the runtime answers that much later (a test hook).
 function _M.echo(payload, opts)
     if type(payload) ~= "string" then
         error("bad payload: string expected, got " .. type(payload), 2)
@@ -238,6 +239,9 @@ function _M.echo(payload, opts)
     local pv = builder:CreateByteVector(payload)
     Echo.Start(builder)
     Echo.AddPayload(builder, pv)
+    if opts and opts.delay_ms then
+        Echo.AddDelayMs(builder, opts.delay_ms)
+    end
     local e = Echo.End(builder)
     Request.Start(builder)
     Request.AddCommandType(builder, Command.Echo)

@@ -17,7 +17,7 @@ use std::thread;
 use crate::arena::{Arena, ArenaConfig, Handle, Lease, Stats};
 use crate::config::Config;
 use crate::queue::{Desc, Task, TaskQueue};
-use crate::wire::{self, Command, ReplyParts};
+use crate::wire::{self, Command, ReplyParts, Request};
 
 pub(crate) use calls::Finished;
 use calls::{Calls, Deliver};
@@ -69,7 +69,7 @@ impl Instance {
         let served = inst.clone();
         thread::Builder::new()
             .name("grpc_zc-poll".into())
-            .spawn(move || served.serve(queue))
+            .spawn(move || Instance::serve(&served, queue))
             .map_err(|e| StartError(format!("cannot start the poll thread: {e}")))?;
         INSTANCES
             .lock()
@@ -125,7 +125,7 @@ impl Instance {
     }
 
     /// The poll thread: serves tasks until the queue is finished.
-    fn serve(&self, mut queue: TaskQueue) {
+    fn serve(self: &Arc<Self>, mut queue: TaskQueue) {
         while let Some(task) = queue.poll() {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(task)));
             if r.is_err() {
@@ -136,7 +136,7 @@ impl Instance {
         eprintln!("resty_grpc_zc: instance {} finished", self.config.instance);
     }
 
-    fn handle(&self, task: Task) {
+    fn handle(self: &Arc<Self>, task: Task) {
         let Some(desc) = Desc::decode(task.request()) else {
             return task.respond_error(RC_BAD_REQUEST, "bad request descriptor");
         };
@@ -156,30 +156,44 @@ impl Instance {
             drop(lease);
             return task.respond(RC_ABANDONED, None);
         }
-        match self.dispatch(&lease, &desc) {
-            Ok(reply) => {
-                drop(lease);
-                self.deliver(task, &req_handle, reply)
+        let parsed = self.parse(&lease, &desc);
+        let delay = parsed.as_ref().ok().and_then(echo_delay);
+        match (parsed, delay) {
+            (Err(e), _) => self.fail(task, lease, &req_handle, e),
+            (Ok(_), Some(delay)) => {
+                // Test hook (Echo.delay_ms): answer later from another thread.
+                let inst = Arc::clone(self);
+                let spawned =
+                    thread::Builder::new()
+                        .name("grpc_zc-delay".into())
+                        .spawn(move || {
+                            thread::sleep(delay);
+                            let reply = inst.parse(&lease, &desc).and_then(|r| inst.run(r));
+                            inst.finish(task, lease, &req_handle, reply)
+                        });
+                if spawned.is_err() {
+                    eprintln!("resty_grpc_zc: cannot start a delay thread");
+                }
             }
-            Err((rc, msg)) => {
-                drop(lease);
-                self.calls.failed(&req_handle);
-                task.respond_error(rc, &msg)
+            (Ok(req), None) => {
+                let reply = self.run(req);
+                self.finish(task, lease, &req_handle, reply)
             }
         }
     }
 
-    /// Verifies the envelope and runs its command; returns the reply slot.
-    fn dispatch(&self, lease: &Lease, desc: &Desc) -> Result<(Lease, u32), (c_int, String)> {
-        let slot = lease.as_slice();
-        let start = desc.buf_offset as usize;
-        let end = start.checked_add(desc.buf_len as usize);
-        let bytes = match end {
-            Some(end) if end <= slot.len() => &slot[start..end],
-            _ => return Err((RC_BAD_REQUEST, "envelope outside its slot".into())),
-        };
-        let req = wire::parse_request(bytes, self.config.max_message)
-            .map_err(|e| (RC_BAD_REQUEST, e.to_string()))?;
+    /// The verified envelope inside the request slot.
+    fn parse<'a>(&self, lease: &'a Lease, desc: &Desc) -> Result<Request<'a>, (c_int, String)> {
+        let bytes = lease
+            .as_slice()
+            .get(desc.buf_offset as usize..)
+            .ok_or((RC_BAD_REQUEST, "envelope outside its slot".to_owned()))?;
+        wire::parse_request(bytes, self.config.max_message)
+            .map_err(|e| (RC_BAD_REQUEST, e.to_string()))
+    }
+
+    /// Runs a command; returns the reply slot and the reply's length.
+    fn run(&self, req: Request<'_>) -> Result<(Lease, u32), (c_int, String)> {
         match req.command_type() {
             Command::Echo => {
                 let payload = req
@@ -196,6 +210,29 @@ impl Instance {
                 ..Default::default()
             }),
         }
+    }
+
+    /// Frees the request slot and answers the task with the reply or the error.
+    fn finish(
+        &self,
+        task: Task,
+        lease: Lease,
+        req_handle: &Handle,
+        reply: Result<(Lease, u32), (c_int, String)>,
+    ) {
+        match reply {
+            Ok(reply) => {
+                drop(lease);
+                self.deliver(task, req_handle, reply)
+            }
+            Err(e) => self.fail(task, lease, req_handle, e),
+        }
+    }
+
+    fn fail(&self, task: Task, lease: Lease, req_handle: &Handle, (rc, msg): (c_int, String)) {
+        drop(lease);
+        self.calls.failed(req_handle);
+        task.respond_error(rc, &msg)
     }
 
     /// Leases a slot and writes a reply into it.
@@ -228,4 +265,10 @@ impl Instance {
             }
         }
     }
+}
+
+/// The delay of an `Echo` request with `delay_ms` (a test hook).
+fn echo_delay(req: &Request<'_>) -> Option<std::time::Duration> {
+    let ms = req.command_as_echo()?.delay_ms();
+    (ms > 0).then(|| std::time::Duration::from_millis(u64::from(ms)))
 }

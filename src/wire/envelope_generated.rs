@@ -419,7 +419,8 @@ impl ::core::fmt::Debug for Metadata<'_> {
 pub enum EchoOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// Transport benchmark and self-test: the reply carries the same payload.
+/// Transport benchmark and self-test: the reply carries the same payload, `delay_ms` later
+/// (tests use the delay for timeouts and aborted calls).
 pub struct Echo<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -434,6 +435,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Echo<'a> {
 
 impl<'a> Echo<'a> {
   pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DELAY_MS: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -445,6 +447,7 @@ impl<'a> Echo<'a> {
     args: &'args EchoArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Echo<'bldr>> {
     let mut builder = EchoBuilder::new(_fbb);
+    builder.add_delay_ms(args.delay_ms);
     if let Some(x) = args.payload { builder.add_payload(x); }
     builder.finish()
   }
@@ -457,6 +460,13 @@ impl<'a> Echo<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Echo::VT_PAYLOAD, None)}
   }
+  #[inline]
+  pub fn delay_ms(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Echo::VT_DELAY_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Echo<'_> {
@@ -466,18 +476,21 @@ impl ::flatbuffers::Verifiable for Echo<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .visit_field::<u32>("delay_ms", Self::VT_DELAY_MS, false)?
      .finish();
     Ok(())
   }
 }
 pub struct EchoArgs<'a> {
     pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub delay_ms: u32,
 }
 impl<'a> Default for EchoArgs<'a> {
   #[inline]
   fn default() -> Self {
     EchoArgs {
       payload: None,
+      delay_ms: 0,
     }
   }
 }
@@ -490,6 +503,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EchoBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_payload(&mut self, payload: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Echo::VT_PAYLOAD, payload);
+  }
+  #[inline]
+  pub fn add_delay_ms(&mut self, delay_ms: u32) {
+    self.fbb_.push_slot::<u32>(Echo::VT_DELAY_MS, delay_ms, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EchoBuilder<'a, 'b, A> {
@@ -510,6 +527,7 @@ impl ::core::fmt::Debug for Echo<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("Echo");
       ds.field("payload", &self.payload());
+      ds.field("delay_ms", &self.delay_ms());
       ds.finish()
   }
 }

@@ -12,7 +12,8 @@
 
 local flatbuffers = require('flatbuffers')
 
--- Transport benchmark and self-test: the reply carries the same payload.
+-- Transport benchmark and self-test: the reply carries the same payload, `delay_ms` later
+-- (tests use the delay for timeouts and aborted calls).
 local Echo = {}
 local mt = {}
 
@@ -47,8 +48,16 @@ function mt:PayloadLength()
   return 0
 end
 
+function mt:DelayMs()
+  local o = self.view:Offset(6)
+  if o ~= 0 then
+    return self.view:Get(flatbuffers.N.Uint32, self.view.pos + o)
+  end
+  return 0
+end
+
 function Echo.Start(builder)
-  builder:StartObject(1)
+  builder:StartObject(2)
 end
 
 function Echo.AddPayload(builder, payload)
@@ -57,6 +66,10 @@ end
 
 function Echo.StartPayloadVector(builder, numElems)
   return builder:StartVector(1, numElems, 1)
+end
+
+function Echo.AddDelayMs(builder, delayMs)
+  builder:PrependUint32Slot(1, delayMs, 0)
 end
 
 function Echo.End(builder)
