@@ -13,6 +13,7 @@ mod calls;
 use std::ffi::c_int;
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use crate::arena::{Arena, ArenaConfig, Handle, Lease, Stats};
 use crate::config::Config;
@@ -31,6 +32,41 @@ pub const RC_ABANDONED: c_int = 4;
 
 /// Calls the table holds without reallocating (more still work; they allocate).
 const CALLS_CAPACITY: usize = 4096;
+
+/// How a task is answered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// rc 0 and the reply's descriptor.
+    Reply(Desc),
+    /// rc and an error text.
+    Error(c_int, String),
+    /// rc and no response.
+    Empty(c_int),
+}
+
+impl Answer {
+    fn send(self, task: Task) {
+        match self {
+            Answer::Reply(d) => task.respond(0, Some(&d.encode())),
+            Answer::Error(rc, msg) => task.respond_error(rc, &msg),
+            Answer::Empty(rc) => task.respond(rc, None),
+        }
+    }
+}
+
+/// What [`Instance::execute`] did.
+enum Executed {
+    Done(Answer),
+    /// The echo test hook asked for a delay: run it again later.
+    Delayed(Duration, Claimed),
+}
+
+/// A request whose slot the runtime owns now.
+struct Claimed {
+    lease: Lease,
+    desc: Desc,
+    req: Handle,
+}
 
 /// A runtime instance: shared by its poll thread and the Lua side (through `src/ffi`).
 pub struct Instance {
@@ -54,18 +90,23 @@ impl std::fmt::Display for StartError {
 }
 
 impl Instance {
-    /// Creates the instance, registers it under its name and starts its poll thread.
-    pub fn start(config: Config, queue: TaskQueue) -> Result<Arc<Instance>, StartError> {
+    /// Creates an instance (its arena and call table) without serving any queue.
+    pub fn new(config: Config) -> Result<Arc<Instance>, StartError> {
         let arena = Arena::new(ArenaConfig {
             size: config.arena_size,
             max_message: config.max_message,
         })
         .map_err(|e| StartError(format!("arena: {e}")))?;
-        let inst = Arc::new(Instance {
+        Ok(Arc::new(Instance {
             config,
             arena,
             calls: Calls::with_capacity(CALLS_CAPACITY),
-        });
+        }))
+    }
+
+    /// Creates the instance, registers it under its name and starts its poll thread.
+    pub fn start(config: Config, queue: TaskQueue) -> Result<Arc<Instance>, StartError> {
+        let inst = Instance::new(config)?;
         let served = inst.clone();
         thread::Builder::new()
             .name("grpc_zc-poll".into())
@@ -76,6 +117,11 @@ impl Instance {
             .unwrap_or_else(|e| e.into_inner())
             .push(inst.clone());
         Ok(inst)
+    }
+
+    /// The instance's arena.
+    pub fn arena(&self) -> &Arena {
+        &self.arena
     }
 
     /// The most recent instance registered under `name`.
@@ -100,14 +146,14 @@ impl Instance {
     }
 
     /// Lua: leases a request slot for a new call.
-    pub(crate) fn begin_call(&self, len: usize) -> Result<Handle, crate::arena::ArenaError> {
+    pub fn begin_call(&self, len: usize) -> Result<Handle, crate::arena::ArenaError> {
         let h = self.arena.lease_raw(len)?;
         self.calls.begin(&h);
         Ok(h)
     }
 
     /// Lua: finished with a call (reply read, or error seen).
-    pub(crate) fn finish_call(&self, req: &Handle, posted: bool, abandoned: bool) {
+    pub fn finish_call(&self, req: &Handle, posted: bool, abandoned: bool) {
         let what = if abandoned || !posted {
             self.calls.abandon(req, posted)
         } else {
@@ -137,30 +183,13 @@ impl Instance {
     }
 
     fn handle(self: &Arc<Self>, task: Task) {
-        let Some(desc) = Desc::decode(task.request()) else {
-            return task.respond_error(RC_BAD_REQUEST, "bad request descriptor");
+        let claimed = match self.accept(task.request()) {
+            Ok(c) => c,
+            Err(answer) => return answer.send(task),
         };
-        let Some(used) = desc.buf_offset.checked_add(desc.buf_len) else {
-            return task.respond_error(RC_BAD_REQUEST, "bad request descriptor");
-        };
-        let req_handle = Handle {
-            offset: desc.slot_offset,
-            len: used,
-            gen: desc.slot_gen,
-        };
-        let lease = match self.arena.claim(req_handle) {
-            Ok(l) => l,
-            Err(e) => return task.respond_error(RC_BAD_REQUEST, &format!("request slot: {e}")),
-        };
-        if !self.calls.start(&req_handle) {
-            drop(lease);
-            return task.respond(RC_ABANDONED, None);
-        }
-        let parsed = self.parse(&lease, &desc);
-        let delay = parsed.as_ref().ok().and_then(echo_delay);
-        match (parsed, delay) {
-            (Err(e), _) => self.fail(task, lease, &req_handle, e),
-            (Ok(_), Some(delay)) => {
+        match self.execute(claimed, true) {
+            Executed::Done(answer) => answer.send(task),
+            Executed::Delayed(delay, claimed) => {
                 // Test hook (Echo.delay_ms): answer later from another thread.
                 let inst = Arc::clone(self);
                 let spawned =
@@ -168,18 +197,73 @@ impl Instance {
                         .name("grpc_zc-delay".into())
                         .spawn(move || {
                             thread::sleep(delay);
-                            let reply = inst.parse(&lease, &desc).and_then(|r| inst.run(r));
-                            inst.finish(task, lease, &req_handle, reply)
+                            inst.execute_now(claimed).send(task)
                         });
                 if spawned.is_err() {
                     eprintln!("resty_grpc_zc: cannot start a delay thread");
                 }
             }
-            (Ok(req), None) => {
-                let reply = self.run(req);
-                self.finish(task, lease, &req_handle, reply)
-            }
         }
+    }
+
+    /// Serves one request descriptor synchronously (delays of the test hook are ignored) and
+    /// returns the answer the task would get. The poll thread's path, minus the host queue;
+    /// tests drive it directly.
+    pub fn serve_request(&self, request: &[u8]) -> Answer {
+        match self.accept(request) {
+            Ok(c) => self.execute_now(c),
+            Err(a) => a,
+        }
+    }
+
+    /// Decodes the descriptor and takes ownership of the request slot.
+    fn accept(&self, request: &[u8]) -> Result<Claimed, Answer> {
+        let bad = || Answer::Error(RC_BAD_REQUEST, "bad request descriptor".into());
+        let desc = Desc::decode(request).ok_or_else(bad)?;
+        let used = desc.buf_offset.checked_add(desc.buf_len).ok_or_else(bad)?;
+        let req = Handle {
+            offset: desc.slot_offset,
+            len: used,
+            gen: desc.slot_gen,
+        };
+        let lease = self
+            .arena
+            .claim(req)
+            .map_err(|e| Answer::Error(RC_BAD_REQUEST, format!("request slot: {e}")))?;
+        if !self.calls.start(&req) {
+            return Err(Answer::Empty(RC_ABANDONED));
+        }
+        Ok(Claimed { lease, desc, req })
+    }
+
+    /// [`execute`](Self::execute) without the delay hook.
+    fn execute_now(&self, c: Claimed) -> Answer {
+        match self.execute(c, false) {
+            Executed::Done(a) => a,
+            // Not produced without `allow_delay`; answering now is the right fallback anyway.
+            Executed::Delayed(_, c) => self.execute_now(c),
+        }
+    }
+
+    /// Verifies the envelope, runs the command, frees the request slot. With `allow_delay`, an
+    /// echo with `delay_ms` comes back untouched with its delay.
+    fn execute(&self, c: Claimed, allow_delay: bool) -> Executed {
+        let outcome = match self.parse(&c.lease, &c.desc) {
+            Err(e) => Err(e),
+            Ok(req) => match echo_delay(&req).filter(|_| allow_delay) {
+                Some(delay) => return Executed::Delayed(delay, c),
+                None => self.run(req),
+            },
+        };
+        let Claimed { lease, req, .. } = c;
+        drop(lease);
+        Executed::Done(match outcome {
+            Ok((reply, len)) => self.deliver(&req, reply, len),
+            Err((rc, msg)) => {
+                self.calls.failed(&req);
+                Answer::Error(rc, msg)
+            }
+        })
     }
 
     /// The verified envelope inside the request slot.
@@ -187,7 +271,7 @@ impl Instance {
         let bytes = lease
             .as_slice()
             .get(desc.buf_offset as usize..)
-            .ok_or((RC_BAD_REQUEST, "envelope outside its slot".to_owned()))?;
+            .ok_or_else(|| (RC_BAD_REQUEST, "envelope outside its slot".to_owned()))?;
         wire::parse_request(bytes, self.config.max_message)
             .map_err(|e| (RC_BAD_REQUEST, e.to_string()))
     }
@@ -212,29 +296,6 @@ impl Instance {
         }
     }
 
-    /// Frees the request slot and answers the task with the reply or the error.
-    fn finish(
-        &self,
-        task: Task,
-        lease: Lease,
-        req_handle: &Handle,
-        reply: Result<(Lease, u32), (c_int, String)>,
-    ) {
-        match reply {
-            Ok(reply) => {
-                drop(lease);
-                self.deliver(task, req_handle, reply)
-            }
-            Err(e) => self.fail(task, lease, req_handle, e),
-        }
-    }
-
-    fn fail(&self, task: Task, lease: Lease, req_handle: &Handle, (rc, msg): (c_int, String)) {
-        drop(lease);
-        self.calls.failed(req_handle);
-        task.respond_error(rc, &msg)
-    }
-
     /// Leases a slot and writes a reply into it.
     fn reply(&self, parts: ReplyParts<'_>) -> Result<(Lease, u32), (c_int, String)> {
         let need = wire::reply_len(&parts);
@@ -247,28 +308,26 @@ impl Instance {
         Ok((lease, len as u32))
     }
 
-    fn deliver(&self, task: Task, req: &Handle, (reply, len): (Lease, u32)) {
+    /// Hands the reply to the call (or frees it when Lua is gone).
+    fn deliver(&self, req: &Handle, reply: Lease, len: u32) -> Answer {
         let h = reply.into_handle();
         match self.calls.replied(req, h) {
-            Deliver::Send => {
-                let d = Desc {
-                    slot_offset: h.offset,
-                    slot_gen: h.gen,
-                    buf_offset: 0,
-                    buf_len: len,
-                };
-                task.respond(0, Some(&d.encode()));
-            }
+            Deliver::Send => Answer::Reply(Desc {
+                slot_offset: h.offset,
+                slot_gen: h.gen,
+                buf_offset: 0,
+                buf_len: len,
+            }),
             Deliver::Drop => {
                 let _ = self.arena.release(h);
-                task.respond(RC_ABANDONED, None);
+                Answer::Empty(RC_ABANDONED)
             }
         }
     }
 }
 
 /// The delay of an `Echo` request with `delay_ms` (a test hook).
-fn echo_delay(req: &Request<'_>) -> Option<std::time::Duration> {
+fn echo_delay(req: &Request<'_>) -> Option<Duration> {
     let ms = req.command_as_echo()?.delay_ms();
-    (ms > 0).then(|| std::time::Duration::from_millis(u64::from(ms)))
+    (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
 }

@@ -18,6 +18,7 @@
 //! Modules: `nginx` (builder and process control), `http` (blocking client and [`get_many`]),
 //! [`procfs`] (pids, rss, signals), `uds` ([`UdsEcho`], the proxy-model echo server).
 
+pub mod alloc;
 mod http;
 mod nginx;
 pub mod procfs;
