@@ -3,7 +3,10 @@
 //! Paths compared (same nginx, same worker, same payloads):
 //! - `ffi`: `ngx.load_ffi` host + the reference echo runtime (lua-resty-ffi's copy semantics);
 //! - `uds`: the "proxy model": a cosocket client talking to a separate echo process over a
-//!   unix-domain socket with 4-byte length frames.
+//!   unix-domain socket with 4-byte length frames;
+//! - `zc_inplace`: `resty.grpc_zc` echo through the arena, reply read in place (length and two
+//!   bytes checked, then released);
+//! - `zc_string`: the same, reply materialized as a Lua string and compared.
 //!
 //! Each (size, path) is run `REPEATS` times and the median is kept; the whole table is measured
 //! twice: with the worker, its runtime threads and the echo process pinned to CPU 0
@@ -21,7 +24,13 @@ use std::process::Command;
 use testkit::{repo_root, NginxBuilder, UdsEcho};
 
 const SIZES: &[usize] = &[512, 4096, 10240, 102_400, 1_048_576];
-const PATHS: &[&str] = &["ffi", "uds"];
+const PATHS: &[&str] = &["ffi", "uds", "zc_inplace", "zc_string"];
+const PATH_NAMES: &[&str] = &[
+    "host + echo runtime (copy)",
+    "UDS proxy",
+    "zero-copy, in place",
+    "zero-copy, Lua string",
+];
 const REPEATS: usize = 3;
 
 fn calls_for(size: usize, quick: bool) -> usize {
@@ -36,7 +45,10 @@ fn calls_for(size: usize, quick: bool) -> usize {
 }
 
 const LUA: &str = r#"
-init_worker_by_lua_block { require "resty_ffi" }
+init_worker_by_lua_block {
+    require "resty_ffi"
+    assert(require("resty.grpc_zc").init({ max_message = 2 * 1048576 }))
+}
 init_by_lua_block {
     local ffi = require "ffi"
     ffi.cdef [[
@@ -68,6 +80,32 @@ location /bench {
             for _ = 1, n do
                 local ok, res = rt:echo(buf)
                 if res ~= buf then error("bad echo") end
+            end
+            t1 = bench_now()
+        elseif path == "zc_string" then
+            local grpc = require "resty.grpc_zc"
+            for _ = 1, 200 do assert(select(2, grpc.echo(buf)) == buf) end
+            t0 = bench_now()
+            for _ = 1, n do
+                local ok, res = grpc.echo(buf)
+                if res ~= buf then error("bad echo") end
+            end
+            t1 = bench_now()
+        elseif path == "zc_inplace" then
+            local grpc = require "resty.grpc_zc"
+            local last = size - 1
+            for _ = 1, 200 do
+                local ok, r = grpc.echo(buf, { inplace = true })
+                assert(ok and r:string() == buf)
+                r:release()
+            end
+            t0 = bench_now()
+            for _ = 1, n do
+                local ok, r = grpc.echo(buf, { inplace = true })
+                if not ok or r.len ~= size or r.ptr[0] ~= 65 or r.ptr[last] ~= 65 then
+                    error("bad echo")
+                end
+                r:release()
             end
             t1 = bench_now()
         elseif path == "uds" then
@@ -211,16 +249,20 @@ fn json(rows: &[Row], machine: &str, quick: bool) -> String {
         .iter()
         .map(|r| {
             let per = |x: f64| x * 1e6 / r.calls as f64;
-            serde_json::json!({
+            let mut o = serde_json::json!({
                 "pinned": r.pinned,
                 "size": r.size,
                 "calls": r.calls,
-                "ffi_s": r.secs[0],
-                "uds_s": r.secs[1],
-                "ffi_us_per_call": per(r.secs[0]),
-                "uds_us_per_call": per(r.secs[1]),
-                "uds_over_ffi": r.secs[1] / r.secs[0],
-            })
+            });
+            for (i, p) in PATHS.iter().enumerate() {
+                o[format!("{p}_s")] = r.secs[i].into();
+                o[format!("{p}_us_per_call")] = per(r.secs[i]).into();
+            }
+            o["uds_over_ffi"] = (r.secs[1] / r.secs[0]).into();
+            o["ffi_over_zc_inplace"] = (r.secs[0] / r.secs[2]).into();
+            o["ffi_over_zc_string"] = (r.secs[0] / r.secs[3]).into();
+            o["uds_over_zc_string"] = (r.secs[1] / r.secs[3]).into();
+            o
         })
         .collect();
     let doc = serde_json::json!({
@@ -236,25 +278,39 @@ fn json(rows: &[Row], machine: &str, quick: bool) -> String {
 
 fn table(rows: &[Row]) -> String {
     let mut s = String::new();
-    s.push_str("| CPUs | payload | calls | host + echo runtime | UDS proxy | UDS / host |\n");
-    s.push_str("|---|---|---|---|---|---|\n");
+    s.push_str(
+        "µs per call (median); ratios are how many times faster the right-hand path is.\n\n",
+    );
+    s.push_str("| CPUs | payload | calls |");
+    for name in PATH_NAMES {
+        let _ = write!(s, " {name} |");
+    }
+    s.push_str(" UDS / copy | copy / zc in place | copy / zc string | UDS / zc string |\n");
+    s.push_str(&"|---".repeat(3 + PATHS.len() + 4));
+    s.push_str("|\n");
     for r in rows {
         let per = |x: f64| x * 1e6 / r.calls as f64;
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "| {} | {} | {} | {:.3} s ({:.2} µs/call) | {:.3} s ({:.2} µs/call) | **{:.1}x** |",
+            "| {} | {} | {} |",
             if r.pinned {
                 "pinned to 1"
             } else {
                 "2, unpinned"
             },
             human(r.size),
-            r.calls,
-            r.secs[0],
-            per(r.secs[0]),
-            r.secs[1],
-            per(r.secs[1]),
-            r.secs[1] / r.secs[0]
+            r.calls
+        );
+        for x in &r.secs {
+            let _ = write!(s, " {:.2} |", per(*x));
+        }
+        let _ = writeln!(
+            s,
+            " {:.1}x | {:.1}x | {:.1}x | **{:.1}x** |",
+            r.secs[1] / r.secs[0],
+            r.secs[0] / r.secs[2],
+            r.secs[0] / r.secs[3],
+            r.secs[1] / r.secs[3]
         );
     }
     s
@@ -274,7 +330,7 @@ fn svg(rows: &[Row]) -> String {
         .fold(1.0f64, f64::max);
     let (lo, hi) = (0.1f64.log10(), max.log10().ceil().max(1.0));
     let y = |v: f64| top + (h - top - bottom) * (1.0 - (v.max(0.1).log10() - lo) / (hi - lo));
-    let colors = ["#1f77b4", "#d62728"];
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#98df8a"];
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"13\">µs per sequential echo call (log scale; lower is better)</text>\n"
     );
@@ -317,8 +373,8 @@ fn svg(rows: &[Row]) -> String {
             if r.pinned { "pinned" } else { "unpinned" }
         );
     }
-    for (i, p) in ["host + echo runtime", "UDS proxy"].iter().enumerate() {
-        let x = left + 10.0 + i as f64 * 170.0;
+    for (i, p) in PATH_NAMES.iter().enumerate() {
+        let x = left + 10.0 + i as f64 * 175.0;
         let _ = writeln!(
             s,
             "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{p}</text>",
