@@ -12,7 +12,7 @@ LIBS := libresty_ffi.so libresty_ffi_echo.so libresty_grpc_zc.so
 # Integration tests start real nginx instances; on 2 cores two at a time keeps timings sane.
 TEST_THREADS ?= 2
 
-.PHONY: all deps nginx-tree build test lint gen gen-check demo bench install uninstall clean
+.PHONY: all deps nginx-tree build test lint gen gen-check demo bench fuzz install uninstall clean
 
 all: build
 
@@ -38,6 +38,7 @@ lint: nginx-tree gen-check
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --workspace --no-deps
 
 test: build lint
+	lua/t/run.sh
 	$(CARGO) test --release --workspace -- --test-threads=$(TEST_THREADS)
 
 demo: build
@@ -45,6 +46,14 @@ demo: build
 
 bench: build
 	$(CARGO) bench --bench transport
+
+# Fuzzes the envelope verifier/decoder and the runtime's serving path (cargo-fuzz, nightly
+# toolchain; not part of CI). FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 120
+fuzz: nginx-tree
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in envelope serve; do \
+	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
 
 install: build
 	install -d $(DESTDIR)$(LIB_DIR) $(DESTDIR)$(LUA_DIR)

@@ -282,3 +282,49 @@ fn concurrent_calls_across_two_workers() {
     }
     n.assert_log_clean(&[]);
 }
+
+#[test]
+fn hot_paths_jit_compile() {
+    let n = nginx(
+        "zc-jit",
+        1,
+        "",
+        r#"
+        location /t {
+            content_by_lua_block {
+                local grpc = require "resty.grpc_zc"
+                local log = ngx.config.prefix() .. "logs/jit.log"
+                local v = require "jit.v"
+                v.on(log)
+                local p = payload(512, 1)
+                local big = payload(100000, 2)
+                for i = 1, 20000 do
+                    local ok, res = grpc.echo(p)
+                    if res ~= p then error("bad echo") end
+                    local ok, r = grpc.echo(big, { inplace = true })
+                    if r.len ~= #big then error("bad echo") end
+                    r:release()
+                end
+                v.off()
+                ngx.say(log)
+            }
+        }
+        "#,
+    );
+    let log_path = body(&n, "/t");
+    let log = std::fs::read_to_string(log_path.trim()).expect("jit.v log");
+    let ours = ["grpc_zc.lua", "flatbuffers.lua", "resty_ffi.lua", "/wire/"];
+    let bad: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("NYI") || l.contains("blacklisted"))
+        .filter(|l| ours.iter().any(|o| l.contains(o)))
+        .collect();
+    assert!(bad.is_empty(), "trace aborts in hot paths:\n{}", bad.join("\n"));
+    let compiled = log
+        .lines()
+        .filter(|l| l.starts_with("[TRACE") && !l.starts_with("[TRACE ---"))
+        .filter(|l| l.contains("grpc_zc.lua") || l.contains("flatbuffers.lua"))
+        .count();
+    assert!(compiled >= 5, "too few compiled traces in the hot path:\n{log}");
+    n.assert_log_clean(&[]);
+}
