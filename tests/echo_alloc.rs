@@ -93,3 +93,23 @@ fn echo_path_allocates_nothing_after_warm_up() {
     assert_eq!((s.slots_in_use, s.bytes_in_use), (0, 0));
     assert_eq!(inst.calls_in_flight(), 0);
 }
+
+/// `cargo test --release --test echo_alloc -- --ignored --nocapture`: cost of one echo call
+/// through the runtime's functions (no host queue, no Lua), for profiling.
+#[test]
+#[ignore]
+fn echo_path_cost() {
+    let inst = Instance::new(Config::parse("instance=cost").unwrap()).unwrap();
+    for size in [512usize, 100_000] {
+        let env = envelope(&vec![7u8; size]);
+        let n = 200_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            call(&inst, &env);
+        }
+        println!(
+            "{size} B: {:.0} ns/call",
+            t.elapsed().as_nanos() as f64 / n as f64
+        );
+    }
+}

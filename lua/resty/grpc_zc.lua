@@ -22,8 +22,12 @@ local ARENA_LAYOUT_VERSION = 1
 -- vtable offset of Reply.payload (schema/envelope.fbs; t/zerocopy.rs checks it end to end).
 local REPLY_PAYLOAD_VT = 12
 -- Bytes of envelope around an echo payload: root offset, tables, vtables, vector length,
--- alignment padding (the builder raises "buffer full" if this were ever too small).
-local ECHO_OVERHEAD = 64
+-- alignment padding (the builder raises "buffer full" if this were ever too small), plus room
+-- in front of the request (the builder writes back to front) where the runtime puts the reply
+-- header when it answers in the request's own slot (wire::REPLY_HEADER_LEN = 48).
+local ECHO_OVERHEAD = 64 + 64
+-- The arena's largest slot is max_message plus this (src/runtime: ENVELOPE_SLACK).
+local ENVELOPE_SLACK = 4096
 
 local ffi_new = ffi.new
 local ffi_gc = ffi.gc
@@ -76,7 +80,7 @@ local DESC_LEN = ffi.sizeof(desc_t)
 local _M = { version = "0.1.0" }
 
 -- Per-worker state, set by init().
-local inst, base, rt, inst_name
+local inst, base, rt, inst_name, max_payload
 local desc = ffi_new(desc_t)
 local stats_buf = ffi_new("grpc_zc_arena_stats_t")
 local builder = fb.Builder.FromBuffer(ffi_new("uint8_t[8]"), 8)
@@ -127,6 +131,7 @@ function _M.init(opts)
         return false, "arena header mismatch (magic or layout version)"
     end
     inst, base, rt, inst_name = i, b, obj, name
+    max_payload = hdr.max_message - ENVELOPE_SLACK
     return true
 end
 
@@ -231,11 +236,18 @@ function _M.echo(payload, opts)
     end
 
     local n = #payload
+    if n > max_payload then
+        return false, "payload of " .. n .. " bytes larger than max_message (" .. max_payload
+                      .. ")"
+    end
     local h, err = begin(n + ECHO_OVERHEAD)
     if not h then
         return false, err
     end
-    builder:Reset(base + h.h.offset, h.h.len)
+    -- FlatBuffers align relative to the buffer's end: an 8-aligned end keeps every field
+    -- naturally aligned in the (256-byte aligned) slot.
+    local cap = h.h.len
+    builder:Reset(base + h.h.offset, cap - cap % 8)
     local pv = builder:CreateByteVector(payload)
     Echo.Start(builder)
     Echo.AddPayload(builder, pv)

@@ -30,6 +30,12 @@ pub const RC_EXHAUSTED: c_int = 3;
 /// rc of a call that Lua abandoned before the runtime saw it (nobody reads it).
 pub const RC_ABANDONED: c_int = 4;
 
+/// Room for the envelope around a message of `max_message` bytes: the arena's largest slot is
+/// this much bigger, so a payload of exactly `max_message` fits (except at the 64 MiB limit,
+/// where the largest payload is 64 MiB - 4 KiB). `resty/grpc_zc.lua` subtracts the same amount
+/// from the arena header's `max_message`.
+pub const ENVELOPE_SLACK: usize = 4096;
+
 /// Calls the table holds without reallocating (more still work; they allocate).
 const CALLS_CAPACITY: usize = 4096;
 
@@ -52,6 +58,14 @@ impl Answer {
             Answer::Empty(rc) => task.respond(rc, None),
         }
     }
+}
+
+/// Where a command's reply is.
+enum Outcome {
+    /// In a new slot, this long.
+    New(Lease, u32),
+    /// In the request's own slot, around the byte vector at `vector_at` (an echo's payload).
+    InRequestSlot { vector_at: usize },
 }
 
 /// What [`Instance::execute`] did.
@@ -94,7 +108,7 @@ impl Instance {
     pub fn new(config: Config) -> Result<Arc<Instance>, StartError> {
         let arena = Arena::new(ArenaConfig {
             size: config.arena_size,
-            max_message: config.max_message,
+            max_message: (config.max_message + ENVELOPE_SLACK).min(crate::arena::MAX_MESSAGE_LIMIT),
         })
         .map_err(|e| StartError(format!("arena: {e}")))?;
         Ok(Arc::new(Instance {
@@ -252,12 +266,24 @@ impl Instance {
             Err(e) => Err(e),
             Ok(req) => match echo_delay(&req).filter(|_| allow_delay) {
                 Some(delay) => return Executed::Delayed(delay, c),
-                None => self.run(req),
+                None => self.run(&c.lease, req),
             },
         };
-        let Claimed { lease, req, .. } = c;
-        drop(lease);
-        Executed::Done(match outcome {
+        let Claimed { mut lease, req, .. } = c;
+        let reply = match outcome {
+            Ok(Outcome::New(reply, len)) => {
+                drop(lease);
+                Ok((reply, len))
+            }
+            Ok(Outcome::InRequestSlot { vector_at }) => {
+                match wire::write_reply_around(lease.as_mut_slice(), vector_at) {
+                    Ok(len) => Ok((lease, len as u32)),
+                    Err(e) => Err((RC_BAD_REQUEST, e.to_string())),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        Executed::Done(match reply {
             Ok((reply, len)) => self.deliver(&req, reply, len),
             Err((rc, msg)) => {
                 self.calls.failed(&req);
@@ -276,16 +302,28 @@ impl Instance {
             .map_err(|e| (RC_BAD_REQUEST, e.to_string()))
     }
 
-    /// Runs a command; returns the reply slot and the reply's length.
-    fn run(&self, req: Request<'_>) -> Result<(Lease, u32), (c_int, String)> {
+    /// Runs a command; returns where its reply is.
+    fn run(&self, slot: &Lease, req: Request<'_>) -> Result<Outcome, (c_int, String)> {
         match req.command_type() {
             Command::Echo => {
-                let payload = req
-                    .command_as_echo()
-                    .and_then(|e| e.payload())
-                    .map_or(&[][..], |p| p.bytes());
+                let payload = req.command_as_echo().and_then(|e| e.payload());
+                let Some(payload) = payload else {
+                    return self.reply(ReplyParts {
+                        payload: Some(&[]),
+                        ..Default::default()
+                    });
+                };
+                // The payload already lies in the request's slot, which the runtime owns now:
+                // answer in that slot, writing the reply's fixed part in front of the payload,
+                // when Lua left room for it (resty.grpc_zc does). Otherwise copy it.
+                let vector_at = (payload.bytes().as_ptr() as usize)
+                    .wrapping_sub(slot.as_slice().as_ptr() as usize)
+                    .wrapping_sub(4);
+                if vector_at >= wire::REPLY_HEADER_LEN && vector_at < slot.len() {
+                    return Ok(Outcome::InRequestSlot { vector_at });
+                }
                 self.reply(ReplyParts {
-                    payload: Some(payload),
+                    payload: Some(payload.bytes()),
                     ..Default::default()
                 })
             }
@@ -297,7 +335,7 @@ impl Instance {
     }
 
     /// Leases a slot and writes a reply into it.
-    fn reply(&self, parts: ReplyParts<'_>) -> Result<(Lease, u32), (c_int, String)> {
+    fn reply(&self, parts: ReplyParts<'_>) -> Result<Outcome, (c_int, String)> {
         let need = wire::reply_len(&parts);
         let mut lease = self
             .arena
@@ -305,7 +343,7 @@ impl Instance {
             .map_err(|e| (RC_EXHAUSTED, format!("RESOURCE_EXHAUSTED: reply: {e}")))?;
         let len = wire::write_reply(lease.as_mut_slice(), &parts)
             .map_err(|e| (RC_EXHAUSTED, e.to_string()))?;
-        Ok((lease, len as u32))
+        Ok(Outcome::New(lease, len as u32))
     }
 
     /// Hands the reply to the call (or frees it when Lua is gone).

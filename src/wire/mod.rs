@@ -97,15 +97,27 @@ const PAYLOAD_VECTOR: usize = REPLY_TABLE + REPLY_TABLE_LEN;
 const STATUS_VTABLE_LEN: usize = 4 + 2 * 3;
 const STATUS_TABLE_LEN: usize = 12;
 
+/// Most padding [`write_reply`] puts before the payload vector to co-align the copy.
+const COALIGN_MAX_PAD: usize = 60;
+
+/// Offset of the payload vector in a reply written at `buf`, from `PAYLOAD_VECTOR` on, chosen so
+/// that the payload bytes start at the same address modulo 64 as `src` (rounded to 4): memcpy
+/// between buffers whose alignments differ by 8 runs ~14x slower on these machines (measured).
+fn coaligned_vector_pos(buf: *const u8, src: *const u8) -> usize {
+    let want = (src as usize) & 63 & !3;
+    let at = (buf as usize + PAYLOAD_VECTOR + 4) & 63;
+    PAYLOAD_VECTOR + ((want + 64 - at) & 63)
+}
+
 const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// Bytes [`write_reply`] needs for `parts`.
+/// Bytes [`write_reply`] needs at most for `parts` (it returns the exact length it wrote).
 pub fn reply_len(parts: &ReplyParts<'_>) -> usize {
     let mut n = PAYLOAD_VECTOR;
     if let Some(p) = parts.payload {
-        n += align4(4 + p.len());
+        n += COALIGN_MAX_PAD + align4(4 + p.len());
     }
     if let Some((_, msg)) = parts.status {
         n += align4(STATUS_VTABLE_LEN) + STATUS_TABLE_LEN + align4(4 + msg.len() + 1);
@@ -135,34 +147,17 @@ pub fn write_reply(buf: &mut [u8], parts: &ReplyParts<'_>) -> Result<usize, Wire
         });
     }
     let buf = &mut buf[..need];
-    buf[..PAYLOAD_VECTOR].fill(0);
-
-    put_u32(buf, 0, REPLY_TABLE as u32);
-
-    // Reply vtable.
-    let vt = REPLY_VTABLE;
-    put_u16(buf, vt, REPLY_VTABLE_LEN as u16);
-    put_u16(buf, vt + 2, 21);
-    // field 0 version: absent (default Current).
-    if parts.status.is_some() {
-        put_u16(buf, vt + 4 + 2, 4);
-    }
-    if parts.handle != 0 {
-        put_u16(buf, vt + 4 + 2 * 2, 8);
-    }
-    put_u16(buf, vt + 4 + 2 * 3, 20);
-    if parts.payload.is_some() {
-        put_u16(buf, vt + 4 + 2 * 4, 16);
-    }
-
-    // Reply table.
+    put_reply_table(
+        buf,
+        parts.status.is_some(),
+        parts.handle,
+        parts.payload.is_some(),
+    );
     let t = REPLY_TABLE;
-    put_u32(buf, t, (t - vt) as u32); // soffset: vtable = table - soffset
-    put_u64(buf, t + 8, parts.handle);
-    buf[t + 20] = u8::from(parts.payload.is_some());
-
     let mut pos = PAYLOAD_VECTOR;
     if let Some(p) = parts.payload {
+        pos = coaligned_vector_pos(buf.as_ptr(), p.as_ptr());
+        buf[PAYLOAD_VECTOR..pos].fill(0);
         put_u32(buf, t + 16, (pos - (t + 16)) as u32);
         put_u32(buf, pos, p.len() as u32);
         buf[pos + 4..pos + 4 + p.len()].copy_from_slice(p);
@@ -192,8 +187,60 @@ pub fn write_reply(buf: &mut [u8], parts: &ReplyParts<'_>) -> Result<usize, Wire
         buf[end..padded].fill(0);
         pos = padded;
     }
-    debug_assert_eq!(pos, need);
-    Ok(need)
+    debug_assert!(pos <= need);
+    Ok(pos)
+}
+
+/// Writes the fixed part of the layout (root offset, Reply vtable and table) into
+/// `buf[..PAYLOAD_VECTOR]`; the status and payload offsets are filled in by the caller.
+fn put_reply_table(buf: &mut [u8], status: bool, handle: u64, payload: bool) {
+    buf[..PAYLOAD_VECTOR].fill(0);
+    put_u32(buf, 0, REPLY_TABLE as u32);
+    let vt = REPLY_VTABLE;
+    put_u16(buf, vt, REPLY_VTABLE_LEN as u16);
+    put_u16(buf, vt + 2, 21);
+    // field 0 version: absent (default Current).
+    if status {
+        put_u16(buf, vt + 4 + 2, 4);
+    }
+    if handle != 0 {
+        put_u16(buf, vt + 4 + 2 * 2, 8);
+    }
+    put_u16(buf, vt + 4 + 2 * 3, 20);
+    if payload {
+        put_u16(buf, vt + 4 + 2 * 4, 16);
+    }
+    let t = REPLY_TABLE;
+    put_u32(buf, t, (t - vt) as u32); // soffset: vtable = table - soffset
+    put_u64(buf, t + 8, handle);
+    buf[t + 20] = u8::from(payload);
+}
+
+/// Bytes a reply needs in front of a payload vector it reuses ([`write_reply_around`]).
+pub const REPLY_HEADER_LEN: usize = PAYLOAD_VECTOR;
+
+/// Turns a buffer that already holds a byte vector at `vector_at` (its `u32` length prefix; for
+/// instance the payload of an echo request, in the request's own slot) into a `Reply` carrying
+/// that vector as its payload, by writing the reply's fixed part in front of it: no payload
+/// copy. Returns the reply's length (up to the vector's end).
+pub fn write_reply_around(buf: &mut [u8], vector_at: usize) -> Result<usize, WireError> {
+    let bad = || WireError::NoRoom {
+        need: vector_at.max(PAYLOAD_VECTOR) + 4,
+        have: buf.len(),
+    };
+    if vector_at < PAYLOAD_VECTOR || vector_at % 4 != 0 {
+        return Err(bad());
+    }
+    let len_bytes = buf.get(vector_at..vector_at + 4).ok_or_else(bad)?;
+    let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+    let end = vector_at
+        .checked_add(4 + len as usize)
+        .filter(|&e| e <= buf.len())
+        .ok_or_else(bad)?;
+    put_reply_table(buf, false, 0, true);
+    let t = REPLY_TABLE;
+    put_u32(buf, t + 16, (vector_at - (t + 16)) as u32);
+    Ok(end)
 }
 
 fn put_u16(buf: &mut [u8], at: usize, v: u16) {
@@ -234,7 +281,7 @@ mod tests {
         let mut s = slot(reply_len(&parts) + 16);
         let buf = bytes(&mut s);
         let n = write_reply(buf, &parts).unwrap();
-        assert_eq!(n, reply_len(&parts));
+        assert!(n <= reply_len(&parts));
         let r = parse_reply(&buf[..n]).unwrap();
         assert_eq!(r.version().0, WIRE_VERSION);
         assert_eq!(r.handle(), parts.handle);
@@ -287,6 +334,31 @@ mod tests {
     }
 
     #[test]
+    fn reply_around_an_existing_vector() {
+        for n in [0usize, 1, 3, 4, 5, 1000] {
+            let p: Vec<u8> = (0..n).map(|i| (i * 3) as u8).collect();
+            for at in [48usize, 52, 100, 256] {
+                let mut s = slot(at + 4 + n + 40);
+                let buf = bytes(&mut s);
+                buf[at..at + 4].copy_from_slice(&(n as u32).to_le_bytes());
+                buf[at + 4..at + 4 + n].copy_from_slice(&p);
+                let len = write_reply_around(buf, at).unwrap();
+                assert_eq!(len, at + 4 + n);
+                let r = parse_reply(&buf[..len]).unwrap();
+                assert!(r.has_message());
+                assert_eq!(r.payload().unwrap().bytes(), &p[..]);
+                assert!(r.status().is_none());
+            }
+        }
+        let mut s = slot(256);
+        let buf = bytes(&mut s);
+        assert!(write_reply_around(buf, 44).is_err(), "no room in front");
+        assert!(write_reply_around(buf, 50).is_err(), "misaligned");
+        buf[200..204].copy_from_slice(&100u32.to_le_bytes());
+        assert!(write_reply_around(buf, 200).is_err(), "vector past the end");
+    }
+
+    #[test]
     fn reply_needs_room() {
         let mut s = slot(16);
         let err = write_reply(
@@ -308,6 +380,7 @@ mod tests {
             &mut fbb,
             &EchoArgs {
                 payload: Some(payload),
+                delay_ms: 0,
             },
         );
         let req = Request::create(
