@@ -1,5 +1,5 @@
 //! The runtime's only door to C: `libffi_init` (the lua-resty-ffi entry point) and the functions
-//! `resty/grpc_zc.lua` binds with LuaJIT FFI. Every export runs under [`guard`]: a panic is
+//! `resty/grpc_zc.lua` binds with LuaJIT FFI. Every export runs under `guard`: a panic is
 //! logged and becomes an error code, never an unwind into nginx.
 //!
 //! Error codes (negative; see `grpc_zc_strerror`): arena errors as `ArenaError::code`, plus
