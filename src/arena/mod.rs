@@ -72,14 +72,22 @@
 //! - Lua is outside Rust's abstract machine. If it breaks that contract and writes into a slot a
 //!   Rust lease owns, Rust reads bytes that change under a shared reference. The arena cannot
 //!   stop that (LuaJIT can write to any address), so payload bytes are always untrusted input:
-//!   verify them once at the boundary (bounded FlatBuffers verifier), and do not rely on two reads
-//!   of the same byte agreeing for memory safety. The allocator's integrity does not depend on
-//!   the bytes at all.
+//!   verify them once at the boundary (bounded FlatBuffers verifier) and keep reads
+//!   bounds-checked where a changed byte could turn into an out-of-bounds access; an `_unchecked`
+//!   read after verification is only as sound as Lua's keeping the contract. The allocator's
+//!   integrity does not depend on the bytes at all.
 //! - To read a slot Rust does not own (its holder, Lua, may write it at the same time), use
 //!   [`Arena::copy_out`]: it holds the allocator lock (so no Rust lease can exist on that slot
-//!   meanwhile) and reads with relaxed atomic loads, the one kind of access Rust defines for
-//!   memory another party may write concurrently. The reader gets some mix of old and new bytes,
-//!   never undefined behaviour on the Rust side. No `&[u8]` to such memory is ever created.
+//!   meanwhile) and reads with relaxed single-byte atomic loads through a `&[AtomicU8]`, the one
+//!   kind of access Rust's memory model defines for memory another party may write
+//!   concurrently. The reader gets some mix of old and new bytes, never undefined behaviour on
+//!   the Rust side. No `&[u8]` to such memory is ever created.
+//!
+//! Alternatives considered: volatile reads are not an answer (Rust defines racing volatile
+//! accesses exactly like racing plain ones: undefined); `&[AtomicU8]` for leases too would make
+//! every owned access slow and rule out `AsRef<[u8]>` (so no `Bytes::from_owner`, no zero copy);
+//! 8-byte atomic loads in `copy_out` would be faster, but racing atomics of different sizes are
+//! not defined either (miri reports them against the byte stores of the test that plays Lua).
 //!
 //! # Lifetime
 //!
@@ -102,7 +110,7 @@ use std::slice;
 use memmap2::{MmapMut, MmapRaw};
 
 use alloc::{Allocator, Owner, Slot};
-use sync::{Arc, AtomicU64, AtomicU8, Mutex, MutexGuard, Ordering};
+use sync::{Arc, AtomicU8, Mutex, MutexGuard, Ordering};
 
 pub use error::{ArenaError, ArenaErrorKind};
 pub use layout::{
@@ -283,8 +291,7 @@ impl Arena {
         let n = (handle.len as usize).min(dst.len());
         let src = self.inner.base().wrapping_add(handle.offset as usize);
         // SAFETY: `check_raw` proved `handle.offset .. handle.offset + handle.len` lies inside a
-        // live slot inside the mapping, which `self` keeps mapped; slot offsets are multiples of
-        // GRANULE from a page-aligned base, so `src` is 8-aligned. The slot is owned by a handle
+        // live slot inside the mapping, which `self` keeps mapped. The slot is owned by a handle
         // holder, and while we hold the allocator lock no Rust `Lease` can be created for it
         // (claim and lease need the lock), so no Rust code accesses these bytes non-atomically
         // during the copy; only Lua, outside the Rust abstract machine, may write them.
@@ -493,30 +500,27 @@ impl fmt::Debug for Lease {
     }
 }
 
-/// Copies `dst.len()` bytes starting at `src` into `dst` with relaxed atomic loads (8 bytes at a
-/// time, then single bytes), tolerating concurrent writes by code outside Rust.
+/// Copies `dst.len()` bytes starting at `src` into `dst` with relaxed single-byte atomic loads,
+/// tolerating concurrent writes by code outside Rust.
+///
+/// Byte-sized loads on purpose: the writer (LuaJIT's `ffi.copy`, plain stores) writes at any
+/// width, and racing atomic accesses of different sizes are not defined in Rust's model, while a
+/// byte load is no wider than any store. That costs speed (roughly one byte per cycle; no
+/// vectorizing), which is acceptable for a diagnostic path.
 ///
 /// # Safety
 ///
-/// - `src` is valid for reads of `dst.len()` bytes for the whole call, and 8-byte aligned.
+/// - `src` is valid for reads of `dst.len()` bytes for the whole call.
 /// - No Rust code accesses those bytes non-atomically during the call (foreign code, like
 ///   LuaJIT-compiled Lua, may write them; the result then mixes old and new bytes).
 /// - `dst` does not overlap them.
 unsafe fn racy_copy(src: *const u8, dst: &mut [u8]) {
-    let words = dst.len() / 8;
-    // SAFETY: `AtomicU64` has the size and alignment of `u64`; `src` is 8-aligned and valid for
-    // `words * 8 <= dst.len()` bytes (caller). A shared slice of atomics may alias memory that is
-    // written concurrently (atomics are `UnsafeCell`s), and we only load through it.
-    let src_words = unsafe { slice::from_raw_parts(src.cast::<AtomicU64>(), words) };
-    let (head, tail) = dst.split_at_mut(words * 8);
-    for (d, s) in head.chunks_exact_mut(8).zip(src_words) {
-        d.copy_from_slice(&s.load(Ordering::Relaxed).to_ne_bytes());
-    }
-    // SAFETY: the remaining `tail.len() < 8` bytes follow the words inside the range the caller
-    // vouched for; `AtomicU8` has the layout of `u8`; shared atomics tolerate concurrent writes.
-    let src_tail =
-        unsafe { slice::from_raw_parts(src.add(words * 8).cast::<AtomicU8>(), tail.len()) };
-    for (d, s) in tail.iter_mut().zip(src_tail) {
+    // SAFETY: `AtomicU8` has the size and alignment of `u8`; `src` is valid for `dst.len()`
+    // bytes (caller). A shared slice of atomics may alias memory that is written concurrently
+    // (atomics are `UnsafeCell`s), and we only load through it; no Rust code accesses the bytes
+    // non-atomically meanwhile (caller).
+    let src = unsafe { slice::from_raw_parts(src.cast::<AtomicU8>(), dst.len()) };
+    for (d, s) in dst.iter_mut().zip(src) {
         *d = s.load(Ordering::Relaxed);
     }
 }

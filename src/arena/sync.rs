@@ -7,5 +7,5 @@
 //! used to read bytes that Lua may be writing (see `racy_copy` in `mod.rs`), which is a
 //! foreign-memory question, not something loom models.
 
-pub(crate) use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+pub(crate) use std::sync::atomic::{AtomicU8, Ordering};
 pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
