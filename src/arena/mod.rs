@@ -27,6 +27,13 @@
 //!   [run][run][run ][ free ............ ][small][small][small]
 //! ```
 //!
+//! Why page runs, not power-of-two classes, above 32 KiB: a run rounds a payload up to the next
+//! 64 KiB (at most 64 KiB lost per payload), where classes of 64 KiB .. 1 MiB would lose up to
+//! half the class (512 KiB for a payload just over 512 KiB), and a run lease measured as cheap as
+//! a class lease (first fit over a bitmap of 64 pages per word: ~40-55 ns for 100 KiB). The price
+//! is external fragmentation under a mix of long-lived runs, which the top/bottom split keeps
+//! away from small-class pages.
+//!
 //! Everything is addressed by an offset from the mapping base, so a [`Handle`] (offset, length,
 //! generation) means the same thing to Rust and to Lua. The allocator's metadata (page owners,
 //! free bitmaps, generations, owners, stats) lives in Rust heap memory, never in the mapping:
@@ -56,9 +63,9 @@
 //! claiming and releasing take one short mutex (no allocation, no system call, a bounded scan of
 //! the page bitmap for page runs), so the nginx main thread can call them. Measured on the
 //! project's 2-vCPU machine (`arena::tests::latency`, release build): lease + release 26-50 ns
-//! uncontended for small classes and 100 KiB page runs, ~200-300 ns for a 4 MiB run, ~130-145 ns
-//! wall time per operation with 2-4 threads contending for the lock. The one exception to "short"
-//! is [`Arena::copy_out`], which holds the lock while it copies.
+//! uncontended for small classes and 100 KiB page runs, ~200-320 ns for a 4 MiB run, 40-145 ns
+//! wall time per operation with 2-4 threads contending for the lock (varies from run to run). The one exception to "short"
+//! is [`Arena::copy_out`], which holds the lock while it copies (~26 µs per 100 KB).
 //!
 //! # Who may touch the bytes, and Rust's aliasing rules
 //!
