@@ -10,34 +10,21 @@ use testkit::{get_many, Nginx, NginxBuilder};
 
 const INIT: &str = r#"init_worker_by_lua_block { require "resty_ffi" }"#;
 
-/// Lua shared by the test locations: deterministic binary payloads.
-const HELPERS: &str = r#"
-init_by_lua_block {
-    -- payload(n, seed): n bytes covering every byte value, NUL included.
-    function payload(n, seed)
-        local t, chunk = {}, {}
-        for i = 0, 255 do chunk[#chunk + 1] = string.char((i * 7 + seed) % 256) end
-        chunk = table.concat(chunk)
-        local reps = math.floor(n / 256)
-        local s = string.rep(chunk, reps) .. chunk:sub(1, n - reps * 256)
-        assert(#s == n)
-        return s
-    end
+/// Lua shared by the test locations: deterministic binary payloads (`payload(n, seed)`).
+fn helpers() -> String {
+    format!("init_by_lua_block {{ {} }}", testkit::LUA_PAYLOAD)
 }
-"#;
 
 fn nginx(name: &str, workers: usize, server: &str) -> Nginx {
     NginxBuilder::new(name)
         .workers(workers)
-        .http_conf(&format!("{HELPERS}\n{INIT}"))
+        .http_conf(&format!("{}\n{INIT}", helpers()))
         .server_conf(server)
         .start()
 }
 
 fn body(n: &Nginx, path: &str) -> String {
-    let r = n.get(path);
-    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
-    r.text()
+    n.get_ok(path)
 }
 
 #[test]
@@ -326,16 +313,7 @@ fn aborted_requests_leak_nothing() {
     );
     let pid = body(&n, "/gc");
     // Clients that hang up mid-call.
-    let mut socks = Vec::new();
-    for _ in 0..20 {
-        use std::io::Write;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", n.port())).unwrap();
-        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        socks.push(s);
-    }
-    thread::sleep(Duration::from_millis(50));
-    drop(socks);
+    n.hang_up("/slow", 20, Duration::from_millis(50));
     for _ in 0..10 {
         assert_eq!(n.get("/exit_with_thread").status, 204);
         assert_eq!(body(&n, "/kill_thread"), "killed\n");
@@ -399,10 +377,7 @@ location /id {
 "#;
 
 fn expected_payload(id: usize) -> Vec<u8> {
-    let chunk: Vec<u8> = (0..256usize)
-        .map(|i| ((i * 7 + id % 256) % 256) as u8)
-        .collect();
-    chunk.iter().copied().cycle().take(id % 3000).collect()
+    testkit::payload(id % 3000, id % 256)
 }
 
 #[test]
@@ -499,7 +474,7 @@ fn quit_respects_worker_shutdown_timeout() {
     let mut n = NginxBuilder::new("shutdown-timeout")
         .workers(1)
         .main_conf("worker_shutdown_timeout 1s;")
-        .http_conf(&format!("{HELPERS}\n{INIT}"))
+        .http_conf(&format!("{}\n{INIT}", helpers()))
         .server_conf(ECHO_BY_ID)
         .start();
     let calls = slow_calls(&n, 10, "delay_ms=30000");

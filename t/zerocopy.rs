@@ -8,41 +8,35 @@ use std::time::Duration;
 
 use testkit::{get_many, Nginx, NginxBuilder};
 
-/// Lua shared by the test locations: deterministic binary payloads and a usage check.
-const HELPERS: &str = r#"
-init_by_lua_block {
-    function payload(n, seed)
-        local chunk = {}
-        for i = 0, 255 do chunk[#chunk + 1] = string.char((i * 7 + seed) % 256) end
-        chunk = table.concat(chunk)
-        local reps = math.floor(n / 256)
-        local s = string.rep(chunk, reps) .. chunk:sub(1, n - reps * 256)
-        assert(#s == n)
-        return s
-    end
-    -- "idle" when nothing is leased and no call is tracked
-    function usage()
-        local s = assert(require("resty.grpc_zc").stats())
-        return string.format("slots=%d bytes=%d calls=%d", s.slots_in_use, s.bytes_in_use,
-                             s.calls_in_flight)
-    end
+/// Lua shared by the test locations: deterministic binary payloads (`payload(n, seed)`) and
+/// `usage()`, "slots=0 bytes=0 calls=0" when nothing is leased and no call is tracked.
+fn helpers() -> String {
+    format!(
+        r#"init_by_lua_block {{
+            {}
+            function usage()
+                local s = assert(require("resty.grpc_zc").stats())
+                return string.format("slots=%d bytes=%d calls=%d", s.slots_in_use,
+                                     s.bytes_in_use, s.calls_in_flight)
+            end
+        }}"#,
+        testkit::LUA_PAYLOAD
+    )
 }
-"#;
 
 fn nginx(name: &str, workers: usize, init: &str, server: &str) -> Nginx {
     NginxBuilder::new(name)
         .workers(workers)
         .http_conf(&format!(
-            "{HELPERS}\ninit_worker_by_lua_block {{ local grpc = require \"resty.grpc_zc\"; assert(grpc.init({init})) }}"
+            "{}\ninit_worker_by_lua_block {{ local grpc = require \"resty.grpc_zc\"; assert(grpc.init({init})) }}",
+            helpers()
         ))
         .server_conf(server)
         .start()
 }
 
 fn body(n: &Nginx, path: &str) -> String {
-    let r = n.get(path);
-    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
-    r.text()
+    n.get_ok(path)
 }
 
 const IDLE: &str = "slots=0 bytes=0 calls=0";
@@ -123,7 +117,8 @@ fn timed_out_and_aborted_calls_give_their_slots_back() {
     let n = NginxBuilder::new("zc-abort")
         .workers(1)
         .http_conf(&format!(
-            "{HELPERS}\nlua_check_client_abort on;\ninit_worker_by_lua_block {{ assert(require(\"resty.grpc_zc\").init()) }}"
+            "{}\nlua_check_client_abort on;\ninit_worker_by_lua_block {{ assert(require(\"resty.grpc_zc\").init()) }}",
+            helpers()
         ))
         .server_conf(
             r#"
@@ -164,16 +159,7 @@ fn timed_out_and_aborted_calls_give_their_slots_back() {
         assert_eq!(body(&n, "/timeout"), "timeout\n");
         assert_eq!(body(&n, "/dropped"), "dropped\n");
     }
-    let mut socks = Vec::new();
-    for _ in 0..10 {
-        use std::io::Write;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", n.port())).unwrap();
-        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        socks.push(s);
-    }
-    thread::sleep(Duration::from_millis(50));
-    drop(socks);
+    n.hang_up("/slow", 10, Duration::from_millis(50));
     // Collect the aborted calls' Lua objects now, then let the late replies arrive.
     let _ = body(&n, "/usage");
     thread::sleep(Duration::from_millis(600));

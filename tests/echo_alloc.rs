@@ -8,31 +8,13 @@ use resty_grpc_zc::arena::Handle;
 use resty_grpc_zc::config::Config;
 use resty_grpc_zc::queue::Desc;
 use resty_grpc_zc::runtime::{Answer, Instance};
-use resty_grpc_zc::wire::{self, Command, Echo, EchoArgs, Request, RequestArgs, WireVersion};
+use resty_grpc_zc::wire;
 
 #[global_allocator]
 static ALLOC: testkit::alloc::Counting = testkit::alloc::Counting;
 
 fn envelope(payload: &[u8]) -> Vec<u8> {
-    let mut fbb = flatbuffers::FlatBufferBuilder::new();
-    let p = fbb.create_vector(payload);
-    let echo = Echo::create(
-        &mut fbb,
-        &EchoArgs {
-            payload: Some(p),
-            delay_ms: 0,
-        },
-    );
-    let req = Request::create(
-        &mut fbb,
-        &RequestArgs {
-            version: WireVersion::Current,
-            command_type: Command::Echo,
-            command: Some(echo.as_union_value()),
-        },
-    );
-    fbb.finish(req, None);
-    fbb.finished_data().to_vec()
+    wire::echo_request(payload, 0)
 }
 
 /// One echo call; returns the reply payload's length.

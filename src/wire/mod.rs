@@ -76,6 +76,30 @@ pub fn parse_request(bytes: &[u8], max_message: usize) -> Result<Request<'_>, Wi
     Ok(req)
 }
 
+/// A complete `Echo` request envelope (for tests, fuzzing and tools: Lua builds its requests in
+/// place with the generated Lua accessors).
+pub fn echo_request(payload: &[u8], delay_ms: u32) -> Vec<u8> {
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let p = fbb.create_vector(payload);
+    let echo = Echo::create(
+        &mut fbb,
+        &EchoArgs {
+            payload: Some(p),
+            delay_ms,
+        },
+    );
+    let req = Request::create(
+        &mut fbb,
+        &RequestArgs {
+            version: WireVersion::Current,
+            command_type: Command::Echo,
+            command: Some(echo.as_union_value()),
+        },
+    );
+    fbb.finish(req, None);
+    fbb.finished_data().to_vec()
+}
+
 /// The parts of a reply that the runtime writes in place.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ReplyParts<'a> {
@@ -374,25 +398,7 @@ mod tests {
 
     #[test]
     fn requests_are_verified() {
-        let mut fbb = flatbuffers::FlatBufferBuilder::new();
-        let payload = fbb.create_vector(b"hello".as_slice());
-        let echo = Echo::create(
-            &mut fbb,
-            &EchoArgs {
-                payload: Some(payload),
-                delay_ms: 0,
-            },
-        );
-        let req = Request::create(
-            &mut fbb,
-            &RequestArgs {
-                version: WireVersion::Current,
-                command_type: Command::Echo,
-                command: Some(echo.as_union_value()),
-            },
-        );
-        fbb.finish(req, None);
-        let data = fbb.finished_data();
+        let data = &echo_request(b"hello", 0)[..];
         let r = parse_request(data, 1 << 20).unwrap();
         assert_eq!(
             r.command_as_echo().unwrap().payload().unwrap().bytes(),

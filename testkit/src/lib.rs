@@ -42,6 +42,28 @@ pub fn get_many_blocking(urls: Vec<String>, concurrency: usize) -> Vec<(u16, Vec
         .block_on(get_many(urls, concurrency))
 }
 
+/// Lua (for `init_by_lua`) defining the global `payload(n, seed)`: `n` deterministic bytes
+/// covering every byte value, NUL included. [`payload`] computes the same bytes in Rust.
+pub const LUA_PAYLOAD: &str = r#"
+    function payload(n, seed)
+        local chunk = {}
+        for i = 0, 255 do chunk[#chunk + 1] = string.char((i * 7 + seed) % 256) end
+        chunk = table.concat(chunk)
+        local reps = math.floor(n / 256)
+        local s = string.rep(chunk, reps) .. chunk:sub(1, n - reps * 256)
+        assert(#s == n)
+        return s
+    end
+"#;
+
+/// The bytes of [`LUA_PAYLOAD`]'s `payload(n, seed)`.
+pub fn payload(n: usize, seed: usize) -> Vec<u8> {
+    let chunk: Vec<u8> = (0..256usize)
+        .map(|i| ((i * 7 + seed) % 256) as u8)
+        .collect();
+    chunk.iter().copied().cycle().take(n).collect()
+}
+
 /// The workspace root (the parent of this crate's directory).
 pub fn repo_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -317,6 +317,29 @@ impl Nginx {
         self.try_post(path, body).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// GET `path`, asserting status 200; the body as text.
+    pub fn get_ok(&self, path: &str) -> String {
+        let r = self.get(path);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        r.text()
+    }
+
+    /// Opens `count` connections that send `GET path` and hang up `after` later, without
+    /// reading the reply (clients aborting mid-request).
+    pub fn hang_up(&self, path: &str, count: usize, after: Duration) {
+        use std::io::Write;
+        let socks: Vec<TcpStream> = (0..count)
+            .map(|_| {
+                let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to nginx");
+                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                    .expect("send request");
+                s
+            })
+            .collect();
+        thread::sleep(after);
+        drop(socks);
+    }
+
     pub fn try_get(&self, path: &str) -> Result<Resp, String> {
         self.client.get(&self.url(path))
     }
