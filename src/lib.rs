@@ -20,8 +20,10 @@
 /// Version of this crate, as Cargo knows it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod arena;
+pub mod codec;
 pub mod config;
 pub mod ffi;
+pub mod grpc;
 pub mod queue;
 pub mod runtime;
 pub mod wire;

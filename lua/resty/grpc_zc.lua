@@ -15,6 +15,11 @@ local Request = require "resty.grpc_zc.wire.Request"
 local Echo = require "resty.grpc_zc.wire.Echo"
 local Reply = require "resty.grpc_zc.wire.Reply"
 local Command = require "resty.grpc_zc.wire.Command"
+local Connect = require "resty.grpc_zc.wire.Connect"
+local Call = require "resty.grpc_zc.wire.Call"
+local CallKind = require "resty.grpc_zc.wire.CallKind"
+local Metadata = require "resty.grpc_zc.wire.Metadata"
+local Close = require "resty.grpc_zc.wire.Close"
 
 local C_ABI_VERSION = 1
 local ARENA_MAGIC = 0x5241435a43505247ULL      -- "GRPCZCAR" little-endian
@@ -277,6 +282,229 @@ function _M.echo(payload, opts)
     local s = ptr and ffi_string(ptr, len) or ""
     finish(h, 1, 0)
     return true, s
+end
+
+
+local CODE_NAMES = {
+    [0] = "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+}
+-- Extra host wait beyond a call's deadline, so the runtime's DEADLINE_EXCEEDED wins.
+local DEADLINE_GRACE_MS = 1000
+
+
+local function ensure_init()
+    if inst == nil then
+        return _M.init()
+    end
+    return true
+end
+
+
+-- Leases a call slot of `need` bytes and points the builder at it (8-aligned end).
+local function begin_build(need)
+    local h, err = begin(need)
+    if not h then
+        return nil, err
+    end
+    local cap = h.h.len
+    builder:Reset(base + h.h.offset, cap - cap % 8)
+    return h
+end
+
+
+-- The gRPC status of a reply as (err, status) when it is not OK, else nil.
+local function status_of(reply)
+    local st = reply:Status()
+    if st == nil or st:Code() == 0 then
+        return nil
+    end
+    local code = st:Code()
+    local msg = st:Message() or ""
+    local name = CODE_NAMES[code] or "UNKNOWN"
+    return name .. ": " .. msg, { code = code, message = msg, metadata = {} }
+end
+
+
+local Conn = {}
+local Conn_mt = { __index = Conn }
+
+local function ms(v, name)
+    if v == nil then
+        return 0
+    end
+    if type(v) ~= "number" or v < 0 then
+        error("bad option " .. name .. ": non-negative number of milliseconds expected", 3)
+    end
+    return math.floor(v)
+end
+
+
+-- grpc.connect(target, opts?) -> true, conn | false, err
+--   target: "host:port", "[::1]:port", "http://host:port".
+--   opts: host (authority), connect_timeout, timeout (default deadline of calls, ms),
+--   keepalive_interval, keepalive_timeout (ms).
+function _M.connect(target, opts)
+    if type(target) ~= "string" or target == "" then
+        error("bad target: non-empty string expected", 2)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("bad opts: table expected", 2)
+    end
+    opts = opts or {}
+    local ok, err = ensure_init()
+    if not ok then
+        return false, err
+    end
+    local h
+    h, err = begin_build(#target + #(opts.host or "") + 256)
+    if not h then
+        return false, err
+    end
+    local t = builder:CreateString(target)
+    local a = opts.host and builder:CreateString(opts.host)
+    Connect.Start(builder)
+    Connect.AddTarget(builder, t)
+    if a then
+        Connect.AddAuthority(builder, a)
+    end
+    Connect.AddConnectTimeoutMs(builder, ms(opts.connect_timeout, "connect_timeout"))
+    Connect.AddDefaultTimeoutMs(builder, ms(opts.timeout, "timeout"))
+    Connect.AddKeepaliveIntervalMs(builder, ms(opts.keepalive_interval, "keepalive_interval"))
+    Connect.AddKeepaliveTimeoutMs(builder, ms(opts.keepalive_timeout, "keepalive_timeout"))
+    local c = Connect.End(builder)
+    Request.Start(builder)
+    Request.AddCommandType(builder, Command.Connect)
+    Request.AddCommand(builder, c)
+    builder:Finish(Request.End(builder))
+
+    local reply, rerr = roundtrip(h, nil)
+    if not reply then
+        return false, rerr
+    end
+    local serr, status = status_of(reply)
+    local id = tonumber(reply:Handle())
+    finish(h, 1, 0)
+    if serr then
+        return false, serr, status
+    end
+    return true, setmetatable({ id = id, target = target, timeout = opts.timeout }, Conn_mt)
+end
+
+
+-- conn:unary(path, req, call_opts?) -> true, res | false, err, status
+--   req: the protobuf-encoded request (string); res: the encoded response (string).
+--   call_opts: timeout (ms, sent as grpc-timeout), metadata (table; "-bin" keys carry bytes).
+function Conn:unary(path, req, call_opts)
+    if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
+        error("bad path: \"/package.Service/Method\" expected", 2)
+    end
+    if type(req) ~= "string" then
+        error("bad request: string expected, got " .. type(req), 2)
+    end
+    if call_opts ~= nil and type(call_opts) ~= "table" then
+        error("bad call options: table expected", 2)
+    end
+    local timeout = call_opts and call_opts.timeout or self.timeout
+    local md = call_opts and call_opts.metadata
+    local need = #req + #path + 256
+    if md then
+        for k, v in pairs(md) do
+            if type(k) ~= "string" or type(v) ~= "string" then
+                error("bad metadata: string keys and values expected", 2)
+            end
+            need = need + #k + #v + 32
+        end
+    end
+    if #req > max_payload then
+        return false, "RESOURCE_EXHAUSTED: request of " .. #req
+                      .. " bytes larger than max_message (" .. max_payload .. ")",
+               { code = 8, message = "request larger than max_message", metadata = {} }
+    end
+    local h, err = begin_build(need)
+    if not h then
+        return false, "RESOURCE_EXHAUSTED: " .. err, { code = 8, message = err, metadata = {} }
+    end
+    local pv = builder:CreateByteVector(req)
+    local pathv = builder:CreateString(path)
+    local mdv
+    if md then
+        local offs, n = {}, 0
+        for k, v in pairs(md) do
+            local kv = builder:CreateString(k)
+            local vv = builder:CreateByteVector(v)
+            Metadata.Start(builder)
+            Metadata.AddKey(builder, kv)
+            Metadata.AddValue(builder, vv)
+            n = n + 1
+            offs[n] = Metadata.End(builder)
+        end
+        Call.StartMetadataVector(builder, n)
+        for i = n, 1, -1 do
+            builder:PrependUOffsetTRelative(offs[i])
+        end
+        mdv = builder:EndVector(n)
+    end
+    Call.Start(builder)
+    Call.AddConn(builder, self.id)
+    Call.AddKind(builder, CallKind.Unary)
+    Call.AddPath(builder, pathv)
+    if timeout then
+        Call.AddTimeoutMs(builder, ms(timeout, "timeout"))
+    end
+    if mdv then
+        Call.AddMetadata(builder, mdv)
+    end
+    Call.AddPayload(builder, pv)
+    local c = Call.End(builder)
+    Request.Start(builder)
+    Request.AddCommandType(builder, Command.Call)
+    Request.AddCommand(builder, c)
+    builder:Finish(Request.End(builder))
+
+    local wait = timeout and { timeout = timeout + DEADLINE_GRACE_MS } or nil
+    local reply, rerr = roundtrip(h, wait)
+    if not reply then
+        return false, rerr
+    end
+    local serr, status = status_of(reply)
+    if serr then
+        finish(h, 1, 0)
+        return false, serr, status
+    end
+    local ptr, len = payload_of(reply)
+    local res = ptr and ffi_string(ptr, len) or ""
+    finish(h, 1, 0)
+    return true, res
+end
+
+
+-- conn:close(): forgets the connection (calls in flight finish).
+function Conn:close()
+    local ok, err = ensure_init()
+    if not ok then
+        return false, err
+    end
+    local h
+    h, err = begin_build(64)
+    if not h then
+        return false, err
+    end
+    Close.Start(builder)
+    Close.AddConn(builder, self.id)
+    local c = Close.End(builder)
+    Request.Start(builder)
+    Request.AddCommandType(builder, Command.Close)
+    Request.AddCommand(builder, c)
+    builder:Finish(Request.End(builder))
+    local reply, rerr = roundtrip(h, nil)
+    if not reply then
+        return false, rerr
+    end
+    finish(h, 1, 0)
+    return true
 end
 
 

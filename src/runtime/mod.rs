@@ -16,9 +16,12 @@ use std::thread;
 use std::time::Duration;
 
 use crate::arena::{Arena, ArenaConfig, Handle, Lease, Stats};
+use crate::codec::{Inbound, INBOUND_VECTOR_AT};
 use crate::config::Config;
+use crate::grpc::{ConnectOpts, Grpc, UnaryCall};
 use crate::queue::{Desc, Task, TaskQueue};
-use crate::wire::{self, Command, ReplyParts, Request};
+use crate::wire::{self, CallKind, Command, ReplyParts, Request};
+use tonic::Status;
 
 pub(crate) use calls::Finished;
 use calls::{Calls, Deliver};
@@ -35,6 +38,9 @@ pub const RC_ABANDONED: c_int = 4;
 /// where the largest payload is 64 MiB - 4 KiB). `resty/grpc_zc.lua` subtracts the same amount
 /// from the arena header's `max_message`.
 pub const ENVELOPE_SLACK: usize = 4096;
+
+/// tokio worker threads per instance (network I/O; the poll thread stays separate).
+const GRPC_THREADS: usize = 1;
 
 /// Calls the table holds without reallocating (more still work; they allocate).
 const CALLS_CAPACITY: usize = 4096;
@@ -66,6 +72,12 @@ enum Outcome {
     New(Lease, u32),
     /// In the request's own slot, around the byte vector at `vector_at` (an echo's payload).
     InRequestSlot { vector_at: usize },
+    /// A unary gRPC call to run asynchronously; its payload is `payload` bytes of the request
+    /// slot.
+    Unary {
+        call: Box<UnaryCall>,
+        payload: std::ops::Range<usize>,
+    },
 }
 
 /// What [`Instance::execute`] did.
@@ -73,6 +85,8 @@ enum Executed {
     Done(Answer),
     /// The echo test hook asked for a delay: run it again later.
     Delayed(Duration, Claimed),
+    /// A gRPC call to start; its answer comes from the tokio runtime.
+    Unary(Box<UnaryCall>, Handle),
 }
 
 /// A request whose slot the runtime owns now.
@@ -87,6 +101,7 @@ pub struct Instance {
     pub(crate) config: Config,
     pub(crate) arena: Arena,
     calls: Calls,
+    grpc: std::sync::OnceLock<Grpc>,
 }
 
 /// Every instance of this process, by name, for Lua to find. Instances live until the process
@@ -115,6 +130,7 @@ impl Instance {
             config,
             arena,
             calls: Calls::with_capacity(CALLS_CAPACITY),
+            grpc: std::sync::OnceLock::new(),
         }))
     }
 
@@ -203,6 +219,16 @@ impl Instance {
         };
         match self.execute(claimed, true) {
             Executed::Done(answer) => answer.send(task),
+            Executed::Unary(call, req) => {
+                let inst = Arc::clone(self);
+                match self.grpc() {
+                    Ok(grpc) => grpc.unary(*call, move |result| inst.grpc_done(task, &req, result)),
+                    Err(answer) => {
+                        self.calls.failed(&req);
+                        answer.send(task)
+                    }
+                }
+            }
             Executed::Delayed(delay, claimed) => {
                 // Test hook (Echo.delay_ms): answer later from another thread.
                 let inst = Arc::clone(self);
@@ -254,6 +280,10 @@ impl Instance {
     fn execute_now(&self, c: Claimed) -> Answer {
         match self.execute(c, false) {
             Executed::Done(a) => a,
+            Executed::Unary(_, req) => {
+                self.calls.failed(&req);
+                Answer::Error(RC_BAD_REQUEST, "calls need the host queue".into())
+            }
             // Not produced without `allow_delay`; answering now is the right fallback anyway.
             Executed::Delayed(_, c) => self.execute_now(c),
         }
@@ -270,6 +300,14 @@ impl Instance {
             },
         };
         let Claimed { mut lease, req, .. } = c;
+        let outcome = match outcome {
+            Ok(Outcome::Unary { mut call, payload }) => {
+                // The request slot lives on as the payload's owner until tonic has sent it.
+                call.payload = bytes::Bytes::from_owner(lease).slice(payload);
+                return Executed::Unary(call, req);
+            }
+            other => other,
+        };
         let reply = match outcome {
             Ok(Outcome::New(reply, len)) => {
                 drop(lease);
@@ -281,6 +319,7 @@ impl Instance {
                     Err(e) => Err((RC_BAD_REQUEST, e.to_string())),
                 }
             }
+            Ok(Outcome::Unary { .. }) => unreachable_outcome(),
             Err(e) => Err(e),
         };
         Executed::Done(match reply {
@@ -327,11 +366,111 @@ impl Instance {
                     ..Default::default()
                 })
             }
+            Command::Connect => {
+                let Some(c) = req.command_as_connect() else {
+                    return Err((RC_BAD_REQUEST, "Connect without a table".into()));
+                };
+                let ms = |v: u32| (v > 0).then(|| Duration::from_millis(u64::from(v)));
+                let opts = ConnectOpts {
+                    target: c.target().to_owned(),
+                    authority: c.authority().map(str::to_owned),
+                    connect_timeout: ms(c.connect_timeout_ms()),
+                    default_timeout: ms(c.default_timeout_ms()),
+                    keepalive_interval: ms(c.keepalive_interval_ms()),
+                    keepalive_timeout: ms(c.keepalive_timeout_ms()),
+                };
+                let result = self
+                    .grpc()
+                    .map_err(|_| Status::internal("no tokio runtime"));
+                match result.and_then(|g| g.connect(&opts)) {
+                    Ok(id) => self.reply(ReplyParts {
+                        handle: id,
+                        ..Default::default()
+                    }),
+                    Err(st) => self.reply(status_parts(&st)),
+                }
+            }
+            Command::Close => {
+                let id = req.command_as_close().map_or(0, |c| c.conn());
+                if let Some(g) = self.grpc.get() {
+                    g.close(id);
+                }
+                self.reply(ReplyParts::default())
+            }
+            Command::Call => {
+                let Some(c) = req.command_as_call() else {
+                    return Err((RC_BAD_REQUEST, "Call without a table".into()));
+                };
+                if c.kind() != CallKind::Unary {
+                    return self.reply(ReplyParts {
+                        status: Some((12, "UNIMPLEMENTED: streaming calls are not supported yet")),
+                        ..Default::default()
+                    });
+                }
+                let base = slot.as_slice().as_ptr() as usize;
+                let payload = c.payload().map_or(0..0, |p| {
+                    let start = p.bytes().as_ptr() as usize - base;
+                    start..start + p.len()
+                });
+                let metadata = c
+                    .metadata()
+                    .iter()
+                    .flatten()
+                    .map(|m| {
+                        let v = m.value().map_or(Vec::new(), |v| v.bytes().to_vec());
+                        (m.key().to_owned(), v)
+                    })
+                    .collect();
+                let call = UnaryCall {
+                    conn: c.conn(),
+                    path: c.path().to_owned(),
+                    timeout: (c.timeout_ms() > 0)
+                        .then(|| Duration::from_millis(u64::from(c.timeout_ms()))),
+                    metadata,
+                    payload: bytes::Bytes::new(),
+                };
+                Ok(Outcome::Unary {
+                    call: Box::new(call),
+                    payload,
+                })
+            }
             other => self.reply(ReplyParts {
                 status: Some((12, &format!("UNIMPLEMENTED: command {other:?}"))),
                 ..Default::default()
             }),
         }
+    }
+
+    /// The instance's gRPC runtime, started on first use.
+    fn grpc(&self) -> Result<&Grpc, Answer> {
+        if let Some(g) = self.grpc.get() {
+            return Ok(g);
+        }
+        let g = Grpc::new(self.arena.clone(), GRPC_THREADS)
+            .map_err(|e| Answer::Error(RC_EXHAUSTED, format!("cannot start tokio: {e}")))?;
+        Ok(self.grpc.get_or_init(|| g))
+    }
+
+    /// A unary call finished (tokio thread): write the reply and answer the task.
+    fn grpc_done(&self, task: Task, req: &Handle, result: Result<Inbound, Status>) {
+        let reply = match result {
+            Ok(Inbound { mut lease }) => {
+                match wire::write_reply_around(lease.as_mut_slice(), INBOUND_VECTOR_AT) {
+                    Ok(len) => Ok(Outcome::New(lease, len as u32)),
+                    Err(e) => Err((RC_BAD_REQUEST, e.to_string())),
+                }
+            }
+            Err(st) => self.reply(status_parts(&st)),
+        };
+        let answer = match reply {
+            Ok(Outcome::New(lease, len)) => self.deliver(req, lease, len),
+            Ok(_) => unreachable_outcome(),
+            Err((rc, msg)) => {
+                self.calls.failed(req);
+                Answer::Error(rc, msg)
+            }
+        };
+        answer.send(task)
     }
 
     /// Leases a slot and writes a reply into it.
@@ -368,4 +507,17 @@ impl Instance {
 fn echo_delay(req: &Request<'_>) -> Option<Duration> {
     let ms = req.command_as_echo()?.delay_ms();
     (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
+}
+
+/// A gRPC status as reply parts (the message with its code name first, as Lua reports it).
+fn status_parts(st: &Status) -> ReplyParts<'_> {
+    ReplyParts {
+        status: Some((st.code() as i32, st.message())),
+        ..Default::default()
+    }
+}
+
+#[cold]
+fn unreachable_outcome() -> ! {
+    panic!("resty_grpc_zc: unary outcome in a synchronous path")
 }

@@ -1,0 +1,256 @@
+//! gRPC over tonic: channels per connection id, and calls that run on the instance's tokio
+//! runtime. Safe Rust only; payloads arrive as `Bytes` over arena slots and leave as arena
+//! slots ([`crate::codec`]).
+//!
+//! Status: unary calls over plaintext HTTP/2, with deadlines and request metadata. Streams, TLS,
+//! response metadata and cancellation on the wire when Lua gives up are the gRPC issue's
+//! remaining work.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::arena::Arena;
+use crate::codec::{ArenaCodec, Inbound};
+
+/// What `Connect` asks for (owned: it outlives the request slot).
+#[derive(Debug, Default, Clone)]
+pub struct ConnectOpts {
+    pub target: String,
+    pub authority: Option<String>,
+    pub connect_timeout: Option<Duration>,
+    pub default_timeout: Option<Duration>,
+    pub keepalive_interval: Option<Duration>,
+    pub keepalive_timeout: Option<Duration>,
+}
+
+/// One unary call (owned: it runs after the poll thread moved on).
+pub struct UnaryCall {
+    pub conn: u64,
+    pub path: String,
+    pub timeout: Option<Duration>,
+    pub metadata: Vec<(String, Vec<u8>)>,
+    pub payload: Bytes,
+}
+
+struct Conn {
+    channel: Channel,
+    default_timeout: Option<Duration>,
+}
+
+/// The instance's gRPC side: a small tokio runtime and its connections.
+pub struct Grpc {
+    rt: tokio::runtime::Runtime,
+    conns: Mutex<HashMap<u64, Conn>>,
+    next_id: AtomicU64,
+    arena: Arena,
+}
+
+impl Grpc {
+    /// Starts the tokio runtime (`threads` workers, named `grpc_zc-io`).
+    pub fn new(arena: Arena, threads: usize) -> std::io::Result<Grpc> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("grpc_zc-io")
+            .enable_all()
+            .build()?;
+        Ok(Grpc {
+            rt,
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            arena,
+        })
+    }
+
+    /// Creates a channel (connected lazily, reconnecting as needed) and returns its id.
+    pub fn connect(&self, opts: &ConnectOpts) -> Result<u64, Status> {
+        let uri = normalize_target(&opts.target)?;
+        let mut ep = Endpoint::from_shared(uri)
+            .map_err(|e| Status::invalid_argument(format!("bad target {:?}: {e}", opts.target)))?;
+        if let Some(a) = &opts.authority {
+            let origin = format!("http://{a}")
+                .parse()
+                .map_err(|e| Status::invalid_argument(format!("bad authority {a:?}: {e}")))?;
+            ep = ep.origin(origin);
+        }
+        if let Some(t) = opts.connect_timeout {
+            ep = ep.connect_timeout(t);
+        }
+        if let Some(t) = opts.keepalive_interval {
+            ep = ep.http2_keep_alive_interval(t).keep_alive_while_idle(true);
+        }
+        if let Some(t) = opts.keepalive_timeout {
+            ep = ep.keep_alive_timeout(t);
+        }
+        // connect_lazy needs a runtime context for its background task.
+        let _guard = self.rt.enter();
+        let channel = ep.connect_lazy();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id,
+            Conn {
+                channel,
+                default_timeout: opts.default_timeout,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Forgets a connection id (its calls in flight finish on their own).
+    pub fn close(&self, id: u64) -> bool {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+            .is_some()
+    }
+
+    /// Runs a unary call; `done` gets the reply message or the status, on a runtime thread.
+    pub fn unary(
+        &self,
+        call: UnaryCall,
+        done: impl FnOnce(Result<Inbound, Status>) + Send + 'static,
+    ) {
+        let conn = {
+            let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            conns
+                .get(&call.conn)
+                .map(|c| (c.channel.clone(), c.default_timeout))
+        };
+        let Some((channel, default_timeout)) = conn else {
+            return done(Err(Status::invalid_argument(format!(
+                "unknown connection {}",
+                call.conn
+            ))));
+        };
+        let codec = ArenaCodec::new(self.arena.clone());
+        let timeout = call.timeout.or(default_timeout);
+        self.rt.spawn(async move {
+            let started = tokio::time::Instant::now();
+            let work = unary(channel, codec, call, timeout);
+            let result = match timeout {
+                // The server gets `grpc-timeout`; this bound holds even when it ignores it.
+                Some(t) => match tokio::time::timeout(t, work).await {
+                    Ok(Err(_)) if started.elapsed() >= t => Err(deadline_exceeded()),
+                    Ok(r) => r,
+                    Err(_) => Err(deadline_exceeded()),
+                },
+                None => work.await,
+            };
+            done(result);
+        });
+    }
+}
+
+async fn unary(
+    channel: Channel,
+    codec: ArenaCodec,
+    call: UnaryCall,
+    timeout: Option<Duration>,
+) -> Result<Inbound, Status> {
+    let path = PathAndQuery::from_str(&call.path)
+        .map_err(|e| Status::invalid_argument(format!("bad path {:?}: {e}", call.path)))?;
+    let mut req = tonic::Request::new(call.payload);
+    if let Some(t) = timeout {
+        req.set_timeout(t);
+    }
+    for (k, v) in call.metadata {
+        add_metadata(req.metadata_mut(), &k, v)?;
+    }
+    let mut client = tonic::client::Grpc::new(channel);
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::new(Code::Unavailable, e.to_string()))?;
+    client.unary(req, path, codec).await.map(|r| r.into_inner())
+}
+
+fn add_metadata(
+    md: &mut tonic::metadata::MetadataMap,
+    key: &str,
+    value: Vec<u8>,
+) -> Result<(), Status> {
+    let bad = |what: &str| Status::invalid_argument(format!("metadata {key:?}: {what}"));
+    if key.ends_with("-bin") {
+        let k = BinaryMetadataKey::from_str(key).map_err(|_| bad("bad key"))?;
+        md.append_bin(k, MetadataValue::from_bytes(&value));
+    } else {
+        let k = AsciiMetadataKey::from_str(key).map_err(|_| bad("bad key"))?;
+        let v = AsciiMetadataValue::try_from(value).map_err(|_| bad("bad value"))?;
+        md.append(k, v);
+    }
+    Ok(())
+}
+
+/// What a call past its deadline reports, whatever the server or the transport said at that
+/// moment (as grpc-go does when the context's deadline has passed).
+fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("deadline exceeded")
+}
+
+/// "host:port", "[::1]:port" → "http://…"; "http(s)://…" as is.
+fn normalize_target(t: &str) -> Result<String, Status> {
+    if t.starts_with("http://") || t.starts_with("https://") {
+        return Ok(t.to_owned());
+    }
+    if t.starts_with("unix:") {
+        return Err(Status::unimplemented("unix: targets are not supported yet"));
+    }
+    if t.is_empty() {
+        return Err(Status::invalid_argument("empty target"));
+    }
+    Ok(format!("http://{t}"))
+}
+
+/// The canonical name of a status code ("DEADLINE_EXCEEDED").
+pub fn code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            normalize_target("127.0.0.1:50051").unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(
+            normalize_target("[::1]:50051").unwrap(),
+            "http://[::1]:50051"
+        );
+        assert_eq!(normalize_target("https://h:1").unwrap(), "https://h:1");
+        assert!(normalize_target("").is_err());
+        assert_eq!(code_name(4), "DEADLINE_EXCEEDED");
+    }
+}
