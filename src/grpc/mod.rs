@@ -114,12 +114,14 @@ impl Grpc {
             .is_some()
     }
 
-    /// Runs a unary call; `done` gets the reply message or the status, on a runtime thread.
+    /// Runs a unary call; `done` gets the reply message or the status, always on a runtime
+    /// thread (never inside this call). Aborting the returned handle drops the call (tonic
+    /// resets the stream: RST_STREAM CANCEL) and `done` is never called.
     pub fn unary(
         &self,
         call: UnaryCall,
         done: impl FnOnce(Result<Inbound, Status>) + Send + 'static,
-    ) {
+    ) -> tokio::task::AbortHandle {
         let conn = {
             let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
             conns
@@ -127,14 +129,13 @@ impl Grpc {
                 .map(|c| (c.channel.clone(), c.default_timeout))
         };
         let Some((channel, default_timeout)) = conn else {
-            return done(Err(Status::invalid_argument(format!(
-                "unknown connection {}",
-                call.conn
-            ))));
+            // `done` always runs on a runtime thread, never inside this call.
+            let st = Status::invalid_argument(format!("unknown connection {}", call.conn));
+            return self.rt.spawn(async move { done(Err(st)) }).abort_handle();
         };
         let codec = ArenaCodec::new(self.arena.clone());
         let timeout = call.timeout.or(default_timeout);
-        self.rt.spawn(async move {
+        let task = self.rt.spawn(async move {
             let started = tokio::time::Instant::now();
             let work = unary(channel, codec, call, timeout);
             let result = match timeout {
@@ -148,6 +149,7 @@ impl Grpc {
             };
             done(result);
         });
+        task.abort_handle()
     }
 }
 

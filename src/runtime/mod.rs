@@ -102,6 +102,8 @@ pub struct Instance {
     pub(crate) arena: Arena,
     calls: Calls,
     grpc: std::sync::OnceLock<Grpc>,
+    /// gRPC calls on the wire, by call key, to cancel them when Lua gives up.
+    aborts: Mutex<std::collections::HashMap<u64, tokio::task::AbortHandle>>,
 }
 
 /// Every instance of this process, by name, for Lua to find. Instances live until the process
@@ -131,6 +133,7 @@ impl Instance {
             arena,
             calls: Calls::with_capacity(CALLS_CAPACITY),
             grpc: std::sync::OnceLock::new(),
+            aborts: Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -184,6 +187,20 @@ impl Instance {
 
     /// Lua: finished with a call (reply read, or error seen).
     pub fn finish_call(&self, req: &Handle, posted: bool, abandoned: bool) {
+        if abandoned {
+            let running = self
+                .aborts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&calls::key(req));
+            if let Some(a) = running {
+                // Lua gave up on a call still on the wire: cancel it (RST_STREAM CANCEL). Its
+                // task is dropped, which answers the host; the call's entry goes here.
+                a.abort();
+                self.calls.failed(req);
+                return;
+            }
+        }
         let what = if abandoned || !posted {
             self.calls.abandon(req, posted)
         } else {
@@ -222,7 +239,13 @@ impl Instance {
             Executed::Unary(call, req) => {
                 let inst = Arc::clone(self);
                 match self.grpc() {
-                    Ok(grpc) => grpc.unary(*call, move |result| inst.grpc_done(task, &req, result)),
+                    Ok(grpc) => {
+                        // Registered before the call can finish: grpc_done takes it out.
+                        let mut aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
+                        let abort =
+                            grpc.unary(*call, move |result| inst.grpc_done(task, &req, result));
+                        aborts.insert(calls::key(&req), abort);
+                    }
                     Err(answer) => {
                         self.calls.failed(&req);
                         answer.send(task)
@@ -453,6 +476,10 @@ impl Instance {
 
     /// A unary call finished (tokio thread): write the reply and answer the task.
     fn grpc_done(&self, task: Task, req: &Handle, result: Result<Inbound, Status>) {
+        self.aborts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&calls::key(req));
         let reply = match result {
             Ok(Inbound { mut lease }) => {
                 match wire::write_reply_around(lease.as_mut_slice(), INBOUND_VECTOR_AT) {
