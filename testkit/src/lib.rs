@@ -16,9 +16,11 @@
 //! and serves one `server` on a free port of 127.0.0.1.
 //!
 //! Modules: `nginx` (builder and process control), `http` (blocking client and [`get_many`]),
-//! [`procfs`] (pids, rss, signals), `uds` ([`UdsEcho`], the proxy-model echo server).
+//! [`procfs`] (pids, rss, signals), `uds` ([`UdsEcho`], the proxy-model echo server), [`grpc`]
+//! (the `grpc-test-server` binary's services, [`GrpcServer`] to run it, [`certs()`] for TLS).
 
 pub mod alloc;
+pub mod grpc;
 mod http;
 mod nginx;
 pub mod procfs;
@@ -26,6 +28,7 @@ mod uds;
 
 use std::path::PathBuf;
 
+pub use grpc::{certs, GrpcServer, GrpcServerOpts, TestCerts};
 pub use http::{get_many, Client, Resp, TIMEOUT};
 pub use nginx::{Nginx, NginxBuilder, MODULES_DIR, NGINX_BIN};
 pub use uds::UdsEcho;
@@ -33,6 +36,10 @@ pub use uds::UdsEcho;
 /// The tokio this crate uses, for tests that drive [`get_many`] without a tokio dependency of
 /// their own (`testkit::tokio::runtime::Runtime::new()`).
 pub use tokio;
+
+/// The tonic the generated [`grpc::pb`] clients are built on, for tests without a tonic
+/// dependency of their own.
+pub use tonic;
 
 /// [`get_many`] on a fresh multi-thread runtime, for plain `#[test]` functions. Panics when
 /// called from inside a tokio runtime (use `get_many(..).await` there).

@@ -1,0 +1,123 @@
+//! `grpc-test-server`: serves `helloworld.Greeter` and `zctest.Test` (see `testkit::grpc`) for
+//! the integration tests.
+//!
+//! ```text
+//! grpc-test-server [--listen ADDR | --uds PATH]
+//!                  [--tls-cert PEM --tls-key PEM [--client-ca PEM]]
+//!                  [--max-recv BYTES] [--max-send BYTES]
+//! ```
+//!
+//! Prints `listening 127.0.0.1:PORT` (or `listening unix:/path`) on stdout once it accepts.
+//! SIGTERM or SIGINT: graceful shutdown (GOAWAY, in-flight calls drain).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use testkit::grpc::{serve, Counters, Listen, ServeConfig, TlsPem};
+use tokio::signal::unix::{signal, SignalKind};
+
+const USAGE: &str = "usage: grpc-test-server [--listen ADDR | --uds PATH] \
+[--tls-cert PEM --tls-key PEM [--client-ca PEM]] [--max-recv BYTES] [--max-send BYTES]";
+
+fn read_pem(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))
+}
+
+fn parse_args() -> Result<ServeConfig, String> {
+    let mut listen = Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let (mut cert, mut key, mut client_ca) = (None, None, None);
+    let mut config = ServeConfig::new(listen.clone());
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(USAGE.to_owned());
+        }
+        let value = args
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let size = |v: &str| {
+            v.parse::<usize>()
+                .map_err(|e| format!("{flag} {v}: {e}\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--listen" => {
+                let addr = value
+                    .parse()
+                    .map_err(|e| format!("--listen {value}: {e}"))?;
+                listen = Listen::Tcp(addr);
+            }
+            "--uds" => listen = Listen::Unix(PathBuf::from(value)),
+            "--tls-cert" => cert = Some(read_pem(&value)?),
+            "--tls-key" => key = Some(read_pem(&value)?),
+            "--client-ca" => client_ca = Some(read_pem(&value)?),
+            "--max-recv" => config.limits.max_recv = size(&value)?,
+            "--max-send" => config.limits.max_send = size(&value)?,
+            _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
+        }
+    }
+    config.listen = listen;
+    config.tls = match (cert, key, client_ca) {
+        (Some(cert), Some(key), client_ca) => Some(TlsPem {
+            cert,
+            key,
+            client_ca,
+        }),
+        (None, None, None) => None,
+        _ => {
+            return Err(format!(
+                "--tls-cert and --tls-key go together (--client-ca needs both)\n{USAGE}"
+            ))
+        }
+    };
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("grpc-test-server: cannot install signal handlers; SIGTERM kills");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn main() -> ExitCode {
+    let config = match parse_args() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
+    let ready = |addr: &str| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening {addr}");
+        let _ = out.flush();
+    };
+    let served = runtime.block_on(serve(
+        config,
+        Arc::new(Counters::default()),
+        ready,
+        shutdown_signal(),
+    ));
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("grpc-test-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! gRPC test servers for the integration tests: the `grpc-test-server` binary's services, the
+//! process handle tests start it with, and test certificates.
+//!
+//! ```text
+//!  test ── GrpcServer::start(opts) ──spawn──► target/release/grpc-test-server --listen 127.0.0.1:0
+//!    │        waits for "listening 127.0.0.1:PORT" on its stdout (10 s)      │
+//!    ├── addr() / url() / channel() ──────── gRPC over h2 (TLS, mTLS) ──────►├─ helloworld.Greeter
+//!    ├── stats() ── /zctest.Test/Stats ─────────────────────────────────────►├─ zctest.Test
+//!    └── restart() / stop() ── SIGKILL, same port again ────────────────────►└─ EchoMetaLayer
+//! ```
+//!
+//! Modules: [`pb`] (prost messages and tonic stubs generated from `testkit/proto/*.proto` by
+//! `build.rs` with `protox`, into `OUT_DIR`), `service` (what each method does, [`serve`]),
+//! `echo_meta` (request `x-*` metadata echoed as response headers and trailers), `process`
+//! ([`GrpcServer`]), `certs` ([`certs()`], [`TestCerts`]).
+
+mod certs;
+mod echo_meta;
+mod process;
+mod service;
+
+pub use certs::{certs, TestCerts};
+pub use echo_meta::{EchoMeta, EchoMetaLayer};
+pub use process::{GrpcServer, GrpcServerOpts};
+pub use service::{
+    serve, Counters, Echoes, GreeterService, Limits, Listen, Replies, ServeConfig, TestService,
+    TlsPem, DEFAULT_MAX_MESSAGE,
+};
+
+/// Code generated from `testkit/proto/*.proto` (messages, `*_client` and `*_server` modules).
+pub mod pb {
+    /// `package helloworld`: `/helloworld.Greeter/SayHello`.
+    pub mod helloworld {
+        tonic::include_proto!("helloworld");
+    }
+    /// `package zctest`: `/zctest.Test/{Unary,ServerStream,ClientStream,Bidi,Stats}`.
+    pub mod zctest {
+        tonic::include_proto!("zctest");
+    }
+}

@@ -1,0 +1,353 @@
+//! [`GrpcServer`]: runs the `grpc-test-server` binary as a child of the test.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::certs::TestCerts;
+use super::pb::zctest::test_client::TestClient;
+use super::pb::zctest::StatsRequest;
+
+/// How long [`GrpcServer::start`] waits for the `listening` line.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a graceful stop may take before the server is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to run the server. `Default`: plaintext on `127.0.0.1:<free port>`, default limits.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcServerOpts {
+    /// Serve on this unix socket instead of TCP.
+    pub uds: Option<PathBuf>,
+    /// Serve TLS with `server_cert_pem`/`server_key_pem` of these certificates.
+    pub tls: Option<TestCerts>,
+    /// With `tls`: require client certificates signed by its `ca_pem` (mTLS).
+    pub mtls: bool,
+    /// `--max-recv`: largest message the server decodes.
+    pub max_recv: Option<usize>,
+    /// `--max-send`: largest message the server encodes.
+    pub max_send: Option<usize>,
+}
+
+impl GrpcServerOpts {
+    /// TLS with the server certificate of `certs`.
+    pub fn tls(mut self, certs: &TestCerts) -> Self {
+        self.tls = Some(certs.clone());
+        self
+    }
+
+    /// TLS with the server certificate of `certs`, and client certificates required (signed
+    /// by `certs.ca_pem`).
+    pub fn mtls(mut self, certs: &TestCerts) -> Self {
+        self.tls = Some(certs.clone());
+        self.mtls = true;
+        self
+    }
+
+    pub fn uds(mut self, path: impl Into<PathBuf>) -> Self {
+        self.uds = Some(path.into());
+        self
+    }
+
+    pub fn max_recv(mut self, bytes: usize) -> Self {
+        self.max_recv = Some(bytes);
+        self
+    }
+
+    pub fn max_send(mut self, bytes: usize) -> Self {
+        self.max_send = Some(bytes);
+        self
+    }
+
+    /// Command-line flags of the binary, listening on `listen` (ignored with `uds`).
+    fn args(&self, listen: &str) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        match &self.uds {
+            Some(path) => args.extend(["--uds".into(), path.into()]),
+            None => args.extend(["--listen".into(), listen.into()]),
+        }
+        if let Some(certs) = &self.tls {
+            args.extend([
+                "--tls-cert".into(),
+                certs.server_cert_path().into(),
+                "--tls-key".into(),
+                certs.server_key_path().into(),
+            ]);
+            if self.mtls {
+                args.extend(["--client-ca".into(), certs.ca_path().into()]);
+            }
+        }
+        if let Some(n) = self.max_recv {
+            args.extend(["--max-recv".into(), n.to_string().into()]);
+        }
+        if let Some(n) = self.max_send {
+            args.extend(["--max-send".into(), n.to_string().into()]);
+        }
+        args
+    }
+}
+
+/// A running `grpc-test-server`, killed on drop.
+#[derive(Debug)]
+pub struct GrpcServer {
+    bin: PathBuf,
+    opts: GrpcServerOpts,
+    /// What the server printed after `listening `: `127.0.0.1:PORT` or `unix:/path`.
+    addr: String,
+    child: Option<Child>,
+}
+
+impl GrpcServer {
+    /// The binary: `<repo>/target/release/grpc-test-server` (`cargo build --release -p testkit`).
+    pub fn binary() -> PathBuf {
+        crate::repo_root().join("target/release/grpc-test-server")
+    }
+
+    /// Starts [`GrpcServer::binary`] and returns once it listens (panics after 10 s).
+    pub fn start(opts: GrpcServerOpts) -> GrpcServer {
+        Self::start_bin(&Self::binary(), opts)
+    }
+
+    /// Starts `bin` (tests of this crate pass `env!("CARGO_BIN_EXE_grpc-test-server")`).
+    pub fn start_bin(bin: &Path, opts: GrpcServerOpts) -> GrpcServer {
+        assert!(
+            bin.exists(),
+            "{} is missing: run `cargo build --release -p testkit`",
+            bin.display()
+        );
+        let mut server = GrpcServer {
+            bin: bin.to_path_buf(),
+            opts,
+            addr: String::new(),
+            child: None,
+        };
+        server.launch("127.0.0.1:0");
+        server
+    }
+
+    fn launch(&mut self, listen: &str) {
+        let mut child = Command::new(&self.bin)
+            .args(self.opts.args(listen))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.bin.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        // Reads the `listening` line, then drains stdout until the server exits.
+        thread::Builder::new()
+            .name("grpc-test-server-stdout".into())
+            .spawn(move || {
+                let mut lines = BufReader::new(stdout).lines();
+                let first = lines.next().and_then(Result::ok);
+                let _ = tx.send(first);
+                lines.map_while(Result::ok).for_each(drop);
+            })
+            .expect("spawning the stdout reader");
+        let line = rx.recv_timeout(START_TIMEOUT);
+        let addr = match &line {
+            Ok(Some(line)) => line.strip_prefix("listening ").map(str::to_owned),
+            _ => None,
+        };
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "grpc-test-server did not start within {START_TIMEOUT:?} (got {line:?}; \
+                 its stderr is above)"
+            );
+        };
+        self.addr = addr;
+        self.child = Some(child);
+    }
+
+    /// `127.0.0.1:PORT`, or `unix:/path` with [`GrpcServerOpts::uds`]. Stays the same across
+    /// [`GrpcServer::restart`].
+    pub fn addr(&self) -> String {
+        self.addr.clone()
+    }
+
+    /// The TCP port (panics for a unix socket server).
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or_else(|| panic!("{} has no TCP port", self.addr))
+    }
+
+    /// `http://127.0.0.1:PORT`, `https://127.0.0.1:PORT` with TLS, or `unix:/path`.
+    pub fn url(&self) -> String {
+        if self.addr.starts_with("unix:") {
+            self.addr.clone()
+        } else if self.opts.tls.is_some() {
+            format!("https://{}", self.addr)
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// The server's pid (panics while it is stopped).
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("the server is stopped").id() as i32
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the server (SIGKILL: connections are reset, no GOAWAY). No-op when stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM: the server sends GOAWAY, stops accepting and exits once in-flight calls end
+    /// (killed after 10 s). No-op when stopped.
+    pub fn stop_graceful(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        crate::procfs::signal(child.id() as i32, libc::SIGTERM);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops the server if it runs ([`GrpcServer::stop`]) and starts it again with the same
+    /// options on the same address (port or socket path).
+    pub fn restart(&mut self) {
+        self.stop();
+        let previous = self.addr.clone();
+        self.launch(&previous);
+        assert_eq!(self.addr, previous, "the restarted server moved");
+    }
+
+    /// An endpoint for [`GrpcServer::url`], with TLS configured as a well-behaved client would
+    /// (trusting `ca_pem`, server name `localhost`, the client certificate with mTLS).
+    pub fn endpoint(&self) -> Endpoint {
+        let mut endpoint = Endpoint::from_shared(self.url())
+            .expect("a valid url")
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(certs) = &self.opts.tls {
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&certs.ca_pem))
+                .domain_name("localhost");
+            if self.opts.mtls {
+                tls = tls.identity(Identity::from_pem(
+                    &certs.client_cert_pem,
+                    &certs.client_key_pem,
+                ));
+            }
+            endpoint = endpoint.tls_config(tls).expect("client TLS config");
+        }
+        endpoint
+    }
+
+    /// A connected channel to the server (inside a tokio runtime).
+    pub async fn channel(&self) -> Channel {
+        self.endpoint()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e:?}", self.url()))
+    }
+
+    /// `(cancelled, completed)` handler invocations since the server (re)started, from
+    /// `/zctest.Test/Stats` on a fresh connection.
+    pub async fn stats_async(&self) -> (u64, u64) {
+        let channel = self
+            .endpoint()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {} for Stats: {e:?}", self.url()));
+        let reply = TestClient::new(channel)
+            .stats(StatsRequest {})
+            .await
+            .expect("/zctest.Test/Stats")
+            .into_inner();
+        (reply.cancelled, reply.completed)
+    }
+
+    /// [`GrpcServer::stats_async`] for plain `#[test]` functions, on a runtime of its own in a
+    /// helper thread. Inside an async test use `stats_async`: blocking the test's runtime
+    /// would also stop its client connections (a cancelled call's RST_STREAM never leaves).
+    pub fn stats(&self) -> (u64, u64) {
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("starting a tokio runtime")
+                        .block_on(self.stats_async())
+                })
+                .join()
+                .expect("the Stats thread panicked")
+        })
+    }
+
+    /// Polls [`GrpcServer::stats_async`] until `pred(cancelled, completed)` holds and returns
+    /// those stats; panics with the last ones after `timeout` (the server sees a cancellation a
+    /// little after the client gave up).
+    pub async fn wait_stats_async(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(u64, u64) -> bool,
+    ) -> (u64, u64) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (cancelled, completed) = self.stats_async().await;
+            if pred(cancelled, completed) {
+                return (cancelled, completed);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stats still cancelled={cancelled} completed={completed} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// [`GrpcServer::wait_stats_async`] for plain `#[test]` functions (see
+    /// [`GrpcServer::stats`]).
+    pub fn wait_stats(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(u64, u64) -> bool + Send,
+    ) -> (u64, u64) {
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("starting a tokio runtime")
+                        .block_on(self.wait_stats_async(timeout, pred))
+                })
+                .join()
+                .expect("the Stats thread panicked")
+        })
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(path) = &self.opts.uds {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
