@@ -1,0 +1,328 @@
+//! The gRPC client on a real nginx against real tonic servers (`testkit`'s grpc-test-server):
+//! unary calls, status codes, deadlines and cancellation seen by the server, big and empty
+//! messages, server restarts, load across two workers. Every test ends with the arena idle and
+//! a clean error.log.
+
+use std::time::{Duration, Instant};
+
+use testkit::{get_many, GrpcServer, GrpcServerOpts, Nginx, NginxBuilder};
+
+/// Lua for the tests: protobuf encoding of the test messages by hand (field numbers from
+/// testkit/proto/*.proto) and the arena usage check.
+const HELPERS: &str = r#"
+init_by_lua_block {
+    local function varint(n)
+        local t = {}
+        repeat
+            local b = n % 128
+            n = math.floor(n / 128)
+            t[#t + 1] = string.char(n > 0 and b + 128 or b)
+        until n == 0
+        return table.concat(t)
+    end
+    local function bytes_field(num, s)
+        return string.char(num * 8 + 2) .. varint(#s) .. s
+    end
+    local function int_field(num, v)
+        return string.char(num * 8) .. varint(v)
+    end
+    -- zctest.EchoRequest
+    function echo_req(o)
+        local t = {}
+        if o.payload then t[#t + 1] = bytes_field(1, o.payload) end
+        if o.status then t[#t + 1] = int_field(2, o.status) end
+        if o.message then t[#t + 1] = bytes_field(3, o.message) end
+        if o.sleep_ms then t[#t + 1] = int_field(4, o.sleep_ms) end
+        if o.size then t[#t + 1] = int_field(6, o.size) end
+        return table.concat(t)
+    end
+    -- helloworld.HelloRequest / the payload field of zctest.EchoReply
+    function hello_req(name) return bytes_field(1, name) end
+    function field1(msg)
+        if msg == "" then return "" end
+        assert(msg:byte(1) == 10, "field 1 expected")
+        local len, shift, i = 0, 1, 2
+        while true do
+            local b = msg:byte(i)
+            len = len + (b % 128) * shift
+            i = i + 1
+            if b < 128 then break end
+            shift = shift * 128
+        end
+        return msg:sub(i, i + len - 1)
+    end
+    function usage()
+        local s = assert(require("resty.grpc_zc").stats())
+        return string.format("slots=%d bytes=%d calls=%d", s.slots_in_use, s.bytes_in_use,
+                             s.calls_in_flight)
+    end
+}
+"#;
+
+const IDLE: &str = "slots=0 bytes=0 calls=0";
+
+fn nginx(name: &str, workers: usize, server: &str) -> Nginx {
+    NginxBuilder::new(name)
+        .workers(workers)
+        .http_conf(&format!(
+            "{HELPERS}\nlua_check_client_abort on;\ninit_worker_by_lua_block {{ assert(require(\"resty.grpc_zc\").init()) }}"
+        ))
+        .server_conf(server)
+        .start()
+}
+
+/// A location that connects to `target` (passed as ?t=) and runs `body` with `conn` in scope.
+fn location(path: &str, body: &str) -> String {
+    format!(
+        r#"
+        location {path} {{
+            content_by_lua_block {{
+                local grpc = require "resty.grpc_zc"
+                local ok, conn = grpc.connect(ngx.var.arg_t, {{ connect_timeout = 1000 }})
+                assert(ok, conn)
+                {body}
+            }}
+        }}
+        "#
+    )
+}
+
+#[test]
+fn unary_calls_and_status_codes() {
+    let server = GrpcServer::start(GrpcServerOpts::default());
+    let server_conf = [
+        location(
+            "/hello",
+            r#"
+            local ok, res = conn:unary("/helloworld.Greeter/SayHello", hello_req("nginx ✓"))
+            assert(ok, res)
+            ngx.say(field1(res))
+            "#,
+        ),
+        location(
+            "/status",
+            r#"
+            local ok, err, st = conn:unary("/zctest.Test/Unary",
+                                           echo_req({ status = 5, message = "nöt found ✓" }))
+            assert(ok == false and st.code == 5 and st.message == "nöt found ✓", tostring(err))
+            ngx.say(err)
+            local ok, err, st = conn:unary("/zctest.Test/Nope", "")
+            assert(ok == false and st.code == 12, tostring(err))
+            ngx.say(err:match("^[A-Z_]+"))
+            local okp, msg = pcall(conn.unary, conn, "no-slash", "")
+            assert(not okp and msg:find("bad path"), tostring(msg))
+            local okp, msg = pcall(conn.unary, conn, "/a/b", 42)
+            assert(not okp and msg:find("string expected"), tostring(msg))
+            -- a zero-length message is a message
+            local ok, res = conn:unary("/zctest.Test/Unary", "")
+            assert(ok and res == "", tostring(res))
+            ngx.say(usage())
+            "#,
+        ),
+        location(
+            "/down",
+            r#"
+            local ok, err, st = conn:unary("/zctest.Test/Unary", "")
+            ngx.say(tostring(ok), " ", err:match("^[A-Z_]+"))
+            "#,
+        ),
+    ]
+    .concat();
+    let n = nginx("grpc-unary", 1, &server_conf);
+    let t = server.addr();
+    assert_eq!(n.get_ok(&format!("/hello?t={t}")), "Hello nginx ✓\n");
+    assert_eq!(
+        n.get_ok(&format!("/status?t={t}")),
+        format!("NOT_FOUND: nöt found ✓\nUNIMPLEMENTED\n{IDLE}\n")
+    );
+    assert_eq!(
+        n.get_ok("/down?t=127.0.0.1:1"),
+        "false UNAVAILABLE\n",
+        "a target nobody listens on"
+    );
+    n.assert_log_clean(&[]);
+}
+
+#[test]
+fn deadlines_and_cancellation_reach_the_server() {
+    let server = GrpcServer::start(GrpcServerOpts::default());
+    let server_conf = [
+        location(
+            "/deadline",
+            r#"
+            ngx.update_time()
+            local t0 = ngx.now()
+            local ok, err, st = conn:unary("/zctest.Test/Unary", echo_req({ sleep_ms = 3000 }),
+                                           { timeout = 150 })
+            ngx.update_time()
+            local took = (ngx.now() - t0) * 1000
+            assert(ok == false and st.code == 4, tostring(err))
+            assert(took >= 140 and took < 150 + 50 + 20, "returned after " .. took .. " ms")
+            ngx.say(err:match("^[A-Z_]+"))
+            "#,
+        ),
+        location(
+            "/slow",
+            r#"
+            local ok, res = conn:unary("/zctest.Test/Unary", echo_req({ sleep_ms = 3000 }))
+            ngx.say(tostring(ok))
+            "#,
+        ),
+        "location /usage { content_by_lua_block { collectgarbage() collectgarbage() ngx.say(usage()) } }"
+            .to_owned(),
+    ]
+    .concat();
+    let n = nginx("grpc-deadline", 1, &server_conf);
+    let t = server.addr();
+    for _ in 0..3 {
+        assert_eq!(n.get_ok(&format!("/deadline?t={t}")), "DEADLINE_EXCEEDED\n");
+    }
+    let (cancelled, _) = server.wait_stats(Duration::from_secs(5), |c, _| c >= 3);
+    assert!(cancelled >= 3, "server saw {cancelled} cancelled calls");
+    // Clients that hang up: their calls are cancelled on the wire once Lua lets go of them.
+    n.hang_up(&format!("/slow?t={t}"), 5, Duration::from_millis(200));
+    let _ = n.get_ok("/usage");
+    let (cancelled, _) = server.wait_stats(Duration::from_secs(5), |c, _| c >= 8);
+    assert!(
+        cancelled >= 8,
+        "server saw {cancelled} cancelled calls after aborts"
+    );
+    assert_eq!(n.get_ok("/usage"), format!("{IDLE}\n"));
+    n.assert_log_clean(&[]);
+}
+
+#[test]
+fn big_and_oversize_messages() {
+    let server = GrpcServer::start(GrpcServerOpts::default());
+    let small = GrpcServer::start(GrpcServerOpts::default().max_recv(1024));
+    let server_conf = [
+        location(
+            "/big",
+            r#"
+            local p = string.rep("\0\1\2\3\255", 838000)    -- 4,190,000 bytes
+            local ok, res = conn:unary("/zctest.Test/Unary", echo_req({ payload = p }))
+            assert(ok, res)
+            assert(field1(res) == p, "4 MB payload differs")
+            -- a response above the client's 4 MiB limit
+            local ok, err, st = conn:unary("/zctest.Test/Unary", echo_req({ size = 5 * 1048576 }))
+            assert(ok == false and st.code == 8, tostring(err))
+            ngx.say("big ok")
+            "#,
+        ),
+        location(
+            "/oversize",
+            r#"
+            local ok, err, st = conn:unary("/zctest.Test/Unary",
+                                           echo_req({ payload = string.rep("x", 2000) }))
+            assert(ok == false and st.code == 8, tostring(err))
+            ngx.say(err:match("^[A-Z_]+"), " ", usage())
+            "#,
+        ),
+    ]
+    .concat();
+    let n = nginx("grpc-big", 1, &server_conf);
+    assert_eq!(n.get_ok(&format!("/big?t={}", server.addr())), "big ok\n");
+    assert_eq!(
+        n.get_ok(&format!("/oversize?t={}", small.addr())),
+        format!("RESOURCE_EXHAUSTED {IDLE}\n")
+    );
+    n.assert_log_clean(&[]);
+}
+
+#[test]
+fn reconnects_after_a_server_restart() {
+    let mut server = GrpcServer::start(GrpcServerOpts::default());
+    let server_conf = r#"
+        location /call {
+            content_by_lua_block {
+                local grpc = require "resty.grpc_zc"
+                -- one connection per worker, kept across requests
+                if not CONN then
+                    local ok, c = grpc.connect(ngx.var.arg_t, { connect_timeout = 500 })
+                    assert(ok, c)
+                    CONN = c
+                end
+                local ok, res = CONN:unary("/helloworld.Greeter/SayHello", hello_req("again"),
+                                           { timeout = 2000 })
+                ngx.say(ok and field1(res) or res)
+            }
+        }
+    "#;
+    let n = nginx("grpc-restart", 1, server_conf);
+    let url = format!("/call?t={}", server.addr());
+    assert_eq!(n.get_ok(&url), "Hello again\n");
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = n.get_ok(&url);
+        if body == "Hello again\n" {
+            break;
+        }
+        assert!(
+            body.starts_with("UNAVAILABLE") || body.starts_with("CANCELLED"),
+            "unexpected failure while the server restarts: {body}"
+        );
+        assert!(Instant::now() < deadline, "no reconnection within 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    n.assert_log_clean(&[]);
+}
+
+#[test]
+fn thousand_calls_from_200_concurrent_requests_on_2_workers() {
+    let server = GrpcServer::start(GrpcServerOpts::default());
+    let server_conf = r#"
+        location /id {
+            content_by_lua_block {
+                local grpc = require "resty.grpc_zc"
+                if not CONN then
+                    local ok, c = grpc.connect(ngx.var.arg_t)
+                    assert(ok, c)
+                    CONN = c
+                end
+                local id = tonumber(ngx.var.arg_id)
+                local out = {}
+                for k = 1, 5 do
+                    local p = id .. ":" .. k .. ":" .. string.rep("z", (id * 7 + k) % 3000)
+                    local ok, res = CONN:unary("/zctest.Test/Unary", echo_req({ payload = p }))
+                    if not ok or field1(res) ~= p then
+                        ngx.status = 500
+                        return ngx.say("call ", k, " failed: ", tostring(res))
+                    end
+                    out[k] = #p
+                end
+                ngx.say(table.concat(out, ","))
+            }
+        }
+        location /usage { content_by_lua_block { collectgarbage() ngx.say(usage()) } }
+    "#;
+    let n = nginx("grpc-load", 2, server_conf);
+    let t = server.addr();
+    let urls: Vec<String> = (0..200)
+        .map(|i| n.url(&format!("/id?id={i}&t={t}")))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let replies = rt.block_on(get_many(urls, 200));
+    for (i, (status, body)) in replies.iter().enumerate() {
+        assert_eq!(
+            *status,
+            200,
+            "request {i}: {}",
+            String::from_utf8_lossy(body)
+        );
+        let want: Vec<String> = (1..=5)
+            .map(|k| {
+                let p = format!("{i}:{k}:");
+                (p.len() + (i * 7 + k) % 3000).to_string()
+            })
+            .collect();
+        assert_eq!(
+            String::from_utf8_lossy(body),
+            format!("{}\n", want.join(","))
+        );
+    }
+    for _ in 0..6 {
+        assert_eq!(n.get_ok("/usage"), format!("{IDLE}\n"));
+    }
+    n.assert_log_clean(&[]);
+}
