@@ -127,7 +127,7 @@ struct PageMap {
 impl PageMap {
     fn new(pages: usize) -> PageMap {
         let mut words = vec![0u64; pages.div_ceil(64)].into_boxed_slice();
-        if pages % 64 != 0 {
+        if !pages.is_multiple_of(64) {
             if let Some(last) = words.last_mut() {
                 *last = !0u64 << (pages % 64);
             }
@@ -322,7 +322,7 @@ impl Allocator {
             PageKind::RunHead(n) => n as usize * PAGE_SIZE,
             PageKind::Small(c) => {
                 let size = CLASS_SIZES[c as usize] as usize;
-                if in_page % size != 0 {
+                if !in_page.is_multiple_of(size) {
                     return Err(ArenaError::bad(
                         *h,
                         "offset is not at an object start of its page's size class",
@@ -734,7 +734,7 @@ mod tests {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            if rng % 3 != 0 || live.is_empty() {
+            if !rng.is_multiple_of(3) || live.is_empty() {
                 let len = match rng % 10 {
                     0 => (rng >> 8) as usize % (16 * PAGE_SIZE) + 1,
                     1..=3 => (rng >> 8) as usize % PAGE_SIZE,

@@ -83,7 +83,7 @@ const _: () = {
     assert!(offset_of!(ArenaHeader, class_size) == 48);
     assert!(size_of::<ArenaHeader>() <= DATA_OFFSET);
     assert!(CLASS_SIZES.len() <= HEADER_CLASS_SLOTS);
-    assert!(DATA_OFFSET % GRANULE == 0 && PAGE_SIZE % GRANULE == 0);
+    assert!(DATA_OFFSET.is_multiple_of(GRANULE) && PAGE_SIZE.is_multiple_of(GRANULE));
     assert!(CLASS_SIZES[0] as usize == GRANULE);
     assert!(
         PAGE_SIZE / GRANULE <= 256,

@@ -817,7 +817,7 @@ fn concurrent_lease_write_verify_release() {
                 Ok(mut lease) => {
                     fill(lease.as_mut_slice(), seed);
                     assert!(verify(lease.as_slice(), seed));
-                    if rng % 4 == 0 {
+                    if rng.is_multiple_of(4) {
                         // Post it to another thread as a raw handle.
                         let to = (rng >> 40) as usize % txs.len();
                         let _ = txs[to].send((lease.into_handle(), seed));

@@ -252,7 +252,7 @@ pub fn write_reply_around(buf: &mut [u8], vector_at: usize) -> Result<usize, Wir
         need: vector_at.max(PAYLOAD_VECTOR) + 4,
         have: buf.len(),
     };
-    if vector_at < PAYLOAD_VECTOR || vector_at % 4 != 0 {
+    if vector_at < PAYLOAD_VECTOR || !vector_at.is_multiple_of(4) {
         return Err(bad());
     }
     let len_bytes = buf.get(vector_at..vector_at + 4).ok_or_else(bad)?;
