@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: starts nginx on 127.0.0.1 with the host and the echo runtime, makes real calls
-# with curl, prints what came back, and stops nginx. (The gRPC demo replaces this once the gRPC
-# layer lands.)
+# `make demo`: starts the demo gRPC server and nginx on 127.0.0.1 (the host, the echo runtime and
+# resty.grpc_zc), makes real calls with curl, prints what came back, and stops both.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 libdir="$repo/target/release"
@@ -10,8 +9,20 @@ port=${DEMO_PORT:-18480}
 
 rm -rf "$prefix"
 mkdir -p "$prefix/conf" "$prefix/logs" "$prefix/tmp"
+
+# The demo gRPC service (testkit's grpc-test-server: helloworld.Greeter and zctest.Test).
+"$libdir/grpc-test-server" --listen 127.0.0.1:0 >"$prefix/logs/grpc.out" 2>&1 &
+grpc_pid=$!
+for _ in $(seq 100); do
+  grpc_addr=$(sed -n 's/^listening //p' "$prefix/logs/grpc.out")
+  [ -n "$grpc_addr" ] && break
+  sleep 0.1
+done
+[ -n "$grpc_addr" ] || { echo "demo: the gRPC server did not start" >&2; cat "$prefix/logs/grpc.out" >&2; exit 1; }
+echo "demo: gRPC server on $grpc_addr"
 sed -e "s|@PREFIX@|$prefix|g" -e "s|@REPO@|$repo|g" -e "s|@LIBDIR@|$libdir|g" \
-    -e "s|@PORT@|$port|g" "$repo/demo/nginx.conf.in" >"$prefix/conf/nginx.conf"
+    -e "s|@PORT@|$port|g" -e "s|@GRPC@|$grpc_addr|g" "$repo/demo/nginx.conf.in" \
+    >"$prefix/conf/nginx.conf"
 [ "$(id -u)" -eq 0 ] && sed -i '1i user root;' "$prefix/conf/nginx.conf"
 
 LD_LIBRARY_PATH="$libdir" nginx -p "$prefix" -c "$prefix/conf/nginx.conf" &
@@ -19,6 +30,8 @@ nginx_pid=$!
 stop() {
   kill -QUIT "$nginx_pid" 2>/dev/null || true
   wait "$nginx_pid" 2>/dev/null || true
+  kill "$grpc_pid" 2>/dev/null || true
+  wait "$grpc_pid" 2>/dev/null || true
 }
 trap stop EXIT
 
@@ -33,6 +46,7 @@ run() {
   echo
 }
 base="http://127.0.0.1:$port"
+run curl -s "$base/grpc?name=world"
 run curl -s "$base/echo" --data-binary 'hello from nginx Lua, through a Rust thread'
 run curl -s "$base/rc"
 run curl -s "$base/timeout"
