@@ -323,15 +323,12 @@ impl Instance {
             },
         };
         let Claimed { mut lease, req, .. } = c;
-        let outcome = match outcome {
+        let reply = match outcome {
             Ok(Outcome::Unary { mut call, payload }) => {
                 // The request slot lives on as the payload's owner until tonic has sent it.
                 call.payload = bytes::Bytes::from_owner(lease).slice(payload);
                 return Executed::Unary(call, req);
             }
-            other => other,
-        };
-        let reply = match outcome {
             Ok(Outcome::New(reply, len)) => {
                 drop(lease);
                 Ok((reply, len))
@@ -342,7 +339,6 @@ impl Instance {
                     Err(e) => Err((RC_BAD_REQUEST, e.to_string())),
                 }
             }
-            Ok(Outcome::Unary { .. }) => unreachable_outcome(),
             Err(e) => Err(e),
         };
         Executed::Done(match reply {
@@ -483,15 +479,14 @@ impl Instance {
         let reply = match result {
             Ok(Inbound { mut lease }) => {
                 match wire::write_reply_around(lease.as_mut_slice(), INBOUND_VECTOR_AT) {
-                    Ok(len) => Ok(Outcome::New(lease, len as u32)),
+                    Ok(len) => Ok((lease, len as u32)),
                     Err(e) => Err((RC_BAD_REQUEST, e.to_string())),
                 }
             }
-            Err(st) => self.reply(status_parts(&st)),
+            Err(st) => self.reply_slot(status_parts(&st)),
         };
         let answer = match reply {
-            Ok(Outcome::New(lease, len)) => self.deliver(req, lease, len),
-            Ok(_) => unreachable_outcome(),
+            Ok((lease, len)) => self.deliver(req, lease, len),
             Err((rc, msg)) => {
                 self.calls.failed(req);
                 Answer::Error(rc, msg)
@@ -501,7 +496,7 @@ impl Instance {
     }
 
     /// Leases a slot and writes a reply into it.
-    fn reply(&self, parts: ReplyParts<'_>) -> Result<Outcome, (c_int, String)> {
+    fn reply_slot(&self, parts: ReplyParts<'_>) -> Result<(Lease, u32), (c_int, String)> {
         let need = wire::reply_len(&parts);
         let mut lease = self
             .arena
@@ -509,7 +504,12 @@ impl Instance {
             .map_err(|e| (RC_EXHAUSTED, format!("RESOURCE_EXHAUSTED: reply: {e}")))?;
         let len = wire::write_reply(lease.as_mut_slice(), &parts)
             .map_err(|e| (RC_EXHAUSTED, e.to_string()))?;
-        Ok(Outcome::New(lease, len as u32))
+        Ok((lease, len as u32))
+    }
+
+    /// [`reply_slot`](Self::reply_slot) as a command's outcome.
+    fn reply(&self, parts: ReplyParts<'_>) -> Result<Outcome, (c_int, String)> {
+        self.reply_slot(parts).map(|(l, n)| Outcome::New(l, n))
     }
 
     /// Hands the reply to the call (or frees it when Lua is gone).
@@ -542,9 +542,4 @@ fn status_parts(st: &Status) -> ReplyParts<'_> {
         status: Some((st.code() as i32, st.message())),
         ..Default::default()
     }
-}
-
-#[cold]
-fn unreachable_outcome() -> ! {
-    panic!("resty_grpc_zc: unary outcome in a synchronous path")
 }
