@@ -326,3 +326,58 @@ fn thousand_calls_from_200_concurrent_requests_on_2_workers() {
     }
     n.assert_log_clean(&[]);
 }
+
+#[test]
+fn tls_mtls_and_wrong_ca() {
+    let dir = testkit::repo_root().join(format!("target/t-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs = testkit::certs(&dir);
+    let tls = GrpcServer::start(GrpcServerOpts::default().tls(&certs));
+    let mtls = GrpcServer::start(GrpcServerOpts::default().mtls(&certs));
+    let server_conf = r#"
+        location /tls {
+            content_by_lua_block {
+                local grpc = require "resty.grpc_zc"
+                local opts = { host = "localhost", connect_timeout = 2000,
+                               ca = assert(grpc.readfile(ngx.var.arg_ca)) }
+                if ngx.var.arg_cert then
+                    opts.cert = assert(grpc.readfile(ngx.var.arg_cert))
+                    opts.priv_key = assert(grpc.readfile(ngx.var.arg_key))
+                end
+                local ok, conn = grpc.connect(ngx.var.arg_t, opts)
+                assert(ok, conn)
+                local ok, res, st = conn:unary("/helloworld.Greeter/SayHello", hello_req("tls"),
+                                               { timeout = 3000 })
+                ngx.say(ok and field1(res) or res:match("^[A-Z_]+"))
+            }
+        }
+    "#;
+    let n = nginx("grpc-tls", 1, server_conf);
+    let q =
+        |t: &str, ca: &std::path::Path, client: Option<(&std::path::Path, &std::path::Path)>| {
+            let mut u = format!("/tls?t={t}&ca={}", ca.display());
+            if let Some((c, k)) = client {
+                u.push_str(&format!("&cert={}&key={}", c.display(), k.display()));
+            }
+            n.get_ok(&u)
+        };
+    let client = Some((certs.client_cert_path(), certs.client_key_path()));
+    let client = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    assert_eq!(q(&tls.addr(), &certs.ca_path(), None), "Hello tls\n");
+    assert_eq!(
+        q(&tls.addr(), &certs.other_ca_path(), None),
+        "UNAVAILABLE\n",
+        "wrong CA"
+    );
+    assert_eq!(
+        q(&mtls.addr(), &certs.ca_path(), client),
+        "Hello tls\n",
+        "mTLS"
+    );
+    assert_eq!(
+        q(&mtls.addr(), &certs.ca_path(), None),
+        "UNAVAILABLE\n",
+        "mTLS server refuses a client without a certificate"
+    );
+    n.assert_log_clean(&[]);
+}

@@ -343,9 +343,11 @@ end
 
 
 -- grpc.connect(target, opts?) -> true, conn | false, err
---   target: "host:port", "[::1]:port", "http://host:port".
---   opts: host (authority), connect_timeout, timeout (default deadline of calls, ms),
---   keepalive_interval, keepalive_timeout (ms).
+--   target: "host:port", "[::1]:port", "http://host:port", "https://host:port".
+--   opts: host (authority and TLS server name), ca, cert, priv_key (PEM contents: TLS with
+--   `ca` or for https targets, mTLS with cert + priv_key), insecure (plaintext regardless),
+--   connect_timeout, timeout (default deadline of calls, ms), keepalive_interval,
+--   keepalive_timeout (ms).
 function _M.connect(target, opts)
     if type(target) ~= "string" or target == "" then
         error("bad target: non-empty string expected", 2)
@@ -358,17 +360,38 @@ function _M.connect(target, opts)
     if not ok then
         return false, err
     end
+    for _, k in ipairs({ "host", "ca", "cert", "priv_key" }) do
+        if opts[k] ~= nil and type(opts[k]) ~= "string" then
+            error("bad option " .. k .. ": string expected", 2)
+        end
+    end
     local h
-    h, err = begin_build(#target + #(opts.host or "") + 256)
+    h, err = begin_build(#target + #(opts.host or "") + #(opts.ca or "") + #(opts.cert or "")
+                         + #(opts.priv_key or "") + 256)
     if not h then
         return false, err
     end
     local t = builder:CreateString(target)
     local a = opts.host and builder:CreateString(opts.host)
+    local ca = opts.ca and builder:CreateByteVector(opts.ca)
+    local cert = opts.cert and builder:CreateByteVector(opts.cert)
+    local key = opts.priv_key and builder:CreateByteVector(opts.priv_key)
     Connect.Start(builder)
     Connect.AddTarget(builder, t)
     if a then
         Connect.AddAuthority(builder, a)
+    end
+    if ca then
+        Connect.AddCaPem(builder, ca)
+    end
+    if cert then
+        Connect.AddCertPem(builder, cert)
+    end
+    if key then
+        Connect.AddKeyPem(builder, key)
+    end
+    if opts.insecure then
+        Connect.AddInsecure(builder, true)
     end
     Connect.AddConnectTimeoutMs(builder, ms(opts.connect_timeout, "connect_timeout"))
     Connect.AddDefaultTimeoutMs(builder, ms(opts.timeout, "timeout"))
@@ -505,6 +528,21 @@ function Conn:close()
     end
     finish(h, 1, 0)
     return true
+end
+
+
+-- grpc.readfile(path) -> contents | nil, err: reads a file (PEM certificates and keys).
+function _M.readfile(path)
+    if type(path) ~= "string" then
+        error("bad path: string expected", 2)
+    end
+    local f, err = io.open(path, "rb")
+    if not f then
+        return nil, err
+    end
+    local data = f:read("*a")
+    f:close()
+    return data
 end
 
 

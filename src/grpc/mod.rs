@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::arena::Arena;
@@ -31,6 +31,23 @@ pub struct ConnectOpts {
     pub default_timeout: Option<Duration>,
     pub keepalive_interval: Option<Duration>,
     pub keepalive_timeout: Option<Duration>,
+    /// TLS: trusted CA (PEM); none means the webpki roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// mTLS: client certificate and key (PEM).
+    pub cert_pem: Option<Vec<u8>>,
+    pub key_pem: Option<Vec<u8>>,
+    /// Plaintext h2c even if the target says otherwise.
+    pub insecure: bool,
+}
+
+impl ConnectOpts {
+    /// TLS is on for `https://` targets and whenever certificates are given, unless `insecure`.
+    fn tls(&self) -> bool {
+        !self.insecure
+            && (self.target.starts_with("https://")
+                || self.ca_pem.is_some()
+                || self.cert_pem.is_some())
+    }
 }
 
 /// One unary call (owned: it runs after the poll thread moved on).
@@ -73,11 +90,37 @@ impl Grpc {
 
     /// Creates a channel (connected lazily, reconnecting as needed) and returns its id.
     pub fn connect(&self, opts: &ConnectOpts) -> Result<u64, Status> {
-        let uri = normalize_target(&opts.target)?;
-        let mut ep = Endpoint::from_shared(uri)
+        let tls = opts.tls();
+        let uri = normalize_target(&opts.target, tls)?;
+        let mut ep = Endpoint::from_shared(uri.clone())
             .map_err(|e| Status::invalid_argument(format!("bad target {:?}: {e}", opts.target)))?;
+        if tls {
+            let mut cfg = ClientTlsConfig::new();
+            let host = match &opts.authority {
+                Some(a) => a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).to_owned(),
+                None => ep.uri().host().unwrap_or_default().to_owned(),
+            };
+            cfg = cfg.domain_name(host.trim_matches(|c| c == '[' || c == ']'));
+            cfg = match &opts.ca_pem {
+                Some(ca) => cfg.ca_certificate(Certificate::from_pem(ca)),
+                None => cfg.with_webpki_roots(),
+            };
+            match (&opts.cert_pem, &opts.key_pem) {
+                (Some(c), Some(k)) => cfg = cfg.identity(Identity::from_pem(c, k)),
+                (None, None) => {}
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "mTLS needs both cert and priv_key",
+                    ))
+                }
+            }
+            ep = ep
+                .tls_config(cfg)
+                .map_err(|e| Status::invalid_argument(format!("TLS settings: {e}")))?;
+        }
         if let Some(a) = &opts.authority {
-            let origin = format!("http://{a}")
+            let scheme = if tls { "https" } else { "http" };
+            let origin = format!("{scheme}://{a}")
                 .parse()
                 .map_err(|e| Status::invalid_argument(format!("bad authority {a:?}: {e}")))?;
             ep = ep.origin(origin);
@@ -173,7 +216,25 @@ async fn unary(
         .ready()
         .await
         .map_err(|e| Status::new(Code::Unavailable, e.to_string()))?;
-    client.unary(req, path, codec).await.map(|r| r.into_inner())
+    client
+        .unary(req, path, codec)
+        .await
+        .map(|r| r.into_inner())
+        .map_err(transport_is_unavailable)
+}
+
+/// A call that failed in the local transport (a refused TLS handshake, a connection closed
+/// before any response) is UNAVAILABLE, as grpc-go reports it; tonic says UNKNOWN "transport
+/// error" or CANCELLED depending on how the connection died. Such statuses carry the transport
+/// error as their source; statuses sent by a server have none and pass through unchanged.
+fn transport_is_unavailable(st: Status) -> Status {
+    let local = std::error::Error::source(&st);
+    match (st.code(), local) {
+        (Code::Unknown | Code::Cancelled, Some(e)) => {
+            Status::unavailable(format!("{}: {e}", st.message()))
+        }
+        _ => st,
+    }
 }
 
 fn add_metadata(
@@ -199,9 +260,17 @@ fn deadline_exceeded() -> Status {
     Status::deadline_exceeded("deadline exceeded")
 }
 
-/// "host:port", "[::1]:port" → "http://…"; "http(s)://…" as is.
-fn normalize_target(t: &str) -> Result<String, Status> {
-    if t.starts_with("http://") || t.starts_with("https://") {
+/// "host:port", "[::1]:port" → "http(s)://…"; "https://…" as is; "http://…" as is (or
+/// upgraded to https when TLS settings are given).
+fn normalize_target(t: &str, tls: bool) -> Result<String, Status> {
+    if let Some(rest) = t.strip_prefix("http://") {
+        return Ok(if tls {
+            format!("https://{rest}")
+        } else {
+            t.to_owned()
+        });
+    }
+    if t.starts_with("https://") {
         return Ok(t.to_owned());
     }
     if t.starts_with("unix:") {
@@ -210,7 +279,7 @@ fn normalize_target(t: &str) -> Result<String, Status> {
     if t.is_empty() {
         return Err(Status::invalid_argument("empty target"));
     }
-    Ok(format!("http://{t}"))
+    Ok(format!("{}://{t}", if tls { "https" } else { "http" }))
 }
 
 /// The canonical name of a status code ("DEADLINE_EXCEEDED").

@@ -397,6 +397,10 @@ impl Instance {
                     default_timeout: ms(c.default_timeout_ms()),
                     keepalive_interval: ms(c.keepalive_interval_ms()),
                     keepalive_timeout: ms(c.keepalive_timeout_ms()),
+                    ca_pem: c.ca_pem().map(|v| v.bytes().to_vec()),
+                    cert_pem: c.cert_pem().map(|v| v.bytes().to_vec()),
+                    key_pem: c.key_pem().map(|v| v.bytes().to_vec()),
+                    insecure: c.insecure(),
                 };
                 let result = self
                     .grpc()
