@@ -312,16 +312,13 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(
-            normalize_target("127.0.0.1:50051").unwrap(),
-            "http://127.0.0.1:50051"
-        );
-        assert_eq!(
-            normalize_target("[::1]:50051").unwrap(),
-            "http://[::1]:50051"
-        );
-        assert_eq!(normalize_target("https://h:1").unwrap(), "https://h:1");
-        assert!(normalize_target("").is_err());
+        let n = |t: &str, tls: bool| normalize_target(t, tls).unwrap();
+        assert_eq!(n("127.0.0.1:50051", false), "http://127.0.0.1:50051");
+        assert_eq!(n("[::1]:50051", false), "http://[::1]:50051");
+        assert_eq!(n("h:1", true), "https://h:1");
+        assert_eq!(n("http://h:1", true), "https://h:1");
+        assert_eq!(n("https://h:1", false), "https://h:1");
+        assert!(normalize_target("", false).is_err());
         assert_eq!(code_name(4), "DEADLINE_EXCEEDED");
     }
 }
