@@ -18,9 +18,9 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 
+use testkit::bench::{machine, median, replace_section};
 use testkit::{repo_root, NginxBuilder, UdsEcho};
 
 const SIZES: &[usize] = &[512, 4096, 10240, 102_400, 1_048_576];
@@ -147,11 +147,6 @@ struct Row {
     secs: Vec<f64>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn run(pinned: bool, quick: bool) -> Vec<Row> {
     let root = repo_root();
     let sock = root.join(format!("target/bench/uds-echo-{}.sock", std::process::id()));
@@ -224,24 +219,6 @@ fn human(size: usize) -> String {
         s if s >= 1024 => format!("{} KiB", s / 1024),
         s => format!("{s} B"),
     }
-}
-
-fn machine() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let nginx = Command::new(testkit::NGINX_BIN)
-        .arg("-v")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
-        .unwrap_or_default();
-    format!("{cpu}, {cores} vCPU, {nginx}, lua-nginx-module 0.10.23 (Debian 12)")
 }
 
 fn json(rows: &[Row], machine: &str, quick: bool) -> String {
@@ -386,21 +363,6 @@ fn svg(rows: &[Row]) -> String {
     }
     s.push_str("</svg>\n");
     s
-}
-
-/// Replaces the text between `<!-- BEGIN name -->` and `<!-- END name -->` in `path`
-/// (appending the section when it is missing).
-fn replace_section(path: &Path, name: &str, body: &str) {
-    let begin = format!("<!-- BEGIN {name} -->");
-    let end = format!("<!-- END {name} -->");
-    let old = fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let new = match (old.find(&begin), old.find(&end)) {
-        (Some(b), Some(e)) if b < e => {
-            format!("{}{begin}\n{body}{}", &old[..b], &old[e..])
-        }
-        _ => format!("{}\n{begin}\n{body}{end}\n", old.trim_end()),
-    };
-    fs::write(path, new).expect("write docs/benchmarks.md");
 }
 
 fn main() {

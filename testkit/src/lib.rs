@@ -20,6 +20,7 @@
 //! (the `grpc-test-server` binary's services, [`GrpcServer`] to run it, [`certs()`] for TLS).
 
 pub mod alloc;
+pub mod bench;
 pub mod grpc;
 mod http;
 mod nginx;

@@ -1,0 +1,46 @@
+//! Helpers shared by the benchmarks in `benches/`: medians, the machine line, and rewriting
+//! one section of `docs/benchmarks.md`.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+/// The median of `v` (which it sorts).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// CPU model, vCPU count and nginx version, for the report.
+pub fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let nginx = Command::new(crate::NGINX_BIN)
+        .arg("-v")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} vCPU, {nginx}, lua-nginx-module 0.10.23 (Debian 12)")
+}
+
+/// Replaces the text between `<!-- BEGIN name -->` and `<!-- END name -->` in `path`
+/// (appending the section when it is missing).
+pub fn replace_section(path: &Path, name: &str, body: &str) {
+    let begin = format!("<!-- BEGIN {name} -->");
+    let end = format!("<!-- END {name} -->");
+    let old = fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let new = match (old.find(&begin), old.find(&end)) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{begin}\n{body}{}", &old[..b], &old[e..])
+        }
+        _ => format!("{}\n\n{begin}\n{body}{end}\n", old.trim_end()),
+    };
+    fs::write(path, new).expect("write docs/benchmarks.md");
+}
