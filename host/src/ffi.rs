@@ -22,11 +22,7 @@ pub(crate) fn guard<T>(what: &str, on_panic: T, f: impl FnOnce() -> T) -> T {
                 .map(|s| s.to_string())
                 .or_else(|| e.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_owned());
-            nginx::log(
-                nginx_sys::NGX_LOG_ALERT,
-                false,
-                &format!("panic in {what}: {msg}"),
-            );
+            nginx::log(nginx::Level::Alert, &format!("panic in {what}: {msg}"));
             on_panic
         }
     }
@@ -105,15 +101,14 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_respond(
         if task.is_null() {
             return;
         }
-        let (mut rsp, len) = match rsp_len {
+        let (rsp, len) = match rsp_len {
             _ if rsp.is_null() => (rsp, 0),
             // SAFETY: the contract: a NUL-terminated string when the length is 0.
             0 => (rsp, unsafe { libc::strlen(rsp) }),
             n if n > 0 => (rsp, n as usize),
             n => {
                 nginx::log(
-                    nginx_sys::NGX_LOG_ERR,
-                    false,
+                    nginx::Level::Error,
                     &format!("runtime answered with negative rsp_len {n}; response dropped"),
                 );
                 // SAFETY: ownership of the malloc'd buffer passed to us.
@@ -121,9 +116,6 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_respond(
                 (ptr::null_mut(), 0)
             }
         };
-        if rsp.is_null() {
-            rsp = ptr::null_mut();
-        }
         // SAFETY: the runtime answers a live task once (its contract duty).
         unsafe { nginx::complete(task as *mut Task, rc, rsp, len) };
     })

@@ -30,7 +30,7 @@ fn guard<T>(what: &str, on_panic: T, f: impl FnOnce() -> T) -> T {
             .map(|s| s.to_string())
             .or_else(|| e.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        eprintln!("resty_grpc_zc: panic in {what}: {msg}");
+        eprintln!("[alert] resty_grpc_zc: panic in {what}: {msg}");
         on_panic
     })
 }

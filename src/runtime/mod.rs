@@ -223,7 +223,9 @@ impl Instance {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(task)));
             if r.is_err() {
                 // The task was answered by its Drop while unwinding.
-                eprintln!("resty_grpc_zc: panic while serving a task (answered with an error)");
+                eprintln!(
+                    "[alert] resty_grpc_zc: panic while serving a task (answered with an error)"
+                );
             }
         }
         eprintln!("resty_grpc_zc: instance {} finished", self.config.instance);
