@@ -24,6 +24,7 @@ pub mod codec;
 pub mod config;
 pub mod ffi;
 pub mod grpc;
+pub mod proto;
 pub mod queue;
 pub mod runtime;
 pub mod wire;

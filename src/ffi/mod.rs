@@ -14,6 +14,8 @@ use crate::config::Config;
 use crate::queue::TaskQueue;
 use crate::runtime::Instance;
 
+mod proto;
+
 /// Version of the C ABI below and of the descriptor layout; `resty/grpc_zc.lua` checks it.
 pub const ABI_VERSION: c_int = 1;
 
