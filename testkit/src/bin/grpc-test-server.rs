@@ -5,7 +5,12 @@
 //! grpc-test-server [--listen ADDR | --uds PATH]
 //!                  [--tls-cert PEM --tls-key PEM [--client-ca PEM]]
 //!                  [--max-recv BYTES] [--max-send BYTES]
+//!                  [--threads N] [--no-echo-meta]
 //! ```
+//!
+//! `--threads`: tokio worker threads (default 2); `0` runs everything on the main thread
+//! (a current-thread runtime). `--no-echo-meta` leaves out the metadata-echo layer (for
+//! measuring what it costs; tests rely on it).
 //!
 //! Prints `listening 127.0.0.1:PORT` (or `listening unix:/path`) on stdout once it accepts.
 //! SIGTERM or SIGINT: graceful shutdown (GOAWAY, in-flight calls drain).
@@ -19,20 +24,36 @@ use testkit::grpc::{serve, Counters, Listen, ServeConfig, TlsPem};
 use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "usage: grpc-test-server [--listen ADDR | --uds PATH] \
-[--tls-cert PEM --tls-key PEM [--client-ca PEM]] [--max-recv BYTES] [--max-send BYTES]";
+[--tls-cert PEM --tls-key PEM [--client-ca PEM]] [--max-recv BYTES] [--max-send BYTES] \
+[--threads N] [--no-echo-meta]";
+
+/// Tokio worker threads unless `--threads` says otherwise.
+const DEFAULT_THREADS: usize = 2;
+
+/// What `main` runs: the server configuration and its runtime's thread count.
+struct Args {
+    config: ServeConfig,
+    threads: usize,
+}
 
 fn read_pem(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))
 }
 
-fn parse_args() -> Result<ServeConfig, String> {
+fn parse_args() -> Result<Args, String> {
     let mut listen = Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0)));
     let (mut cert, mut key, mut client_ca) = (None, None, None);
     let mut config = ServeConfig::new(listen.clone());
+    let mut threads = DEFAULT_THREADS;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        if flag == "--help" || flag == "-h" {
-            return Err(USAGE.to_owned());
+        match flag.as_str() {
+            "--help" | "-h" => return Err(USAGE.to_owned()),
+            "--no-echo-meta" => {
+                config.echo_meta = false;
+                continue;
+            }
+            _ => {}
         }
         let value = args
             .next()
@@ -54,6 +75,7 @@ fn parse_args() -> Result<ServeConfig, String> {
             "--client-ca" => client_ca = Some(read_pem(&value)?),
             "--max-recv" => config.limits.max_recv = size(&value)?,
             "--max-send" => config.limits.max_send = size(&value)?,
+            "--threads" => threads = size(&value)?,
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -71,7 +93,7 @@ fn parse_args() -> Result<ServeConfig, String> {
             ))
         }
     };
-    Ok(config)
+    Ok(Args { config, threads })
 }
 
 async fn shutdown_signal() {
@@ -89,15 +111,21 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let config = match parse_args() {
-        Ok(config) => config,
+    let Args { config, threads } = match parse_args() {
+        Ok(args) => args,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let mut builder = if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .expect("starting the tokio runtime");

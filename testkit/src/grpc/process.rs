@@ -32,6 +32,11 @@ pub struct GrpcServerOpts {
     pub max_recv: Option<usize>,
     /// `--max-send`: largest message the server encodes.
     pub max_send: Option<usize>,
+    /// `--threads`: tokio worker threads (`0`: a current-thread runtime); the binary's default
+    /// (2) when `None`.
+    pub threads: Option<usize>,
+    /// `--no-echo-meta`: serve without the metadata-echo layer (measurements only).
+    pub no_echo_meta: bool,
 }
 
 impl GrpcServerOpts {
@@ -64,6 +69,16 @@ impl GrpcServerOpts {
         self
     }
 
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+
+    pub fn no_echo_meta(mut self) -> Self {
+        self.no_echo_meta = true;
+        self
+    }
+
     /// Command-line flags of the binary, listening on `listen` (ignored with `uds`).
     fn args(&self, listen: &str) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
@@ -87,6 +102,12 @@ impl GrpcServerOpts {
         }
         if let Some(n) = self.max_send {
             args.extend(["--max-send".into(), n.to_string().into()]);
+        }
+        if let Some(n) = self.threads {
+            args.extend(["--threads".into(), n.to_string().into()]);
+        }
+        if self.no_echo_meta {
+            args.push("--no-echo-meta".into());
         }
         args
     }

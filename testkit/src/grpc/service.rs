@@ -456,15 +456,18 @@ pub struct ServeConfig {
     pub listen: Listen,
     pub tls: Option<TlsPem>,
     pub limits: Limits,
+    /// Wrap every route in [`EchoMetaLayer`] (the default). Off only for measurements.
+    pub echo_meta: bool,
 }
 
 impl ServeConfig {
-    /// Plaintext on `listen`, [`DEFAULT_MAX_MESSAGE`] both ways.
+    /// Plaintext on `listen`, [`DEFAULT_MAX_MESSAGE`] both ways, metadata echo on.
     pub fn new(listen: Listen) -> ServeConfig {
         ServeConfig {
             listen,
             tls: None,
             limits: Limits::default(),
+            echo_meta: true,
         }
     }
 }
@@ -508,27 +511,36 @@ pub async fn serve(
     let test = TestServer::new(TestService::new(counters, config.limits))
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-    let router = builder
-        .layer(EchoMetaLayer)
-        .add_service(greeter)
-        .add_service(test);
-    match &config.listen {
-        Listen::Tcp(addr) => {
-            let listener = bind_tcp(*addr).await?;
-            ready(&listener.local_addr()?.to_string());
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await?;
-        }
-        Listen::Unix(path) => {
-            let _ = std::fs::remove_file(path);
-            let listener = UnixListener::bind(path)?;
-            ready(&format!("unix:{}", path.display()));
-            router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-                .await?;
-        }
+    // The two router types differ (with and without the layer): one body for both.
+    macro_rules! run {
+        ($router:expr) => {
+            match &config.listen {
+                Listen::Tcp(addr) => {
+                    let listener = bind_tcp(*addr).await?;
+                    ready(&listener.local_addr()?.to_string());
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    $router
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await?;
+                }
+                Listen::Unix(path) => {
+                    let _ = std::fs::remove_file(path);
+                    let listener = UnixListener::bind(path)?;
+                    ready(&format!("unix:{}", path.display()));
+                    $router
+                        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                        .await?;
+                }
+            }
+        };
+    }
+    if config.echo_meta {
+        run!(builder
+            .layer(EchoMetaLayer)
+            .add_service(greeter)
+            .add_service(test));
+    } else {
+        run!(builder.add_service(greeter).add_service(test));
     }
     Ok(())
 }
