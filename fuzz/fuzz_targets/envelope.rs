@@ -45,10 +45,14 @@ fuzz_target!(|data: &[u8]| {
         let split = (data[4] as usize).min(data.len() - 6);
         let (msg, payload) = data[6..].split_at(split);
         let msg = String::from_utf8_lossy(msg);
+        let md = vec![(msg.to_string(), payload.to_vec())];
         let parts = ReplyParts {
             status: (data[5] & 1 == 1).then_some((code, msg.as_ref())),
+            details: (data[5] & 4 == 4).then_some(payload),
             handle: u64::from(data[5]),
             payload: (data[5] & 2 == 2).then_some(payload),
+            headers: (data[5] & 8 == 8).then_some(&md[..]),
+            trailers: (data[5] & 16 == 16).then_some(&md[..]),
         };
         let mut buf = vec![0u64; wire::reply_len(&parts).div_ceil(8)];
         // SAFETY: viewing u64 storage as bytes (8-aligned, as arena slots are).

@@ -4,9 +4,9 @@
 -- through the lua-resty-ffi queue as a 16-byte descriptor; replies are read in place from
 -- another slot. See docs/architecture.md and docs/grpc_zc.md.
 --
--- This version offers the transport self-test `echo`; the gRPC calls arrive with the next
--- issues. Conventions (lua-resty-core): misuse raises error(msg, 2); failures return
--- `false, err`.
+-- gRPC calls (unary and the three streaming kinds) plus the transport self-test `echo`.
+-- Conventions (lua-resty-core): misuse raises error(msg, 2); failures return
+-- `false, err[, status]`. The API page is docs/grpc_zc.md.
 
 local ffi = require "ffi"
 require "resty_ffi"
@@ -20,6 +20,9 @@ local Call = require "resty.grpc_zc.wire.Call"
 local CallKind = require "resty.grpc_zc.wire.CallKind"
 local Metadata = require "resty.grpc_zc.wire.Metadata"
 local Close = require "resty.grpc_zc.wire.Close"
+local StreamSend = require "resty.grpc_zc.wire.StreamSend"
+local StreamRecv = require "resty.grpc_zc.wire.StreamRecv"
+local StreamCloseSend = require "resty.grpc_zc.wire.StreamCloseSend"
 
 local C_ABI_VERSION = 1
 local ARENA_MAGIC = 0x5241435a43505247ULL      -- "GRPCZCAR" little-endian
@@ -291,8 +294,13 @@ local CODE_NAMES = {
     "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
     "UNAUTHENTICATED",
 }
+_M.codes = {}
+for code, name in pairs(CODE_NAMES) do
+    _M.codes[name] = code
+end
 -- Extra host wait beyond a call's deadline, so the runtime's DEADLINE_EXCEEDED wins.
 local DEADLINE_GRACE_MS = 1000
+local RESOURCE_EXHAUSTED = 8
 
 
 local function ensure_init()
@@ -315,6 +323,39 @@ local function begin_build(need)
 end
 
 
+-- Finishes the envelope of `command` (a table offset of type `ctype`) in the builder.
+local function finish_request(ctype, command)
+    Request.Start(builder)
+    Request.AddCommandType(builder, ctype)
+    Request.AddCommand(builder, command)
+    builder:Finish(Request.End(builder))
+end
+
+
+-- Response metadata of a reply as a table (a key sent more than once maps to a list of its
+-- values, as ngx.resp.get_headers does), or nil when absent.
+local function metadata_of(reply, trailers)
+    local n = trailers and reply:TrailersLength() or reply:HeadersLength()
+    if n == 0 then
+        return nil
+    end
+    local t = {}
+    for j = 1, n do
+        local m = trailers and reply:Trailers(j) or reply:Headers(j)
+        local k, v = m:Key(), m:ValueAsString() or ""
+        local old = t[k]
+        if old == nil then
+            t[k] = v
+        elseif type(old) == "table" then
+            old[#old + 1] = v
+        else
+            t[k] = { old, v }
+        end
+    end
+    return t
+end
+
+
 -- The gRPC status of a reply as (err, status) when it is not OK, else nil.
 local function status_of(reply)
     local st = reply:Status()
@@ -324,7 +365,20 @@ local function status_of(reply)
     local code = st:Code()
     local msg = st:Message() or ""
     local name = CODE_NAMES[code] or "UNKNOWN"
-    return name .. ": " .. msg, { code = code, message = msg, metadata = {} }
+    local details
+    if st:DetailsLength() > 0 then
+        details = st:DetailsAsString()
+    end
+    return name .. ": " .. msg, {
+        code = code, message = msg, details = details,
+        metadata = metadata_of(reply, true) or {},
+    }
+end
+
+
+-- A failure made on this side, in the shape of a gRPC status.
+local function local_failure(code, msg)
+    return false, CODE_NAMES[code] .. ": " .. msg, { code = code, message = msg, metadata = {} }
 end
 
 
@@ -341,13 +395,24 @@ local function ms(v, name)
     return math.floor(v)
 end
 
+local function size_opt(v, name)
+    if v == nil then
+        return 0
+    end
+    if type(v) ~= "number" or v < 1 then
+        error("bad option " .. name .. ": positive number of bytes expected", 3)
+    end
+    return math.min(math.floor(v), 0xffffffff)
+end
 
--- grpc.connect(target, opts?) -> true, conn | false, err
---   target: "host:port", "[::1]:port", "http://host:port", "https://host:port".
+
+-- grpc.connect(target, opts?) -> true, conn | false, err, status
+--   target: "host:port", "[::1]:port", "http://host:port", "https://host:port", "unix:/path".
 --   opts: host (authority and TLS server name), ca, cert, priv_key (PEM contents: TLS with
 --   `ca` or for https targets, mTLS with cert + priv_key), insecure (plaintext regardless),
 --   connect_timeout, timeout (default deadline of calls, ms), keepalive_interval,
---   keepalive_timeout (ms).
+--   keepalive_timeout (ms), max_send_msg_size, max_recv_msg_size (bytes; default: the arena's
+--   max_message and 4 MiB), compression ("gzip").
 function _M.connect(target, opts)
     if type(target) ~= "string" or target == "" then
         error("bad target: non-empty string expected", 2)
@@ -360,22 +425,23 @@ function _M.connect(target, opts)
     if not ok then
         return false, err
     end
-    for _, k in ipairs({ "host", "ca", "cert", "priv_key" }) do
+    for _, k in ipairs({ "host", "ca", "cert", "priv_key", "compression" }) do
         if opts[k] ~= nil and type(opts[k]) ~= "string" then
             error("bad option " .. k .. ": string expected", 2)
         end
     end
     local h
     h, err = begin_build(#target + #(opts.host or "") + #(opts.ca or "") + #(opts.cert or "")
-                         + #(opts.priv_key or "") + 256)
+                         + #(opts.priv_key or "") + 320)
     if not h then
-        return false, err
+        return local_failure(RESOURCE_EXHAUSTED, err)
     end
     local t = builder:CreateString(target)
     local a = opts.host and builder:CreateString(opts.host)
     local ca = opts.ca and builder:CreateByteVector(opts.ca)
     local cert = opts.cert and builder:CreateByteVector(opts.cert)
     local key = opts.priv_key and builder:CreateByteVector(opts.priv_key)
+    local comp = opts.compression and builder:CreateString(opts.compression)
     Connect.Start(builder)
     Connect.AddTarget(builder, t)
     if a then
@@ -390,6 +456,9 @@ function _M.connect(target, opts)
     if key then
         Connect.AddKeyPem(builder, key)
     end
+    if comp then
+        Connect.AddCompression(builder, comp)
+    end
     if opts.insecure then
         Connect.AddInsecure(builder, true)
     end
@@ -397,11 +466,9 @@ function _M.connect(target, opts)
     Connect.AddDefaultTimeoutMs(builder, ms(opts.timeout, "timeout"))
     Connect.AddKeepaliveIntervalMs(builder, ms(opts.keepalive_interval, "keepalive_interval"))
     Connect.AddKeepaliveTimeoutMs(builder, ms(opts.keepalive_timeout, "keepalive_timeout"))
-    local c = Connect.End(builder)
-    Request.Start(builder)
-    Request.AddCommandType(builder, Command.Connect)
-    Request.AddCommand(builder, c)
-    builder:Finish(Request.End(builder))
+    Connect.AddMaxSendMsgSize(builder, size_opt(opts.max_send_msg_size, "max_send_msg_size"))
+    Connect.AddMaxRecvMsgSize(builder, size_opt(opts.max_recv_msg_size, "max_recv_msg_size"))
+    finish_request(Command.Connect, Connect.End(builder))
 
     local reply, rerr = roundtrip(h, nil)
     if not reply then
@@ -413,66 +480,84 @@ function _M.connect(target, opts)
     if serr then
         return false, serr, status
     end
-    return true, setmetatable({ id = id, target = target, timeout = opts.timeout }, Conn_mt)
+    local max_send = max_payload
+    if opts.max_send_msg_size and opts.max_send_msg_size < max_send then
+        max_send = math.floor(opts.max_send_msg_size)
+    end
+    return true, setmetatable({ id = id, target = target, timeout = opts.timeout,
+                                max_send = max_send }, Conn_mt)
 end
 
 
--- conn:unary(path, req, call_opts?) -> true, res | false, err, status
---   req: the protobuf-encoded request (string); res: the encoded response (string).
---   call_opts: timeout (ms, sent as grpc-timeout), metadata (table; "-bin" keys carry bytes).
-function Conn:unary(path, req, call_opts)
-    if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
-        error("bad path: \"/package.Service/Method\" expected", 2)
+-- Checks call options; returns the call's timeout (ms or nil) and metadata table.
+local function check_call_opts(self, call_opts)
+    if call_opts == nil then
+        return self.timeout, nil, 0
     end
-    if type(req) ~= "string" then
-        error("bad request: string expected, got " .. type(req), 2)
+    if type(call_opts) ~= "table" then
+        error("bad call options: table expected", 3)
     end
-    if call_opts ~= nil and type(call_opts) ~= "table" then
-        error("bad call options: table expected", 2)
-    end
-    local timeout = call_opts and call_opts.timeout or self.timeout
-    local md = call_opts and call_opts.metadata
-    local need = #req + #path + 256
-    if md then
+    local md = call_opts.metadata
+    local need = 0
+    if md ~= nil then
+        if type(md) ~= "table" then
+            error("bad metadata: table expected", 3)
+        end
         for k, v in pairs(md) do
             if type(k) ~= "string" or type(v) ~= "string" then
-                error("bad metadata: string keys and values expected", 2)
+                error("bad metadata: string keys and values expected", 3)
             end
             need = need + #k + #v + 32
         end
     end
-    if #req > max_payload then
-        return false, "RESOURCE_EXHAUSTED: request of " .. #req
-                      .. " bytes larger than max_message (" .. max_payload .. ")",
-               { code = 8, message = "request larger than max_message", metadata = {} }
+    if call_opts.compression ~= nil and type(call_opts.compression) ~= "string" then
+        error("bad option compression: string expected", 3)
     end
-    local h, err = begin_build(need)
+    local timeout = call_opts.timeout or self.timeout
+    if timeout ~= nil then
+        ms(timeout, "timeout")
+    end
+    return timeout, md, need
+end
+
+
+-- Builds and posts a Call; returns the reply and the call (still to be finished), or
+-- false, err, status.
+local function post_call(self, kind, path, req, call_opts, timeout, md, need)
+    local n = req and #req or 0
+    if n > self.max_send then
+        return local_failure(RESOURCE_EXHAUSTED, "trying to send message larger than max ("
+                             .. n .. " vs. " .. self.max_send .. ")")
+    end
+    local h, err = begin_build(n + #path + need + 256)
     if not h then
-        return false, "RESOURCE_EXHAUSTED: " .. err, { code = 8, message = err, metadata = {} }
+        return local_failure(RESOURCE_EXHAUSTED, err)
     end
-    local pv = builder:CreateByteVector(req)
+    local pv = req and builder:CreateByteVector(req)
     local pathv = builder:CreateString(path)
+    local comp = call_opts and call_opts.compression
+    comp = comp and builder:CreateString(comp)
     local mdv
     if md then
-        local offs, n = {}, 0
+        local offs, m = {}, 0
         for k, v in pairs(md) do
             local kv = builder:CreateString(k)
             local vv = builder:CreateByteVector(v)
             Metadata.Start(builder)
             Metadata.AddKey(builder, kv)
             Metadata.AddValue(builder, vv)
-            n = n + 1
-            offs[n] = Metadata.End(builder)
+            m = m + 1
+            offs[m] = Metadata.End(builder)
         end
-        Call.StartMetadataVector(builder, n)
-        for i = n, 1, -1 do
+        Call.StartMetadataVector(builder, m)
+        for i = m, 1, -1 do
             builder:PrependUOffsetTRelative(offs[i])
         end
-        mdv = builder:EndVector(n)
+        mdv = builder:EndVector(m)
     end
     Call.Start(builder)
     Call.AddConn(builder, self.id)
-    Call.AddKind(builder, CallKind.Unary)
+    Call.AddKind(builder, kind)
     Call.AddPath(builder, pathv)
     if timeout then
         Call.AddTimeoutMs(builder, ms(timeout, "timeout"))
@@ -480,12 +565,16 @@ function Conn:unary(path, req, call_opts)
     if mdv then
         Call.AddMetadata(builder, mdv)
     end
-    Call.AddPayload(builder, pv)
-    local c = Call.End(builder)
-    Request.Start(builder)
-    Request.AddCommandType(builder, Command.Call)
-    Request.AddCommand(builder, c)
-    builder:Finish(Request.End(builder))
+    if comp then
+        Call.AddCompression(builder, comp)
+    end
+    if pv then
+        Call.AddPayload(builder, pv)
+    end
+    if call_opts and call_opts.response_metadata then
+        Call.AddWantMetadata(builder, true)
+    end
+    finish_request(Command.Call, Call.End(builder))
 
     local wait = timeout and { timeout = timeout + DEADLINE_GRACE_MS } or nil
     local reply, rerr = roundtrip(h, wait)
@@ -497,10 +586,319 @@ function Conn:unary(path, req, call_opts)
         finish(h, 1, 0)
         return false, serr, status
     end
+    return reply, h
+end
+
+
+local function check_path(path)
+    if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
+        error("bad path: \"/package.Service/Method\" expected", 3)
+    end
+end
+
+
+-- conn:unary(path, req, call_opts?) -> true, res[, meta] | false, err, status
+--   req: the protobuf-encoded request (string); res: the encoded response (string).
+--   call_opts: timeout (ms, sent as grpc-timeout), metadata (table; "-bin" keys carry bytes),
+--   compression ("gzip" or "identity"), response_metadata (true: a third value
+--   { headers = {...}, trailers = {...} }).
+function Conn:unary(path, req, call_opts)
+    check_path(path)
+    if type(req) ~= "string" then
+        error("bad request: string expected, got " .. type(req), 2)
+    end
+    local timeout, md, need = check_call_opts(self, call_opts)
+    local reply, h, status = post_call(self, CallKind.Unary, path, req, call_opts, timeout, md,
+                                       need)
+    if not reply then
+        return false, h, status
+    end
     local ptr, len = payload_of(reply)
     local res = ptr and ffi_string(ptr, len) or ""
+    local meta
+    if call_opts and call_opts.response_metadata then
+        meta = { headers = metadata_of(reply) or {}, trailers = metadata_of(reply, true) or {} }
+    end
     finish(h, 1, 0)
+    return true, res, meta
+end
+
+
+-- Streams ------------------------------------------------------------------------------------
+
+ffi.cdef [[
+    int grpc_zc_stream_cancel(void *inst, uint64_t id);
+    int grpc_zc_streams_open(void *inst);
+    typedef struct { uint64_t id; } grpc_zc_stream_ref_t;
+]]
+local stream_ref_t = ffi.typeof("grpc_zc_stream_ref_t")
+local stream_cancel = lib.grpc_zc_stream_cancel
+
+-- Finalizer of a stream Lua dropped without closing it: cancel it on the wire.
+local function stream_gc(ref)
+    stream_cancel(inst, ref.id)
+end
+
+local Stream = {}
+local Stream_mt = { __index = Stream }
+
+
+local function open_stream(self, kind, path, req, call_opts)
+    local timeout, md, need = check_call_opts(self, call_opts)
+    local reply, h, status = post_call(self, kind, path, req, call_opts, timeout, md, need)
+    if not reply then
+        return false, h, status
+    end
+    local id = tonumber(reply:Handle())
+    finish(h, 1, 0)
+    local deadline = timeout and timeout > 0 and ngx.now() * 1000 + timeout or nil
+    return true, setmetatable({
+        id = id,
+        ref = ffi_gc(ffi_new(stream_ref_t, id), stream_gc),
+        kind = kind,
+        deadline = deadline,
+        max_send = self.max_send,
+    }, Stream_mt)
+end
+
+
+-- conn:new_stream(path, call_opts?) -> true, stream | false, err, status   (bidi streaming)
+function Conn:new_stream(path, call_opts)
+    check_path(path)
+    return open_stream(self, CallKind.Bidi, path, nil, call_opts)
+end
+
+
+-- conn:server_stream(path, req, call_opts?) -> true, stream | false, err, status
+function Conn:server_stream(path, req, call_opts)
+    check_path(path)
+    if type(req) ~= "string" then
+        error("bad request: string expected, got " .. type(req), 2)
+    end
+    return open_stream(self, CallKind.ServerStreaming, path, req, call_opts)
+end
+
+
+-- conn:client_stream(path, call_opts?) -> true, stream | false, err, status
+function Conn:client_stream(path, call_opts)
+    check_path(path)
+    return open_stream(self, CallKind.ClientStreaming, path, nil, call_opts)
+end
+
+
+-- The stream is over (ended, failed or closed): forget it in the runtime.
+local function forget(self)
+    local ref = self.ref
+    if ref ~= nil then
+        self.ref = nil
+        ffi_gc(ref, nil)
+        stream_cancel(inst, self.id)
+    end
+end
+
+
+-- The stream failed with (err, status): later operations report the same.
+local function fail(self, err, status)
+    self.err, self.status = err, status
+    self.trls = status and status.metadata
+    forget(self)
+    return false, err, status
+end
+
+
+local function check_open(self)
+    if self.err then
+        return false, self.err, self.status
+    end
+    if self.ref == nil then
+        return false, self.ended and "stream ended" or "stream closed"
+    end
+    return true
+end
+
+
+-- Posts the stream operation built in the builder; returns the reply and its call, or
+-- false, err, status (the stream has then failed).
+local function stream_op(self, h, ctype, command)
+    finish_request(ctype, command)
+    local wait
+    if self.deadline then
+        local left = self.deadline - ngx.now() * 1000
+        wait = { timeout = (left > 0 and left or 0) + DEADLINE_GRACE_MS }
+    end
+    local reply, rerr = roundtrip(h, wait)
+    if not reply then
+        return fail(self, rerr)
+    end
+    local serr, status = status_of(reply)
+    if serr then
+        finish(h, 1, 0)
+        return fail(self, serr, status)
+    end
+    if self.hdrs == nil then
+        self.hdrs = metadata_of(reply)
+    end
+    return reply, h
+end
+
+
+-- stream:send(msg) -> true | false, err, status
+function Stream:send(msg)
+    if type(msg) ~= "string" then
+        error("bad message: string expected, got " .. type(msg), 2)
+    end
+    local ok, err, status = check_open(self)
+    if not ok then
+        return ok, err, status
+    end
+    if #msg > self.max_send then
+        -- The stream goes on, as in grpc-go: nothing was sent.
+        return local_failure(RESOURCE_EXHAUSTED, "trying to send message larger than max ("
+                             .. #msg .. " vs. " .. self.max_send .. ")")
+    end
+    local h
+    h, err = begin_build(#msg + 128)
+    if not h then
+        return local_failure(RESOURCE_EXHAUSTED, err)
+    end
+    local pv = builder:CreateByteVector(msg)
+    StreamSend.Start(builder)
+    StreamSend.AddStream(builder, self.id)
+    StreamSend.AddPayload(builder, pv)
+    local reply, rh, rstatus = stream_op(self, h, Command.StreamSend, StreamSend.End(builder))
+    if not reply then
+        return false, rh, rstatus
+    end
+    finish(rh, 1, 0)
+    return true
+end
+
+
+-- stream:recv() -> true, msg | true, nil (end of stream) | false, err, status
+function Stream:recv()
+    if self.ended then
+        return true, nil
+    end
+    local ok, err, status = check_open(self)
+    if not ok then
+        return ok, err, status
+    end
+    local h
+    h, err = begin_build(64)
+    if not h then
+        return local_failure(RESOURCE_EXHAUSTED, err)
+    end
+    StreamRecv.Start(builder)
+    StreamRecv.AddStream(builder, self.id)
+    local reply, rh, rstatus = stream_op(self, h, Command.StreamRecv, StreamRecv.End(builder))
+    if not reply then
+        return false, rh, rstatus
+    end
+    if reply:HasMessage() then
+        local ptr, len = payload_of(reply)
+        local msg = ptr and ffi_string(ptr, len) or ""
+        finish(rh, 1, 0)
+        return true, msg
+    end
+    self.trls = metadata_of(reply, true) or {}
+    self.ended = true
+    finish(rh, 1, 0)
+    forget(self)
+    return true, nil
+end
+
+
+-- stream:close_send() -> true | false, err, status: no more messages from this side.
+function Stream:close_send()
+    local ok, err, status = check_open(self)
+    if not ok then
+        return ok, err, status
+    end
+    local h
+    h, err = begin_build(64)
+    if not h then
+        return local_failure(RESOURCE_EXHAUSTED, err)
+    end
+    StreamCloseSend.Start(builder)
+    StreamCloseSend.AddStream(builder, self.id)
+    local reply, rh, rstatus = stream_op(self, h, Command.StreamCloseSend,
+                                         StreamCloseSend.End(builder))
+    if not reply then
+        return false, rh, rstatus
+    end
+    finish(rh, 1, 0)
+    return true
+end
+
+
+-- stream:finish() -> true, res | false, err, status: half-closes a client stream and returns
+-- its one response once the call has ended (trailers then in stream:trailers()).
+function Stream:finish()
+    local ok, err, status = check_open(self)
+    if not ok then
+        return ok, err, status
+    end
+    local h
+    h, err = begin_build(64)
+    if not h then
+        return local_failure(RESOURCE_EXHAUSTED, err)
+    end
+    StreamCloseSend.Start(builder)
+    StreamCloseSend.AddStream(builder, self.id)
+    StreamCloseSend.AddFinish(builder, true)
+    local reply, rh, rstatus = stream_op(self, h, Command.StreamCloseSend,
+                                         StreamCloseSend.End(builder))
+    if not reply then
+        return false, rh, rstatus
+    end
+    local ptr, len = payload_of(reply)
+    local res = ptr and ffi_string(ptr, len) or ""
+    self.trls = metadata_of(reply, true) or {}
+    self.ended = true
+    finish(rh, 1, 0)
+    forget(self)
     return true, res
+end
+
+
+-- stream:headers() -> table | nil, err: the response headers (waits for them).
+function Stream:headers()
+    if self.hdrs then
+        return self.hdrs
+    end
+    local ok, err = check_open(self)
+    if not ok then
+        return nil, err
+    end
+    local h
+    h, err = begin_build(64)
+    if not h then
+        return nil, err
+    end
+    StreamRecv.Start(builder)
+    StreamRecv.AddStream(builder, self.id)
+    StreamRecv.AddHeadersOnly(builder, true)
+    local reply, rh = stream_op(self, h, Command.StreamRecv, StreamRecv.End(builder))
+    if not reply then
+        return nil, rh
+    end
+    self.hdrs = self.hdrs or {}
+    finish(rh, 1, 0)
+    return self.hdrs
+end
+
+
+-- stream:trailers() -> table | nil: the trailers, once the stream has ended (or failed).
+function Stream:trailers()
+    return self.trls
+end
+
+
+-- stream:close() -> true: ends the stream; if it is still running, it is cancelled on the wire
+-- (RST_STREAM CANCEL). A stream that is garbage-collected unclosed is cancelled the same way.
+function Stream:close()
+    forget(self)
+    return true
 end
 
 
@@ -517,11 +915,7 @@ function Conn:close()
     end
     Close.Start(builder)
     Close.AddConn(builder, self.id)
-    local c = Close.End(builder)
-    Request.Start(builder)
-    Request.AddCommandType(builder, Command.Close)
-    Request.AddCommand(builder, c)
-    builder:Finish(Request.End(builder))
+    finish_request(Command.Close, Close.End(builder))
     local reply, rerr = roundtrip(h, nil)
     if not reply then
         return false, rerr
@@ -559,6 +953,7 @@ function _M.stats()
         failed_leases = tonumber(stats_buf.failed_leases),
         leases_total = tonumber(stats_buf.leases_total),
         calls_in_flight = calls,
+        streams_open = lib.grpc_zc_streams_open(inst),
         instance = inst_name,
     }
 end

@@ -210,6 +210,30 @@ pub unsafe extern "C" fn grpc_zc_stats(inst: *const Instance, out: *mut Stats) -
     })
 }
 
+/// Cancels stream `id` (RST_STREAM CANCEL if it is still on the wire) and forgets it.
+/// Synchronous and non-blocking, so Lua can call it from a finalizer. 1 if the stream was open,
+/// 0 if unknown (already closed), or a negative error code.
+///
+/// # Safety
+/// `inst` is NULL or from `grpc_zc_instance`.
+#[no_mangle]
+pub unsafe extern "C" fn grpc_zc_stream_cancel(inst: *const Instance, id: u64) -> c_int {
+    with_instance(inst, "grpc_zc_stream_cancel", |i| {
+        c_int::from(i.cancel_stream(id))
+    })
+}
+
+/// Streams open in the instance (started, not yet closed or cancelled).
+///
+/// # Safety
+/// `inst` is NULL or from `grpc_zc_instance`.
+#[no_mangle]
+pub unsafe extern "C" fn grpc_zc_streams_open(inst: *const Instance) -> c_int {
+    with_instance(inst, "grpc_zc_streams_open", |i| {
+        c_int::try_from(i.streams_open()).unwrap_or(c_int::MAX)
+    })
+}
+
 /// A static description of an error code.
 #[no_mangle]
 pub extern "C" fn grpc_zc_strerror(code: c_int) -> *const c_char {

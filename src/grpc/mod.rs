@@ -1,11 +1,13 @@
-//! gRPC over tonic: channels per connection id, and calls that run on the instance's tokio
+//! gRPC over tonic: channels shared per target, and calls that run on the instance's tokio
 //! runtime. Safe Rust only; payloads arrive as `Bytes` over arena slots and leave as arena
 //! slots ([`crate::codec`]).
 //!
-//! Status: unary calls over plaintext HTTP/2, with deadlines and request metadata. Streams, TLS,
-//! response metadata and cancellation on the wire when Lua gives up are the gRPC issue's
-//! remaining work.
+//! Every operation Lua posts becomes an [`Op`]; [`Grpc::start`] runs it on the runtime and
+//! hands its [`OpResult`] to a callback on a runtime thread. Unary calls are one task each;
+//! streams are a driver task each ([`stream`]), addressed by a stream id.
 #![forbid(unsafe_code)]
+
+mod stream;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -15,12 +17,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, MetadataValue};
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::{
+    AsciiMetadataKey, AsciiMetadataValue, BinaryMetadataKey, KeyAndValueRef, MetadataMap,
+    MetadataValue,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use crate::arena::Arena;
 use crate::codec::{ArenaCodec, Inbound};
+pub use stream::Streams;
+
+/// Default limit of a received message, as in grpc-go.
+pub const DEFAULT_MAX_RECV: usize = 4 << 20;
 
 /// What `Connect` asks for (owned: it outlives the request slot).
 #[derive(Debug, Default, Clone)]
@@ -38,6 +48,12 @@ pub struct ConnectOpts {
     pub key_pem: Option<Vec<u8>>,
     /// Plaintext h2c even if the target says otherwise.
     pub insecure: bool,
+    /// Largest message sent (bytes; 0: the arena's limit).
+    pub max_send: usize,
+    /// Largest message received (bytes; 0: [`DEFAULT_MAX_RECV`]).
+    pub max_recv: usize,
+    /// "gzip" or none.
+    pub compression: Option<String>,
 }
 
 impl ConnectOpts {
@@ -48,28 +64,101 @@ impl ConnectOpts {
                 || self.ca_pem.is_some()
                 || self.cert_pem.is_some())
     }
+
+    /// What makes two connections share a channel: everything that shapes the transport.
+    fn channel_key(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.ca_pem, &self.cert_pem, &self.key_pem).hash(&mut h);
+        format!(
+            "{}|{:?}|{}|{:?}|{:?}|{:?}|{:x}",
+            self.target,
+            self.authority,
+            self.insecure,
+            self.connect_timeout,
+            self.keepalive_interval,
+            self.keepalive_timeout,
+            h.finish()
+        )
+    }
 }
 
-/// One unary call (owned: it runs after the poll thread moved on).
-pub struct UnaryCall {
+/// The shape of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Unary,
+    ClientStreaming,
+    ServerStreaming,
+    Bidi,
+}
+
+/// A call to start (owned: it runs after the poll thread moved on).
+pub struct CallSpec {
     pub conn: u64,
+    pub kind: Kind,
     pub path: String,
     pub timeout: Option<Duration>,
     pub metadata: Vec<(String, Vec<u8>)>,
+    /// The request of unary and server-streaming calls.
     pub payload: Bytes,
+    /// Unary: report response headers and trailers.
+    pub want_metadata: bool,
+    /// "gzip", "identity" (none) or `None` (the connection's setting).
+    pub compression: Option<String>,
 }
 
+/// One operation Lua posted.
+pub enum Op {
+    /// Start a call: a unary call runs to its end; a stream answers with its id at once.
+    Call(Box<CallSpec>),
+    /// Queue a message on a stream (answered once the stream took it).
+    Send { stream: u64, payload: Bytes },
+    /// The next message of a stream (or, with `headers_only`, its response headers).
+    Recv { stream: u64, headers_only: bool },
+    /// Half-close; with `finish`, wait for the one response and the end of the call.
+    CloseSend { stream: u64, finish: bool },
+}
+
+/// What an operation produced.
+#[derive(Default)]
+pub struct Received {
+    /// The message, in its arena slot.
+    pub message: Option<Inbound>,
+    /// A new stream's id.
+    pub handle: u64,
+    pub headers: Option<Vec<(String, Vec<u8>)>>,
+    pub trailers: Option<Vec<(String, Vec<u8>)>>,
+}
+
+/// The result handed to an operation's callback: an error status carries the trailers as its
+/// metadata and `grpc-status-details-bin` as its details, as tonic reports them.
+pub type OpResult = Result<Received, Status>;
+
+/// Per-connection settings that calls take.
+#[derive(Clone)]
 struct Conn {
     channel: Channel,
+    key: String,
     default_timeout: Option<Duration>,
+    max_send: usize,
+    max_recv: usize,
+    compression: Option<CompressionEncoding>,
 }
 
-/// The instance's gRPC side: a small tokio runtime and its connections.
+/// The instance's gRPC side: a small tokio runtime, its channels and its streams.
 pub struct Grpc {
     rt: tokio::runtime::Runtime,
     conns: Mutex<HashMap<u64, Conn>>,
+    /// Channels by [`ConnectOpts::channel_key`], with the number of connection ids using each:
+    /// every `connect` to the same target shares one HTTP/2 connection (multiplexed).
+    channels: Mutex<HashMap<String, (Channel, usize)>>,
+    streams: Streams,
     next_id: AtomicU64,
     arena: Arena,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Grpc {
@@ -83,14 +172,63 @@ impl Grpc {
         Ok(Grpc {
             rt,
             conns: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+            streams: Streams::default(),
             next_id: AtomicU64::new(1),
             arena,
         })
     }
 
-    /// Creates a channel (connected lazily, reconnecting as needed) and returns its id.
+    /// Returns a connection id for `opts`, sharing the channel (connected lazily, reconnecting
+    /// as needed) of any earlier connection with the same transport settings.
     pub fn connect(&self, opts: &ConnectOpts) -> Result<u64, Status> {
+        let compression = match opts.compression.as_deref() {
+            None | Some("") | Some("identity") => None,
+            Some("gzip") => Some(CompressionEncoding::Gzip),
+            Some(other) => {
+                return Err(Status::invalid_argument(format!(
+                    "compression {other:?} not supported (gzip)"
+                )))
+            }
+        };
+        let key = opts.channel_key();
+        let channel = {
+            let mut channels = lock(&self.channels);
+            match channels.get_mut(&key) {
+                Some((ch, refs)) => {
+                    *refs += 1;
+                    ch.clone()
+                }
+                None => {
+                    let ch = self.channel(opts)?;
+                    channels.insert(key.clone(), (ch.clone(), 1));
+                    ch
+                }
+            }
+        };
+        let max_message = self.arena.max_message() - crate::runtime::ENVELOPE_SLACK;
+        let limit = |v: usize, default: usize| if v == 0 { default } else { v.min(max_message) };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.conns).insert(
+            id,
+            Conn {
+                channel,
+                key,
+                default_timeout: opts.default_timeout,
+                max_send: limit(opts.max_send, max_message),
+                max_recv: limit(opts.max_recv, DEFAULT_MAX_RECV.min(max_message)),
+                compression,
+            },
+        );
+        Ok(id)
+    }
+
+    /// A new lazily connected channel.
+    fn channel(&self, opts: &ConnectOpts) -> Result<Channel, Status> {
         let tls = opts.tls();
+        if let Some(path) = opts.target.strip_prefix("unix:") {
+            return self.unix_channel(path, opts);
+        }
         let uri = normalize_target(&opts.target, tls)?;
         let mut ep = Endpoint::from_shared(uri.clone())
             .map_err(|e| Status::invalid_argument(format!("bad target {:?}: {e}", opts.target)))?;
@@ -118,69 +256,135 @@ impl Grpc {
                 .tls_config(cfg)
                 .map_err(|e| Status::invalid_argument(format!("TLS settings: {e}")))?;
         }
-        if let Some(a) = &opts.authority {
-            let scheme = if tls { "https" } else { "http" };
-            let origin = format!("{scheme}://{a}")
-                .parse()
-                .map_err(|e| Status::invalid_argument(format!("bad authority {a:?}: {e}")))?;
-            ep = ep.origin(origin);
-        }
-        if let Some(t) = opts.connect_timeout {
-            ep = ep.connect_timeout(t);
-        }
-        if let Some(t) = opts.keepalive_interval {
-            ep = ep.http2_keep_alive_interval(t).keep_alive_while_idle(true);
-        }
-        if let Some(t) = opts.keepalive_timeout {
-            ep = ep.keep_alive_timeout(t);
-        }
+        ep = endpoint_options(ep, opts, tls)?;
         // connect_lazy needs a runtime context for its background task.
         let _guard = self.rt.enter();
-        let channel = ep.connect_lazy();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            id,
-            Conn {
-                channel,
-                default_timeout: opts.default_timeout,
-            },
-        );
-        Ok(id)
+        Ok(ep.connect_lazy())
     }
 
-    /// Forgets a connection id (its calls in flight finish on their own).
+    /// A channel over a Unix domain socket (plaintext h2c; `:authority` "localhost" unless
+    /// `host` says otherwise).
+    fn unix_channel(&self, path: &str, opts: &ConnectOpts) -> Result<Channel, Status> {
+        if path.is_empty() {
+            return Err(Status::invalid_argument("empty unix: socket path"));
+        }
+        let ep = Endpoint::from_static("http://localhost");
+        let ep = endpoint_options(ep, opts, false)?;
+        let path = std::path::PathBuf::from(path);
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let s = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+            }
+        });
+        let _guard = self.rt.enter();
+        Ok(ep.connect_with_connector_lazy(connector))
+    }
+
+    /// Forgets a connection id (its calls in flight finish on their own); the channel goes
+    /// when its last connection id does.
     pub fn close(&self, id: u64) -> bool {
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id)
-            .is_some()
+        let Some(conn) = lock(&self.conns).remove(&id) else {
+            return false;
+        };
+        let mut channels = lock(&self.channels);
+        if let Some((_, refs)) = channels.get_mut(&conn.key) {
+            *refs -= 1;
+            if *refs == 0 {
+                channels.remove(&conn.key);
+            }
+        }
+        true
     }
 
-    /// Runs a unary call; `done` gets the reply message or the status, always on a runtime
-    /// thread (never inside this call). Aborting the returned handle drops the call (tonic
-    /// resets the stream: RST_STREAM CANCEL) and `done` is never called.
-    pub fn unary(
+    /// Streams open (started and not yet cancelled or forgotten).
+    pub fn streams_open(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Cancels a stream (RST_STREAM CANCEL if it is still on the wire) and forgets it;
+    /// operations waiting on it end with CANCELLED. Callable from any thread.
+    pub fn cancel_stream(&self, id: u64) -> bool {
+        self.streams.cancel(id)
+    }
+
+    /// Starts `op`; `done` gets its result, always on a runtime thread (never inside this
+    /// call). Aborting the returned handle drops the operation (and a unary call on the wire:
+    /// RST_STREAM CANCEL), and `done` is never called. The second value is the stream the
+    /// operation works on, which the caller cancels when Lua abandons the operation.
+    pub fn start(
         &self,
-        call: UnaryCall,
-        done: impl FnOnce(Result<Inbound, Status>) + Send + 'static,
+        op: Op,
+        done: impl FnOnce(OpResult) + Send + 'static,
+    ) -> (tokio::task::AbortHandle, Option<u64>) {
+        match op {
+            Op::Call(call) => {
+                let Some(conn) = lock(&self.conns).get(&call.conn).cloned() else {
+                    let st = Status::invalid_argument(format!("unknown connection {}", call.conn));
+                    return (self.spawn_done(done, Err(st)), None);
+                };
+                if call.payload.len() > conn.max_send {
+                    return (
+                        self.spawn_done(done, Err(too_large_to_send(&call.payload, &conn))),
+                        None,
+                    );
+                }
+                let codec = ArenaCodec::new(self.arena.clone());
+                let timeout = call.timeout.or(conn.default_timeout);
+                if call.kind == Kind::Unary {
+                    return (self.spawn_unary(conn, codec, *call, timeout, done), None);
+                }
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let r = self.streams.open(&self.rt, id, conn, codec, *call, timeout);
+                (
+                    self.spawn_done(
+                        done,
+                        r.map(|()| Received {
+                            handle: id,
+                            ..Default::default()
+                        }),
+                    ),
+                    None,
+                )
+            }
+            Op::Send { stream, payload } => {
+                let task = self.streams.send(&self.rt, stream, payload, done);
+                (task, Some(stream))
+            }
+            Op::Recv {
+                stream,
+                headers_only,
+            } => {
+                let task = self.streams.recv(&self.rt, stream, headers_only, done);
+                (task, Some(stream))
+            }
+            Op::CloseSend { stream, finish } => {
+                let task = self.streams.close_send(&self.rt, stream, finish, done);
+                (task, Some(stream))
+            }
+        }
+    }
+
+    fn spawn_done(
+        &self,
+        done: impl FnOnce(OpResult) + Send + 'static,
+        r: OpResult,
     ) -> tokio::task::AbortHandle {
-        let conn = {
-            let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-            conns
-                .get(&call.conn)
-                .map(|c| (c.channel.clone(), c.default_timeout))
-        };
-        let Some((channel, default_timeout)) = conn else {
-            // `done` always runs on a runtime thread, never inside this call.
-            let st = Status::invalid_argument(format!("unknown connection {}", call.conn));
-            return self.rt.spawn(async move { done(Err(st)) }).abort_handle();
-        };
-        let codec = ArenaCodec::new(self.arena.clone());
-        let timeout = call.timeout.or(default_timeout);
+        self.rt.spawn(async move { done(r) }).abort_handle()
+    }
+
+    fn spawn_unary(
+        &self,
+        conn: Conn,
+        codec: ArenaCodec,
+        call: CallSpec,
+        timeout: Option<Duration>,
+        done: impl FnOnce(OpResult) + Send + 'static,
+    ) -> tokio::task::AbortHandle {
         let task = self.rt.spawn(async move {
             let started = tokio::time::Instant::now();
-            let work = unary(channel, codec, call, timeout);
+            let work = unary(conn, codec, call, timeout);
             let result = match timeout {
                 // The server gets `grpc-timeout`; this bound holds even when it ignores it.
                 Some(t) => match tokio::time::timeout(t, work).await {
@@ -196,31 +400,139 @@ impl Grpc {
     }
 }
 
-async fn unary(
-    channel: Channel,
-    codec: ArenaCodec,
-    call: UnaryCall,
+/// The endpoint settings shared by TCP and Unix channels.
+fn endpoint_options(mut ep: Endpoint, opts: &ConnectOpts, tls: bool) -> Result<Endpoint, Status> {
+    if let Some(a) = &opts.authority {
+        let scheme = if tls { "https" } else { "http" };
+        let origin = format!("{scheme}://{a}")
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("bad authority {a:?}: {e}")))?;
+        ep = ep.origin(origin);
+    }
+    if let Some(t) = opts.connect_timeout {
+        ep = ep.connect_timeout(t);
+    }
+    if let Some(t) = opts.keepalive_interval {
+        ep = ep.http2_keep_alive_interval(t).keep_alive_while_idle(true);
+    }
+    if let Some(t) = opts.keepalive_timeout {
+        ep = ep.keep_alive_timeout(t);
+    }
+    Ok(ep.tcp_nodelay(true))
+}
+
+fn too_large_to_send(payload: &Bytes, conn: &Conn) -> Status {
+    Status::resource_exhausted(format!(
+        "trying to send message larger than max ({} vs. {})",
+        payload.len(),
+        conn.max_send
+    ))
+}
+
+/// A tonic client for `conn`'s settings and the call's compression.
+fn client(conn: &Conn, compression: Option<&str>) -> Result<tonic::client::Grpc<Channel>, Status> {
+    let mut c = tonic::client::Grpc::new(conn.channel.clone())
+        .max_decoding_message_size(conn.max_recv)
+        .max_encoding_message_size(conn.max_send)
+        .accept_compressed(CompressionEncoding::Gzip);
+    let send = match compression {
+        None => conn.compression,
+        Some("gzip") => Some(CompressionEncoding::Gzip),
+        Some("" | "identity") => None,
+        Some(other) => {
+            return Err(Status::invalid_argument(format!(
+                "compression {other:?} not supported (gzip)"
+            )))
+        }
+    };
+    if let Some(enc) = send {
+        c = c.send_compressed(enc);
+    }
+    Ok(c)
+}
+
+/// The request of a call: its messages, `grpc-timeout` and metadata.
+fn request<S>(
+    msgs: S,
+    call: &CallSpec,
     timeout: Option<Duration>,
-) -> Result<Inbound, Status> {
+) -> Result<(tonic::Request<S>, PathAndQuery), Status> {
     let path = PathAndQuery::from_str(&call.path)
         .map_err(|e| Status::invalid_argument(format!("bad path {:?}: {e}", call.path)))?;
-    let mut req = tonic::Request::new(call.payload);
+    let mut req = tonic::Request::new(msgs);
     if let Some(t) = timeout {
         req.set_timeout(t);
     }
-    for (k, v) in call.metadata {
-        add_metadata(req.metadata_mut(), &k, v)?;
+    for (k, v) in &call.metadata {
+        add_metadata(req.metadata_mut(), k, v)?;
     }
-    let mut client = tonic::client::Grpc::new(channel);
+    Ok((req, path))
+}
+
+async fn unary(
+    conn: Conn,
+    codec: ArenaCodec,
+    mut call: CallSpec,
+    timeout: Option<Duration>,
+) -> OpResult {
+    let payload = std::mem::take(&mut call.payload);
+    let (req, path) = request(tokio_stream::once(payload), &call, timeout)?;
+    let mut client = client(&conn, call.compression.as_deref())?;
     client
         .ready()
         .await
         .map_err(|e| Status::new(Code::Unavailable, e.to_string()))?;
-    client
-        .unary(req, path, codec)
+    // As tonic's own unary call, but with headers and trailers kept apart.
+    let (headers, mut body, _) = client
+        .streaming(req, path, codec)
         .await
-        .map(|r| r.into_inner())
-        .map_err(transport_is_unavailable)
+        .map_err(local_status)?
+        .into_parts();
+    let message = body
+        .message()
+        .await
+        .map_err(local_status)?
+        .ok_or_else(|| Status::internal("missing response message"))?;
+    let trailers = body.trailers().await.map_err(local_status)?;
+    let want = call.want_metadata;
+    Ok(Received {
+        message: Some(message),
+        handle: 0,
+        headers: want.then(|| metadata_list(&headers)),
+        trailers: want.then(|| trailers.as_ref().map(metadata_list).unwrap_or_default()),
+    })
+}
+
+/// A map's entries as (key, raw value) pairs; `-bin` values decoded (undecodable ones kept as
+/// sent).
+pub fn metadata_list(md: &MetadataMap) -> Vec<(String, Vec<u8>)> {
+    md.iter()
+        .map(|kv| match kv {
+            KeyAndValueRef::Ascii(k, v) => (k.as_str().to_owned(), v.as_bytes().to_vec()),
+            KeyAndValueRef::Binary(k, v) => (
+                k.as_str().to_owned(),
+                v.to_bytes()
+                    .map_or_else(|_| v.as_encoded_bytes().to_vec(), |b| b.to_vec()),
+            ),
+        })
+        .collect()
+}
+
+/// Statuses made by the local side mapped to what grpc-go reports: transport failures are
+/// UNAVAILABLE ([`transport_is_unavailable`]), a received message over the limit is
+/// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE).
+fn local_status(st: Status) -> Status {
+    if st.code() == Code::OutOfRange
+        && st
+            .message()
+            .starts_with("Error, decoded message length too large")
+    {
+        return Status::resource_exhausted(format!(
+            "received message larger than max: {}",
+            st.message()
+        ));
+    }
+    transport_is_unavailable(st)
 }
 
 /// A call that failed in the local transport (a refused TLS handshake, a connection closed
@@ -237,15 +549,11 @@ fn transport_is_unavailable(st: Status) -> Status {
     }
 }
 
-fn add_metadata(
-    md: &mut tonic::metadata::MetadataMap,
-    key: &str,
-    value: Vec<u8>,
-) -> Result<(), Status> {
+fn add_metadata(md: &mut MetadataMap, key: &str, value: &[u8]) -> Result<(), Status> {
     let bad = |what: &str| Status::invalid_argument(format!("metadata {key:?}: {what}"));
     if key.ends_with("-bin") {
         let k = BinaryMetadataKey::from_str(key).map_err(|_| bad("bad key"))?;
-        md.append_bin(k, MetadataValue::from_bytes(&value));
+        md.append_bin(k, MetadataValue::from_bytes(value));
     } else {
         let k = AsciiMetadataKey::from_str(key).map_err(|_| bad("bad key"))?;
         let v = AsciiMetadataValue::try_from(value).map_err(|_| bad("bad value"))?;
@@ -272,9 +580,6 @@ fn normalize_target(t: &str, tls: bool) -> Result<String, Status> {
     }
     if t.starts_with("https://") {
         return Ok(t.to_owned());
-    }
-    if t.starts_with("unix:") {
-        return Err(Status::unimplemented("unix: targets are not supported yet"));
     }
     if t.is_empty() {
         return Err(Status::invalid_argument("empty target"));

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::arena::{Arena, ArenaConfig, Handle, Lease, Stats};
 use crate::codec::{Inbound, INBOUND_VECTOR_AT};
 use crate::config::Config;
-use crate::grpc::{ConnectOpts, Grpc, UnaryCall};
+use crate::grpc::{CallSpec, ConnectOpts, Grpc, Kind, Op, OpResult, Received};
 use crate::queue::{Desc, Task, TaskQueue};
 use crate::wire::{self, CallKind, Command, ReplyParts, Request};
 use tonic::Status;
@@ -72,10 +72,10 @@ enum Outcome {
     New(Lease, u32),
     /// In the request's own slot, around the byte vector at `vector_at` (an echo's payload).
     InRequestSlot { vector_at: usize },
-    /// A unary gRPC call to run asynchronously; its payload is `payload` bytes of the request
-    /// slot.
-    Unary {
-        call: Box<UnaryCall>,
+    /// A gRPC operation to run asynchronously; its message (if it has one) is `payload` bytes
+    /// of the request slot.
+    Grpc {
+        op: Box<Op>,
         payload: std::ops::Range<usize>,
     },
 }
@@ -85,8 +85,8 @@ enum Executed {
     Done(Answer),
     /// The echo test hook asked for a delay: run it again later.
     Delayed(Duration, Claimed),
-    /// A gRPC call to start; its answer comes from the tokio runtime.
-    Unary(Box<UnaryCall>, Handle),
+    /// A gRPC operation to start; its answer comes from the tokio runtime.
+    Grpc(Box<Op>, Handle),
 }
 
 /// A request whose slot the runtime owns now.
@@ -102,8 +102,9 @@ pub struct Instance {
     pub(crate) arena: Arena,
     calls: Calls,
     grpc: std::sync::OnceLock<Grpc>,
-    /// gRPC calls on the wire, by call key, to cancel them when Lua gives up.
-    aborts: Mutex<std::collections::HashMap<u64, tokio::task::AbortHandle>>,
+    /// gRPC operations running, by call key, to cancel them (and the stream they work on)
+    /// when Lua gives up.
+    aborts: Mutex<std::collections::HashMap<u64, (tokio::task::AbortHandle, Option<u64>)>>,
 }
 
 /// Every instance of this process, by name, for Lua to find. Instances live until the process
@@ -193,10 +194,14 @@ impl Instance {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&calls::key(req));
-            if let Some(a) = running {
-                // Lua gave up on a call still on the wire: cancel it (RST_STREAM CANCEL). Its
+            if let Some((a, stream)) = running {
+                // Lua gave up on a call still on the wire: cancel it (RST_STREAM CANCEL), and
+                // the stream it worked on, as grpc-go cancels a stream with its context. The
                 // task is dropped, which answers the host; the call's entry goes here.
                 a.abort();
+                if let (Some(id), Some(g)) = (stream, self.grpc.get()) {
+                    g.cancel_stream(id);
+                }
                 self.calls.failed(req);
                 return;
             }
@@ -238,15 +243,15 @@ impl Instance {
         };
         match self.execute(claimed, true) {
             Executed::Done(answer) => answer.send(task),
-            Executed::Unary(call, req) => {
+            Executed::Grpc(op, req) => {
                 let inst = Arc::clone(self);
                 match self.grpc() {
                     Ok(grpc) => {
-                        // Registered before the call can finish: grpc_done takes it out.
+                        // Registered before the operation can finish: grpc_done takes it out.
                         let mut aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
-                        let abort =
-                            grpc.unary(*call, move |result| inst.grpc_done(task, &req, result));
-                        aborts.insert(calls::key(&req), abort);
+                        let running =
+                            grpc.start(*op, move |result| inst.grpc_done(task, &req, result));
+                        aborts.insert(calls::key(&req), running);
                     }
                     Err(answer) => {
                         self.calls.failed(&req);
@@ -305,7 +310,7 @@ impl Instance {
     fn execute_now(&self, c: Claimed) -> Answer {
         match self.execute(c, false) {
             Executed::Done(a) => a,
-            Executed::Unary(_, req) => {
+            Executed::Grpc(_, req) => {
                 self.calls.failed(&req);
                 Answer::Error(RC_BAD_REQUEST, "calls need the host queue".into())
             }
@@ -326,10 +331,15 @@ impl Instance {
         };
         let Claimed { mut lease, req, .. } = c;
         let reply = match outcome {
-            Ok(Outcome::Unary { mut call, payload }) => {
+            Ok(Outcome::Grpc { mut op, payload }) => {
                 // The request slot lives on as the payload's owner until tonic has sent it.
-                call.payload = bytes::Bytes::from_owner(lease).slice(payload);
-                return Executed::Unary(call, req);
+                let msg = || bytes::Bytes::from_owner(lease).slice(payload);
+                match &mut *op {
+                    Op::Call(call) => call.payload = msg(),
+                    Op::Send { payload, .. } => *payload = msg(),
+                    Op::Recv { .. } | Op::CloseSend { .. } => {}
+                }
+                return Executed::Grpc(op, req);
             }
             Ok(Outcome::New(reply, len)) => {
                 drop(lease);
@@ -403,6 +413,9 @@ impl Instance {
                     cert_pem: c.cert_pem().map(|v| v.bytes().to_vec()),
                     key_pem: c.key_pem().map(|v| v.bytes().to_vec()),
                     insecure: c.insecure(),
+                    max_send: c.max_send_msg_size() as usize,
+                    max_recv: c.max_recv_msg_size() as usize,
+                    compression: c.compression().map(str::to_owned),
                 };
                 let result = self
                     .grpc()
@@ -426,17 +439,18 @@ impl Instance {
                 let Some(c) = req.command_as_call() else {
                     return Err((RC_BAD_REQUEST, "Call without a table".into()));
                 };
-                if c.kind() != CallKind::Unary {
-                    return self.reply(ReplyParts {
-                        status: Some((12, "UNIMPLEMENTED: streaming calls are not supported yet")),
-                        ..Default::default()
-                    });
-                }
-                let base = slot.as_slice().as_ptr() as usize;
-                let payload = c.payload().map_or(0..0, |p| {
-                    let start = p.bytes().as_ptr() as usize - base;
-                    start..start + p.len()
-                });
+                let kind = match c.kind() {
+                    CallKind::Unary => Kind::Unary,
+                    CallKind::ClientStreaming => Kind::ClientStreaming,
+                    CallKind::ServerStreaming => Kind::ServerStreaming,
+                    CallKind::Bidi => Kind::Bidi,
+                    other => {
+                        return self.reply(ReplyParts {
+                            status: Some((3, &format!("unknown call kind {}", other.0))),
+                            ..Default::default()
+                        })
+                    }
+                };
                 let metadata = c
                     .metadata()
                     .iter()
@@ -446,18 +460,62 @@ impl Instance {
                         (m.key().to_owned(), v)
                     })
                     .collect();
-                let call = UnaryCall {
+                let call = CallSpec {
                     conn: c.conn(),
+                    kind,
                     path: c.path().to_owned(),
                     timeout: (c.timeout_ms() > 0)
                         .then(|| Duration::from_millis(u64::from(c.timeout_ms()))),
                     metadata,
                     payload: bytes::Bytes::new(),
+                    want_metadata: c.want_metadata(),
+                    compression: c.compression().map(str::to_owned),
                 };
-                Ok(Outcome::Unary {
-                    call: Box::new(call),
-                    payload,
+                Ok(Outcome::Grpc {
+                    op: Box::new(Op::Call(Box::new(call))),
+                    payload: vector_range(slot, c.payload()),
                 })
+            }
+            Command::StreamSend => {
+                let Some(c) = req.command_as_stream_send() else {
+                    return Err((RC_BAD_REQUEST, "StreamSend without a table".into()));
+                };
+                Ok(Outcome::Grpc {
+                    op: Box::new(Op::Send {
+                        stream: c.stream(),
+                        payload: bytes::Bytes::new(),
+                    }),
+                    payload: vector_range(slot, c.payload()),
+                })
+            }
+            Command::StreamRecv => {
+                let Some(c) = req.command_as_stream_recv() else {
+                    return Err((RC_BAD_REQUEST, "StreamRecv without a table".into()));
+                };
+                Ok(Outcome::Grpc {
+                    op: Box::new(Op::Recv {
+                        stream: c.stream(),
+                        headers_only: c.headers_only(),
+                    }),
+                    payload: 0..0,
+                })
+            }
+            Command::StreamCloseSend => {
+                let Some(c) = req.command_as_stream_close_send() else {
+                    return Err((RC_BAD_REQUEST, "StreamCloseSend without a table".into()));
+                };
+                Ok(Outcome::Grpc {
+                    op: Box::new(Op::CloseSend {
+                        stream: c.stream(),
+                        finish: c.finish(),
+                    }),
+                    payload: 0..0,
+                })
+            }
+            Command::StreamCancel => {
+                let id = req.command_as_stream_cancel().map_or(0, |c| c.stream());
+                self.cancel_stream(id);
+                self.reply(ReplyParts::default())
             }
             other => self.reply(ReplyParts {
                 status: Some((12, &format!("UNIMPLEMENTED: command {other:?}"))),
@@ -476,20 +534,48 @@ impl Instance {
         Ok(self.grpc.get_or_init(|| g))
     }
 
-    /// A unary call finished (tokio thread): write the reply and answer the task.
-    fn grpc_done(&self, task: Task, req: &Handle, result: Result<Inbound, Status>) {
+    /// A gRPC operation finished (tokio thread): write the reply and answer the task.
+    fn grpc_done(&self, task: Task, req: &Handle, result: OpResult) {
         self.aborts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&calls::key(req));
+        let opened = result.as_ref().map_or(0, |r| r.handle);
         let reply = match result {
-            Ok(Inbound { mut lease }) => {
-                match wire::write_reply_around(lease.as_mut_slice(), INBOUND_VECTOR_AT) {
-                    Ok(len) => Ok((lease, len as u32)),
-                    Err(e) => Err((RC_BAD_REQUEST, e.to_string())),
-                }
+            Ok(Received {
+                message: Some(Inbound { lease }),
+                handle,
+                headers,
+                trailers,
+            }) => {
+                let parts = ReplyParts {
+                    handle,
+                    headers: headers.as_deref(),
+                    trailers: trailers.as_deref(),
+                    ..Default::default()
+                };
+                self.reply_around(lease, &parts)
             }
-            Err(st) => self.reply_slot(status_parts(&st)),
+            Ok(Received {
+                message: None,
+                handle,
+                headers,
+                trailers,
+            }) => self.reply_slot(ReplyParts {
+                handle,
+                headers: headers.as_deref(),
+                trailers: trailers.as_deref(),
+                ..Default::default()
+            }),
+            Err(st) => {
+                let trailers = crate::grpc::metadata_list(st.metadata());
+                let details = (!st.details().is_empty()).then(|| st.details());
+                self.reply_slot(ReplyParts {
+                    details,
+                    trailers: (!trailers.is_empty()).then_some(&trailers[..]),
+                    ..status_parts(&st)
+                })
+            }
         };
         let answer = match reply {
             Ok((lease, len)) => self.deliver(req, lease, len),
@@ -498,7 +584,49 @@ impl Instance {
                 Answer::Error(rc, msg)
             }
         };
+        if opened != 0 && answer == Answer::Empty(RC_ABANDONED) {
+            // Nobody will learn this stream's id.
+            self.cancel_stream(opened);
+        }
         answer.send(task)
+    }
+
+    /// Cancels (and forgets) a stream; false when it is unknown.
+    pub fn cancel_stream(&self, id: u64) -> bool {
+        self.grpc.get().is_some_and(|g| g.cancel_stream(id))
+    }
+
+    /// Streams open in this instance.
+    pub fn streams_open(&self) -> usize {
+        self.grpc.get().map_or(0, |g| g.streams_open())
+    }
+
+    /// A reply around a received message: in its own slot when the tail fits there, else
+    /// copied into a bigger slot (only when metadata makes the tail large).
+    fn reply_around(
+        &self,
+        mut lease: Lease,
+        parts: &ReplyParts<'_>,
+    ) -> Result<(Lease, u32), (c_int, String)> {
+        let at = INBOUND_VECTOR_AT;
+        let len = {
+            let b = lease.as_slice();
+            u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
+        };
+        let need = wire::reply_around_len(at, len, parts);
+        if need > lease.len() {
+            let mut bigger = self
+                .arena
+                .lease(need)
+                .map_err(|e| (RC_EXHAUSTED, format!("RESOURCE_EXHAUSTED: reply: {e}")))?;
+            bigger.as_mut_slice()[at..at + 4 + len]
+                .copy_from_slice(&lease.as_slice()[at..at + 4 + len]);
+            lease = bigger;
+        }
+        match wire::write_reply_around_with(lease.as_mut_slice(), at, parts) {
+            Ok(n) => Ok((lease, n as u32)),
+            Err(e) => Err((RC_BAD_REQUEST, e.to_string())),
+        }
     }
 
     /// Leases a slot and writes a reply into it.
@@ -540,6 +668,15 @@ impl Instance {
 fn echo_delay(req: &Request<'_>) -> Option<Duration> {
     let ms = req.command_as_echo()?.delay_ms();
     (ms > 0).then(|| Duration::from_millis(u64::from(ms)))
+}
+
+/// Where a byte vector of the request lies in its slot.
+fn vector_range(slot: &Lease, v: Option<flatbuffers::Vector<'_, u8>>) -> std::ops::Range<usize> {
+    let base = slot.as_slice().as_ptr() as usize;
+    v.map_or(0..0, |p| {
+        let start = p.bytes().as_ptr() as usize - base;
+        start..start + p.len()
+    })
 }
 
 /// A gRPC status as reply parts (the message with its code name first, as Lua reports it).

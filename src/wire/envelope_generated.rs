@@ -955,6 +955,7 @@ impl<'a> Call<'a> {
   pub const VT_METADATA: ::flatbuffers::VOffsetT = 12;
   pub const VT_COMPRESSION: ::flatbuffers::VOffsetT = 14;
   pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 16;
+  pub const VT_WANT_METADATA: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -972,6 +973,7 @@ impl<'a> Call<'a> {
     if let Some(x) = args.metadata { builder.add_metadata(x); }
     builder.add_timeout_ms(args.timeout_ms);
     if let Some(x) = args.path { builder.add_path(x); }
+    builder.add_want_metadata(args.want_metadata);
     builder.add_kind(args.kind);
     builder.finish()
   }
@@ -1026,6 +1028,13 @@ impl<'a> Call<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Call::VT_PAYLOAD, None)}
   }
+  #[inline]
+  pub fn want_metadata(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Call::VT_WANT_METADATA, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Call<'_> {
@@ -1041,6 +1050,7 @@ impl ::flatbuffers::Verifiable for Call<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Metadata>>>>("metadata", Self::VT_METADATA, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("compression", Self::VT_COMPRESSION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
+     .visit_field::<bool>("want_metadata", Self::VT_WANT_METADATA, false)?
      .finish();
     Ok(())
   }
@@ -1053,6 +1063,7 @@ pub struct CallArgs<'a> {
     pub metadata: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Metadata<'a>>>>>,
     pub compression: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub want_metadata: bool,
 }
 impl<'a> Default for CallArgs<'a> {
   #[inline]
@@ -1065,6 +1076,7 @@ impl<'a> Default for CallArgs<'a> {
       metadata: None,
       compression: None,
       payload: None,
+      want_metadata: false,
     }
   }
 }
@@ -1103,6 +1115,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CallBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Call::VT_PAYLOAD, payload);
   }
   #[inline]
+  pub fn add_want_metadata(&mut self, want_metadata: bool) {
+    self.fbb_.push_slot::<bool>(Call::VT_WANT_METADATA, want_metadata, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CallBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CallBuilder {
@@ -1128,6 +1144,7 @@ impl ::core::fmt::Debug for Call<'_> {
       ds.field("metadata", &self.metadata());
       ds.field("compression", &self.compression());
       ds.field("payload", &self.payload());
+      ds.field("want_metadata", &self.want_metadata());
       ds.finish()
   }
 }
@@ -1263,6 +1280,7 @@ impl<'a> ::flatbuffers::Follow<'a> for StreamRecv<'a> {
 
 impl<'a> StreamRecv<'a> {
   pub const VT_STREAM: ::flatbuffers::VOffsetT = 4;
+  pub const VT_HEADERS_ONLY: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1275,6 +1293,7 @@ impl<'a> StreamRecv<'a> {
   ) -> ::flatbuffers::WIPOffset<StreamRecv<'bldr>> {
     let mut builder = StreamRecvBuilder::new(_fbb);
     builder.add_stream(args.stream);
+    builder.add_headers_only(args.headers_only);
     builder.finish()
   }
 
@@ -1286,6 +1305,13 @@ impl<'a> StreamRecv<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(StreamRecv::VT_STREAM, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn headers_only(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(StreamRecv::VT_HEADERS_ONLY, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StreamRecv<'_> {
@@ -1295,18 +1321,21 @@ impl ::flatbuffers::Verifiable for StreamRecv<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<u64>("stream", Self::VT_STREAM, false)?
+     .visit_field::<bool>("headers_only", Self::VT_HEADERS_ONLY, false)?
      .finish();
     Ok(())
   }
 }
 pub struct StreamRecvArgs {
     pub stream: u64,
+    pub headers_only: bool,
 }
 impl<'a> Default for StreamRecvArgs {
   #[inline]
   fn default() -> Self {
     StreamRecvArgs {
       stream: 0,
+      headers_only: false,
     }
   }
 }
@@ -1319,6 +1348,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StreamRecvBuilder<'a, 'b, A> 
   #[inline]
   pub fn add_stream(&mut self, stream: u64) {
     self.fbb_.push_slot::<u64>(StreamRecv::VT_STREAM, stream, 0);
+  }
+  #[inline]
+  pub fn add_headers_only(&mut self, headers_only: bool) {
+    self.fbb_.push_slot::<bool>(StreamRecv::VT_HEADERS_ONLY, headers_only, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StreamRecvBuilder<'a, 'b, A> {
@@ -1339,13 +1372,15 @@ impl ::core::fmt::Debug for StreamRecv<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("StreamRecv");
       ds.field("stream", &self.stream());
+      ds.field("headers_only", &self.headers_only());
       ds.finish()
   }
 }
 pub enum StreamCloseSendOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
-/// Half-close the sending side of a stream; for client streaming, the reply is the response.
+/// Half-close the sending side of a stream. With `finish` (client streaming), the reply is the
+/// one response message, with the trailers, once the call has ended.
 pub struct StreamCloseSend<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -1360,6 +1395,7 @@ impl<'a> ::flatbuffers::Follow<'a> for StreamCloseSend<'a> {
 
 impl<'a> StreamCloseSend<'a> {
   pub const VT_STREAM: ::flatbuffers::VOffsetT = 4;
+  pub const VT_FINISH: ::flatbuffers::VOffsetT = 6;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1372,6 +1408,7 @@ impl<'a> StreamCloseSend<'a> {
   ) -> ::flatbuffers::WIPOffset<StreamCloseSend<'bldr>> {
     let mut builder = StreamCloseSendBuilder::new(_fbb);
     builder.add_stream(args.stream);
+    builder.add_finish(args.finish);
     builder.finish()
   }
 
@@ -1383,6 +1420,13 @@ impl<'a> StreamCloseSend<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(StreamCloseSend::VT_STREAM, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn finish(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(StreamCloseSend::VT_FINISH, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for StreamCloseSend<'_> {
@@ -1392,18 +1436,21 @@ impl ::flatbuffers::Verifiable for StreamCloseSend<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<u64>("stream", Self::VT_STREAM, false)?
+     .visit_field::<bool>("finish", Self::VT_FINISH, false)?
      .finish();
     Ok(())
   }
 }
 pub struct StreamCloseSendArgs {
     pub stream: u64,
+    pub finish: bool,
 }
 impl<'a> Default for StreamCloseSendArgs {
   #[inline]
   fn default() -> Self {
     StreamCloseSendArgs {
       stream: 0,
+      finish: false,
     }
   }
 }
@@ -1416,6 +1463,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StreamCloseSendBuilder<'a, 'b
   #[inline]
   pub fn add_stream(&mut self, stream: u64) {
     self.fbb_.push_slot::<u64>(StreamCloseSend::VT_STREAM, stream, 0);
+  }
+  #[inline]
+  pub fn add_finish(&mut self, finish: bool) {
+    self.fbb_.push_slot::<bool>(StreamCloseSend::VT_FINISH, finish, false);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StreamCloseSendBuilder<'a, 'b, A> {
@@ -1436,6 +1487,7 @@ impl ::core::fmt::Debug for StreamCloseSend<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("StreamCloseSend");
       ds.field("stream", &self.stream());
+      ds.field("finish", &self.finish());
       ds.finish()
   }
 }

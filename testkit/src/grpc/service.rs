@@ -35,6 +35,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::time::Sleep;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::Stream;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -510,7 +511,10 @@ pub async fn serve(
         .max_encoding_message_size(usize::MAX);
     let test = TestServer::new(TestService::new(counters, config.limits))
         .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
+        .max_encoding_message_size(usize::MAX)
+        // Compressed requests are accepted; replies are compressed when the client accepts it.
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
     // The two router types differ (with and without the layer): one body for both.
     macro_rules! run {
         ($router:expr) => {

@@ -107,8 +107,16 @@ function mt:PayloadLength()
   return 0
 end
 
+function mt:WantMetadata()
+  local o = self.view:Offset(18)
+  if o ~= 0 then
+    return (self.view:Get(flatbuffers.N.Bool, self.view.pos + o) ~=0)
+  end
+  return false
+end
+
 function Call.Start(builder)
-  builder:StartObject(7)
+  builder:StartObject(8)
 end
 
 function Call.AddConn(builder, conn)
@@ -145,6 +153,10 @@ end
 
 function Call.StartPayloadVector(builder, numElems)
   return builder:StartVector(1, numElems, 1)
+end
+
+function Call.AddWantMetadata(builder, wantMetadata)
+  builder:PrependBoolSlot(7, wantMetadata, false)
 end
 
 function Call.End(builder)

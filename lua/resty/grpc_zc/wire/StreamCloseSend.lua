@@ -12,7 +12,8 @@
 
 local flatbuffers = require('flatbuffers')
 
--- Half-close the sending side of a stream; for client streaming, the reply is the response.
+-- Half-close the sending side of a stream. With `finish` (client streaming), the reply is the
+-- one response message, with the trailers, once the call has ended.
 local StreamCloseSend = {}
 local mt = {}
 
@@ -34,12 +35,24 @@ function mt:Stream()
   return 0
 end
 
+function mt:Finish()
+  local o = self.view:Offset(6)
+  if o ~= 0 then
+    return (self.view:Get(flatbuffers.N.Bool, self.view.pos + o) ~=0)
+  end
+  return false
+end
+
 function StreamCloseSend.Start(builder)
-  builder:StartObject(1)
+  builder:StartObject(2)
 end
 
 function StreamCloseSend.AddStream(builder, stream)
   builder:PrependUint64Slot(0, stream, 0)
+end
+
+function StreamCloseSend.AddFinish(builder, finish)
+  builder:PrependBoolSlot(1, finish, false)
 end
 
 function StreamCloseSend.End(builder)

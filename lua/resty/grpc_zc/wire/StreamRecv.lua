@@ -34,12 +34,24 @@ function mt:Stream()
   return 0
 end
 
+function mt:HeadersOnly()
+  local o = self.view:Offset(6)
+  if o ~= 0 then
+    return (self.view:Get(flatbuffers.N.Bool, self.view.pos + o) ~=0)
+  end
+  return false
+end
+
 function StreamRecv.Start(builder)
-  builder:StartObject(1)
+  builder:StartObject(2)
 end
 
 function StreamRecv.AddStream(builder, stream)
   builder:PrependUint64Slot(0, stream, 0)
+end
+
+function StreamRecv.AddHeadersOnly(builder, headersOnly)
+  builder:PrependBoolSlot(1, headersOnly, false)
 end
 
 function StreamRecv.End(builder)

@@ -1,0 +1,415 @@
+//! Streaming calls (client, server and bidi). Each stream is a driver task that owns tonic's
+//! response (headers, messages, trailers) and answers Lua's receive operations in order; sends
+//! go straight into the bounded channel that tonic's request body reads.
+//!
+//! ```text
+//! Lua send ─► op task ─► outbound mpsc (2) ─► tonic request body ─► h2
+//! Lua recv ─► op task ─► Waiter ─► driver: open ► headers ► message… ► trailers / status
+//!                         oneshot ◄──────────┘
+//! cancel (stream:close(), GC, abandoned op) ─► entry removed, driver aborted ─► RST_STREAM
+//! ```
+//!
+//! The deadline is the driver's: when it passes, the response is dropped (RST_STREAM CANCEL on
+//! the wire) and every later operation reports DEADLINE_EXCEEDED.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::runtime::Runtime;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tonic::{Response, Status, Streaming};
+
+use super::{
+    client, deadline_exceeded, local_status, lock, metadata_list, request, CallSpec, Conn, Kind,
+    OpResult, Received,
+};
+use crate::codec::{ArenaCodec, Inbound};
+
+/// Messages queued between a `send` and tonic (a send is answered once queued).
+const OUTBOUND_QUEUE: usize = 2;
+
+/// What a waiting operation wants from the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// The next message, or the end of the stream.
+    Message,
+    /// The response headers.
+    Headers,
+    /// The one response message of a client-streaming call, once the call has ended.
+    Finish,
+    /// The final status (after a send found the stream gone).
+    Final,
+}
+
+struct Waiter {
+    want: Want,
+    tx: oneshot::Sender<OpResult>,
+}
+
+struct Entry {
+    /// `None` once half-closed (or for server streaming, whose one message is queued at open).
+    outbound: Option<mpsc::Sender<Bytes>>,
+    waiters: mpsc::UnboundedSender<Waiter>,
+    driver: AbortHandle,
+    deadline: Option<Instant>,
+    max_send: usize,
+    /// Set by the driver once the call has ended (sends then report how).
+    ended: Arc<AtomicBool>,
+}
+
+/// The open streams of an instance, by id.
+#[derive(Default)]
+pub struct Streams {
+    map: Mutex<HashMap<u64, Entry>>,
+}
+
+fn unknown(id: u64) -> Status {
+    Status::failed_precondition(format!("unknown or closed stream {id}"))
+}
+
+fn spawn_done(
+    rt: &Runtime,
+    done: impl FnOnce(OpResult) + Send + 'static,
+    r: OpResult,
+) -> AbortHandle {
+    rt.spawn(async move { done(r) }).abort_handle()
+}
+
+/// Hands `want` to the driver and waits for its answer.
+async fn ask(waiters: &mpsc::UnboundedSender<Waiter>, want: Want) -> OpResult {
+    let (tx, rx) = oneshot::channel();
+    if waiters.send(Waiter { want, tx }).is_err() {
+        return Err(Status::cancelled("stream cancelled"));
+    }
+    rx.await
+        .unwrap_or_else(|_| Err(Status::cancelled("stream cancelled")))
+}
+
+impl Streams {
+    /// Streams registered.
+    pub fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
+    /// Whether no stream is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Starts a stream under `id`: its driver opens the call on the wire at once.
+    pub(super) fn open(
+        &self,
+        rt: &Runtime,
+        id: u64,
+        conn: Conn,
+        codec: ArenaCodec,
+        mut call: CallSpec,
+        timeout: Option<Duration>,
+    ) -> Result<(), Status> {
+        let mut grpc = client(&conn, call.compression.as_deref())?;
+        let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let outbound = if call.kind == Kind::ServerStreaming {
+            // The one request goes in now; the channel closes with the sender.
+            out_tx
+                .try_send(std::mem::take(&mut call.payload))
+                .map_err(|_| Status::internal("outbound queue"))?;
+            None
+        } else {
+            Some(out_tx)
+        };
+        let (req, path) = request(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+            &call,
+            timeout,
+        )?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let (wtx, wrx) = mpsc::unbounded_channel();
+        let opening = async move {
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            grpc.streaming(req, path, codec).await.map_err(local_status)
+        };
+        let ended = Arc::new(AtomicBool::new(false));
+        let driver = rt
+            .spawn(drive(opening, wrx, deadline, Arc::clone(&ended)))
+            .abort_handle();
+        lock(&self.map).insert(
+            id,
+            Entry {
+                outbound,
+                waiters: wtx,
+                driver,
+                deadline,
+                max_send: conn.max_send,
+                ended,
+            },
+        );
+        Ok(())
+    }
+
+    /// Queues a message on stream `id`.
+    pub(super) fn send(
+        &self,
+        rt: &Runtime,
+        id: u64,
+        payload: Bytes,
+        done: impl FnOnce(OpResult) + Send + 'static,
+    ) -> AbortHandle {
+        let found = lock(&self.map).get(&id).map(|e| {
+            let ended = Arc::clone(&e.ended);
+            (
+                e.outbound.clone(),
+                e.waiters.clone(),
+                e.deadline,
+                e.max_send,
+                ended,
+            )
+        });
+        let Some((outbound, waiters, deadline, max_send, ended)) = found else {
+            return spawn_done(rt, done, Err(unknown(id)));
+        };
+        let Some(tx) = outbound else {
+            let st = Status::failed_precondition("send after close_send");
+            return spawn_done(rt, done, Err(st));
+        };
+        if payload.len() > max_send {
+            let st = Status::resource_exhausted(format!(
+                "trying to send message larger than max ({} vs. {max_send})",
+                payload.len()
+            ));
+            return spawn_done(rt, done, Err(st));
+        }
+        rt.spawn(async move {
+            if ended.load(Ordering::Acquire) {
+                return done(ask(&waiters, Want::Final).await);
+            }
+            let sent = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, tx.send(payload)).await {
+                    Ok(r) => r.map_err(|_| ()),
+                    Err(_) => return done(Err(deadline_exceeded())),
+                },
+                None => tx.send(payload).await.map_err(|_| ()),
+            };
+            done(match sent {
+                Ok(()) => Ok(Received::default()),
+                // tonic dropped the request body: the call is over; report how it ended.
+                Err(()) => ask(&waiters, Want::Final).await,
+            })
+        })
+        .abort_handle()
+    }
+
+    /// The next message of stream `id` (or its headers).
+    pub(super) fn recv(
+        &self,
+        rt: &Runtime,
+        id: u64,
+        headers_only: bool,
+        done: impl FnOnce(OpResult) + Send + 'static,
+    ) -> AbortHandle {
+        let Some(waiters) = lock(&self.map).get(&id).map(|e| e.waiters.clone()) else {
+            return spawn_done(rt, done, Err(unknown(id)));
+        };
+        let want = if headers_only {
+            Want::Headers
+        } else {
+            Want::Message
+        };
+        rt.spawn(async move { done(ask(&waiters, want).await) })
+            .abort_handle()
+    }
+
+    /// Half-closes stream `id`; with `finish`, answers with the response once the call ended.
+    pub(super) fn close_send(
+        &self,
+        rt: &Runtime,
+        id: u64,
+        finish: bool,
+        done: impl FnOnce(OpResult) + Send + 'static,
+    ) -> AbortHandle {
+        let waiters = {
+            let mut map = lock(&self.map);
+            let Some(e) = map.get_mut(&id) else {
+                drop(map);
+                return spawn_done(rt, done, Err(unknown(id)));
+            };
+            // Dropping the sender ends tonic's request body: END_STREAM after queued messages.
+            e.outbound = None;
+            e.waiters.clone()
+        };
+        if !finish {
+            return spawn_done(rt, done, Ok(Received::default()));
+        }
+        rt.spawn(async move { done(ask(&waiters, Want::Finish).await) })
+            .abort_handle()
+    }
+
+    /// Forgets stream `id`; if it is still on the wire, cancels it (RST_STREAM CANCEL), and
+    /// operations waiting on it end with CANCELLED.
+    pub fn cancel(&self, id: u64) -> bool {
+        let entry = lock(&self.map).remove(&id);
+        match entry {
+            Some(e) => {
+                e.driver.abort();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+type Opening = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Streaming<Inbound>>, Status>> + Send>,
+>;
+
+/// How the call ended: its trailers, or its status.
+type End = Result<Vec<(String, Vec<u8>)>, Status>;
+
+/// A stream's driver: opens the call, then serves waiters in order until it is aborted (the
+/// entry was removed) or every sender of waiters is gone.
+async fn drive(
+    opening: impl std::future::Future<Output = Result<Response<Streaming<Inbound>>, Status>>
+        + Send
+        + 'static,
+    mut waiters: mpsc::UnboundedReceiver<Waiter>,
+    deadline: Option<Instant>,
+    ended: Arc<AtomicBool>,
+) {
+    let mut opening: Option<Opening> = Some(Box::pin(opening));
+    let mut body: Option<Streaming<Inbound>> = None;
+    let mut headers: Option<Vec<(String, Vec<u8>)>> = None;
+    let mut headers_sent = false;
+    let mut end: Option<End> = None;
+    let mut finish_msg: Option<Inbound> = None;
+    let mut queue: VecDeque<Waiter> = VecDeque::new();
+
+    loop {
+        if end.is_some() {
+            ended.store(true, Ordering::Release);
+        }
+        // Answer whatever can be answered without waiting.
+        while let Some(w) = queue.front() {
+            let want = w.want;
+            let r = match (&end, want) {
+                (Some(Err(st)), _) => Err(st.clone()),
+                (Some(Ok(trailers)), Want::Message) => Ok(Received {
+                    trailers: Some(trailers.clone()),
+                    ..Default::default()
+                }),
+                (Some(Ok(trailers)), Want::Finish) => match finish_msg.take() {
+                    Some(m) => Ok(Received {
+                        message: Some(m),
+                        trailers: Some(trailers.clone()),
+                        ..Default::default()
+                    }),
+                    None => Err(Status::internal("missing response message")),
+                },
+                (Some(Ok(_)), Want::Final) => {
+                    Err(Status::failed_precondition("the call has already ended"))
+                }
+                (_, Want::Headers) if headers.is_some() || end.is_some() => Ok(Received::default()),
+                _ => break,
+            };
+            let Some(w) = queue.pop_front() else { break };
+            answer(w, r, &headers, &mut headers_sent);
+        }
+        let want_message = end.is_none()
+            && body.is_some()
+            && matches!(
+                queue.front().map(|w| w.want),
+                Some(Want::Message | Want::Finish)
+            );
+        tokio::select! {
+            _ = sleep_until(deadline), if deadline.is_some() && end.is_none() => {
+                // Dropping the response resets the stream on the wire.
+                opening = None;
+                body = None;
+                end = Some(Err(deadline_exceeded()));
+            }
+            w = waiters.recv() => match w {
+                Some(w) => queue.push_back(w),
+                None => return,
+            },
+            r = async { opening.as_mut().expect("guarded by the branch condition").await },
+                if opening.is_some() => {
+                opening = None;
+                match r {
+                    Ok(resp) => {
+                        let (md, b, _) = resp.into_parts();
+                        headers = Some(metadata_list(&md));
+                        body = Some(b);
+                    }
+                    Err(st) => end = Some(Err(st)),
+                }
+            }
+            m = async { body.as_mut().expect("guarded by the branch condition").message().await },
+                if want_message => {
+                match m {
+                    Ok(Some(msg)) => {
+                        if let Some(w) = queue.pop_front() {
+                            if w.want == Want::Finish {
+                                if finish_msg.is_some() {
+                                    body = None;
+                                    end = Some(Err(Status::internal(
+                                        "more than one response message for a client-streaming call",
+                                    )));
+                                } else {
+                                    finish_msg = Some(msg);
+                                }
+                                queue.push_front(w);
+                            } else {
+                                let r = Ok(Received { message: Some(msg), ..Default::default() });
+                                answer(w, r, &headers, &mut headers_sent);
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        let t = match body.as_mut() {
+                            Some(b) => b.trailers().await,
+                            None => Ok(None),
+                        };
+                        body = None;
+                        end = Some(
+                            t.map(|t| t.as_ref().map(metadata_list).unwrap_or_default())
+                                .map_err(local_status),
+                        );
+                    }
+                    Err(st) => {
+                        body = None;
+                        end = Some(Err(local_status(st)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends `r` to a waiter, with the response headers on the first answer that has them.
+fn answer(
+    w: Waiter,
+    mut r: OpResult,
+    headers: &Option<Vec<(String, Vec<u8>)>>,
+    headers_sent: &mut bool,
+) {
+    if let Ok(rec) = &mut r {
+        if (!*headers_sent || w.want == Want::Headers) && headers.is_some() {
+            rec.headers = headers.clone();
+            *headers_sent = true;
+        }
+    }
+    // The waiter may be gone (its operation was aborted): nothing to do then.
+    let _ = w.tx.send(r);
+}
