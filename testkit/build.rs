@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-const PROTOS: &[&str] = &["helloworld.proto", "zctest.proto"];
+const PROTOS: &[&str] = &["helloworld.proto", "zctest.proto", "routeguide.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = Path::new("proto");

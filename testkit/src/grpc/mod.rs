@@ -6,22 +6,25 @@
 //!    │        waits for "listening 127.0.0.1:PORT" on its stdout (10 s)      │
 //!    ├── addr() / url() / channel() ──────── gRPC over h2 (TLS, mTLS) ──────►├─ helloworld.Greeter
 //!    ├── stats() ── /zctest.Test/Stats ─────────────────────────────────────►├─ zctest.Test
+//!    │                                                                       ├─ routeguide.RouteGuide
 //!    └── restart() / stop() ── SIGKILL, same port again ────────────────────►└─ EchoMetaLayer
 //! ```
 //!
 //! Modules: [`pb`] (prost messages and tonic stubs generated from `testkit/proto/*.proto` by
 //! `build.rs` with `protox`, into `OUT_DIR`), `service` (what each method does, [`serve`]),
-//! `echo_meta` (request `x-*` metadata echoed as response headers and trailers), `process`
+//! [`routeguide`] (`routeguide.RouteGuide` and its generated feature database), `echo_meta` (request `x-*` metadata echoed as response headers and trailers), `process`
 //! ([`GrpcServer`]), `certs` ([`certs()`], [`TestCerts`]).
 
 mod certs;
 mod echo_meta;
 mod process;
+pub mod routeguide;
 mod service;
 
 pub use certs::{certs, TestCerts};
 pub use echo_meta::{EchoMeta, EchoMetaLayer};
 pub use process::{GrpcServer, GrpcServerOpts};
+pub use routeguide::RouteGuideService;
 pub use service::{
     serve, Counters, Echoes, GreeterService, Limits, Listen, Replies, ServeConfig, TestService,
     TlsPem, DEFAULT_MAX_MESSAGE,
@@ -36,5 +39,10 @@ pub mod pb {
     /// `package zctest`: `/zctest.Test/{Unary,ServerStream,ClientStream,Bidi,Stats}`.
     pub mod zctest {
         tonic::include_proto!("zctest");
+    }
+    /// `package routeguide`:
+    /// `/routeguide.RouteGuide/{GetFeature,ListFeatures,RecordRoute,RouteChat}`.
+    pub mod routeguide {
+        tonic::include_proto!("routeguide");
     }
 }

@@ -1,5 +1,6 @@
 //! What the test server does: `helloworld.Greeter`, `zctest.Test`, and [`serve`], which binds
-//! and runs both behind [`EchoMetaLayer`](super::EchoMetaLayer).
+//! and runs them and `routeguide.RouteGuide` ([`super::routeguide`]) behind
+//! [`EchoMetaLayer`](super::EchoMetaLayer).
 //!
 //! `zctest.Test`, driven by the fields of `EchoRequest`:
 //!
@@ -43,8 +44,10 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::echo_meta::EchoMetaLayer;
 use super::pb::helloworld::greeter_server::{Greeter, GreeterServer};
 use super::pb::helloworld::{HelloReply, HelloRequest};
+use super::pb::routeguide::route_guide_server::RouteGuideServer;
 use super::pb::zctest::test_server::{Test, TestServer};
 use super::pb::zctest::{EchoReply, EchoRequest, StatsReply, StatsRequest};
+use super::routeguide::RouteGuideService;
 
 /// Default receive and send limit: grpc-go's 4 MiB plus 64 KiB, so that a message carrying
 /// a 4 MiB payload (4 MiB + a few bytes of protobuf framing) passes. `--max-recv 4194304` is
@@ -488,8 +491,8 @@ async fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Binds `config.listen`, calls `ready` with the bound address (`127.0.0.1:PORT` or
-/// `unix:/path`), then serves Greeter and Test until `shutdown` completes (graceful: GOAWAY,
-/// then in-flight calls drain).
+/// `unix:/path`), then serves Greeter, Test and RouteGuide until `shutdown` completes
+/// (graceful: GOAWAY, then in-flight calls drain).
 pub async fn serve(
     config: ServeConfig,
     counters: Arc<Counters>,
@@ -515,6 +518,7 @@ pub async fn serve(
         // Compressed requests are accepted; replies are compressed when the client accepts it.
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
+    let route_guide = RouteGuideServer::new(RouteGuideService::new());
     // The two router types differ (with and without the layer): one body for both.
     macro_rules! run {
         ($router:expr) => {
@@ -542,9 +546,13 @@ pub async fn serve(
         run!(builder
             .layer(EchoMetaLayer)
             .add_service(greeter)
-            .add_service(test));
+            .add_service(test)
+            .add_service(route_guide));
     } else {
-        run!(builder.add_service(greeter).add_service(test));
+        run!(builder
+            .add_service(greeter)
+            .add_service(test)
+            .add_service(route_guide));
     }
     Ok(())
 }
