@@ -73,6 +73,11 @@ fn server_client_and_bidi_streams() {
                 local payload, index = echo_reply(msg)
                 assert(payload == p and index == i, "echo " .. i)
             end
+            -- a 4,000,000-byte message both ways (the reply stays under the 4 MiB default)
+            local big = string.rep("z", 4000000)
+            assert(s:send(echo_req({ payload = big })))
+            local ok, msg = s:recv()
+            assert(ok and echo_reply(msg) == big, "big message")
             assert(s:close_send())
             local ok, msg = s:recv()
             assert(ok and msg == nil, "end after close_send")
@@ -192,6 +197,21 @@ fn deadlines_and_every_way_of_letting_go_cancel_the_stream() {
             "#,
         ),
         location(
+            "/kill",
+            r#"
+            local ok, s = conn:server_stream("/zctest.Test/ServerStream",
+                echo_req({ count = 2, sleep_ms = 5000 }))
+            assert(select(2, s:recv()))
+            local th = ngx.thread.spawn(function() return s:recv() end)
+            ngx.sleep(0.05)
+            assert(ngx.thread.kill(th))
+            s = nil
+            collectgarbage()
+            collectgarbage()
+            ngx.say("killed")
+            "#,
+        ),
+        location(
             "/hang",
             r#"
             local ok, s = conn:server_stream("/zctest.Test/ServerStream",
@@ -222,11 +242,19 @@ fn deadlines_and_every_way_of_letting_go_cancel_the_stream() {
         c >= 4,
         "server saw {c} cancelled calls after a dropped stream"
     );
+    assert_eq!(n.get_ok(&format!("/kill?t={t}")), "killed\n");
+    // The killed thread's coroutine (holding the stream) is freed with its request.
+    let _ = n.get_ok("/usage");
+    let (c, _) = server.wait_stats(Duration::from_secs(5), |c, _| c >= 5);
+    assert!(
+        c >= 5,
+        "server saw {c} cancelled calls after a killed light thread"
+    );
     n.hang_up(&format!("/hang?t={t}"), 3, Duration::from_millis(300));
     let _ = n.get_ok("/usage");
-    let (c, _) = server.wait_stats(Duration::from_secs(5), |c, _| c >= 7);
+    let (c, _) = server.wait_stats(Duration::from_secs(5), |c, _| c >= 8);
     assert!(
-        c >= 7,
+        c >= 8,
         "server saw {c} cancelled calls after aborted requests"
     );
     assert_eq!(n.get_ok("/usage"), format!("{IDLE}\n"));
