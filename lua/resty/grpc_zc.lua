@@ -32,7 +32,7 @@ local REPLY_PAYLOAD_VT = 12
 -- Bytes of envelope around an echo payload: root offset, tables, vtables, vector length,
 -- alignment padding (the builder raises "buffer full" if this were ever too small), plus room
 -- in front of the request (the builder writes back to front) where the runtime puts the reply
--- header when it answers in the request's own slot (wire::REPLY_HEADER_LEN = 48).
+-- header when it answers in the request's own slot (wire::REPLY_HEADER_LEN = 56).
 local ECHO_OVERHEAD = 64 + 64
 -- The arena's largest slot is max_message plus this (src/runtime: ENVELOPE_SLACK).
 local ENVELOPE_SLACK = 4096
