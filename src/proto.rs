@@ -130,25 +130,41 @@ mod tests {
     #[test]
     fn compiles_with_imports() {
         let d = dir();
-        d.write("a.proto", "syntax = \"proto3\";\npackage a;\nmessage A { int32 x = 1; }\n");
+        d.write(
+            "a.proto",
+            "syntax = \"proto3\";\npackage a;\nmessage A { int32 x = 1; }\n",
+        );
         d.write(
             "b.proto",
             "syntax = \"proto3\";\npackage b;\nimport \"a.proto\";\nmessage B { a.A a = 1; }\n",
         );
         let fds = compile(&["b.proto"], &[d.path()]).unwrap();
         let text = String::from_utf8_lossy(&fds);
-        assert!(text.contains("a.proto") && text.contains("b.proto"), "{text}");
+        assert!(
+            text.contains("a.proto") && text.contains("b.proto"),
+            "{text}"
+        );
     }
 
     #[test]
     fn errors_name_file_and_line() {
         let d = dir();
-        d.write("bad.proto", "syntax = \"proto3\";\nmessage M {\n  int32 x = 1\n}\n");
-        let e = compile(&["bad.proto"], &[d.path()]).unwrap_err().to_string();
+        d.write(
+            "bad.proto",
+            "syntax = \"proto3\";\nmessage M {\n  int32 x = 1\n}\n",
+        );
+        let e = compile(&["bad.proto"], &[d.path()])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("bad.proto:4:1: "), "{e}");
-        let e = compile(&["missing.proto"], &[d.path()]).unwrap_err().to_string();
+        let e = compile(&["missing.proto"], &[d.path()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing.proto"), "{e}");
-        d.write("t.proto", "syntax = \"proto3\";\nmessage M {\n  Nope x = 1;\n}\n");
+        d.write(
+            "t.proto",
+            "syntax = \"proto3\";\nmessage M {\n  Nope x = 1;\n}\n",
+        );
         let e = compile(&["t.proto"], &[d.path()]).unwrap_err().to_string();
         assert!(e.starts_with("t.proto:3:"), "{e}");
     }

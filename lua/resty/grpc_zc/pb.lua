@@ -75,6 +75,7 @@ local MAX_DEPTH = 100
 local TWO32 = 4294967296
 local TWO31 = 2147483648
 local TWO53 = 9007199254740992
+local NAN = 0 / 0
 
 -- Options (pb.option).
 local INT64_MODE = 1 -- 1 auto, 2 cdata, 3 string
@@ -542,14 +543,27 @@ end
 
 -- Reads a fixed-width scalar (wire types 1 and 5) at pos, bounds checked by the caller.
 local function get_fixed_value(ft, p, pos)
+    -- NaNs are checked on the bytes and replaced by the canonical one: LuaJIT does not
+    -- canonicalize a NaN read from cdata, and one whose bits look like a tagged value crashes
+    -- the VM (payload and sign of a NaN are therefore not preserved).
     if ft == T_DOUBLE then
+        local b6, b7 = p[pos + 6], p[pos + 7]
+        if b7 >= 0x7f and band(b7, 0x7f) == 0x7f and b6 >= 0xf0 and
+           (b6 > 0xf0 or p[pos] + p[pos + 1] + p[pos + 2] + p[pos + 3] + p[pos + 4]
+                         + p[pos + 5] ~= 0) then
+            return NAN
+        end
         local b = conv.b
         b[0], b[1], b[2], b[3] = p[pos], p[pos + 1], p[pos + 2], p[pos + 3]
-        b[4], b[5], b[6], b[7] = p[pos + 4], p[pos + 5], p[pos + 6], p[pos + 7]
+        b[4], b[5], b[6], b[7] = p[pos + 4], p[pos + 5], b6, b7
         return conv.d
     elseif ft == T_FLOAT then
+        local b2, b3 = p[pos + 2], p[pos + 3]
+        if band(b3, 0x7f) == 0x7f and b2 >= 0x80 and (b2 > 0x80 or p[pos] + p[pos + 1] ~= 0) then
+            return NAN
+        end
         local b = conv.b
-        b[0], b[1], b[2], b[3] = p[pos], p[pos + 1], p[pos + 2], p[pos + 3]
+        b[0], b[1], b[2], b[3] = p[pos], p[pos + 1], b2, b3
         return tonumber(conv.f[0])
     elseif ft == T_FIXED32 then
         return get_u32(p, pos)
@@ -1215,6 +1229,8 @@ local function prepare_enum(r, name)
 end
 
 local prepare_message
+local pending_maps = {}
+local prep_depth = 0
 
 local function prepare_field(r, md, raw, syntax)
     local ft = raw.type
@@ -1241,7 +1257,7 @@ local function prepare_field(r, md, raw, syntax)
     f.tagsize = vsize(f.tag)
     f.ptag = f.number * 8 + 2
     f.ptagsize = vsize(f.ptag)
-    f.packable = f.wt ~= 2 and f.wt ~= 3
+    f.packable = f.repeated and f.wt ~= 2 and f.wt ~= 3
     if f.repeated and f.packable then
         if opts and opts.packed ~= nil then
             f.packed = opts.packed
@@ -1258,12 +1274,10 @@ local function prepare_field(r, md, raw, syntax)
         end
         f.msg = sub_md
         if f.repeated and sub_md.map_entry then
+            -- key and value are set once every type of the cycle is prepared (the entry may
+            -- still be in preparation here: map<string, Self>)
             f.map = true
-            f.key = sub_md.by_number[1]
-            f.value = sub_md.by_number[2]
-            if f.key == nil or f.value == nil then
-                return nil, f.full .. ": map entry without key or value"
-            end
+            pending_maps[#pending_maps + 1] = f
         end
     elseif ft == T_ENUM then
         f.enum = prepare_enum(r, tname)
@@ -1280,12 +1294,36 @@ local function prepare_field(r, md, raw, syntax)
     return f
 end
 
+local prepare_message_
+
 prepare_message = function(r, name)
     name = strip_dot(name)
     local md = r.prepared[name]
     if md then return md end
     local e = r.types[name]
     if e == nil or e.kind ~= "message" then return nil end
+    local depth = prep_depth
+    prep_depth = depth + 1
+    local err
+    md, err = prepare_message_(r, name, e)
+    prep_depth = depth
+    if depth > 0 then return md, err end
+    local pending = pending_maps
+    pending_maps = {}
+    if md == nil then return nil, err end
+    for i = 1, #pending do
+        local f = pending[i]
+        f.key = f.msg.by_number[1]
+        f.value = f.msg.by_number[2]
+        if f.key == nil or f.value == nil then
+            return nil, f.full .. ": map entry without key or value"
+        end
+    end
+    return md
+end
+
+prepare_message_ = function(r, name, e)
+    local md
     local raw = e.raw
     local opts = raw.options
     md = { name = name, fields = {}, nfields = 0, by_number = {}, by_name = {}, oneofs = {},
