@@ -23,6 +23,7 @@ local Close = require "resty.grpc_zc.wire.Close"
 local StreamSend = require "resty.grpc_zc.wire.StreamSend"
 local StreamRecv = require "resty.grpc_zc.wire.StreamRecv"
 local StreamCloseSend = require "resty.grpc_zc.wire.StreamCloseSend"
+local pb = require "resty.grpc_zc.pb"
 
 local C_ABI_VERSION = 1
 local ARENA_MAGIC = 0x5241435a43505247ULL      -- "GRPCZCAR" little-endian
@@ -301,6 +302,11 @@ end
 -- Extra host wait beyond a call's deadline, so the runtime's DEADLINE_EXCEEDED wins.
 local DEADLINE_GRACE_MS = 1000
 local RESOURCE_EXHAUSTED = 8
+local INTERNAL = 13
+local pb_size, pb_encode_into, pb_decode = pb.size, pb.encode_into, pb.decode
+
+-- A user codec (grpc.set_codec), replacing resty.grpc_zc.pb for tables.
+local codec_encode, codec_decode
 
 
 local function ensure_init()
@@ -309,6 +315,8 @@ local function ensure_init()
     end
     return true
 end
+
+local encode_size, put_message  -- tables: defined below
 
 
 -- Leases a call slot of `need` bytes and points the builder at it (8-aligned end).
@@ -521,19 +529,92 @@ local function check_call_opts(self, call_opts)
 end
 
 
+-- Tables ------------------------------------------------------------------------------------
+--
+-- A table message is encoded by resty.grpc_zc.pb straight into the envelope's byte vector in
+-- the arena (pb.size validates and measures, pb.encode_into writes), and replies of calls that
+-- use tables are decoded straight from the arena (no Lua string in between). With a user codec
+-- (grpc.set_codec) the table goes through its encode/decode as a string instead.
+
+-- The message types of `path` ({ input, output, ... }), or nil, err.
+local function types_of(path)
+    local m = pb.method(path)
+    if m == nil then
+        return nil, "no message types for " .. path .. " (load them with grpc.load_proto)"
+    end
+    return m
+end
+
+
+-- A table request of type `md`: returns (tbl, size) for put_message, or (string, size) when a
+-- user codec encoded it, or nil, err.
+encode_size = function(md, tbl)
+    if codec_encode then
+        local ok, s = pcall(codec_encode, md.name, tbl)
+        if not ok or type(s) ~= "string" then
+            return nil, nil, "error while marshaling: " .. tostring(s)
+        end
+        return s, #s
+    end
+    local n, err = pb_size(md, tbl)
+    if n == nil then
+        return nil, nil, "error while marshaling: " .. tostring(err)
+    end
+    return tbl, n
+end
+
+
+-- Writes message `msg` (string, or a table measured by encode_size) as a byte vector; returns
+-- its offset.
+put_message = function(types, msg, n)
+    if type(msg) == "string" then
+        return builder:CreateByteVector(msg)
+    end
+    local ptr = builder:StartByteVectorInPlace(n)
+    pb_encode_into(types.input, msg, ptr, n)
+    return builder:EndVector(n)
+end
+
+
+-- A received message as a table (from the arena, in place), or nil, err.
+local function decode_message(types, ptr, len)
+    if codec_decode then
+        local ok, t = pcall(codec_decode, types.output.name, ptr and ffi_string(ptr, len) or "")
+        if not ok then
+            return nil, "error while unmarshaling: " .. tostring(t)
+        end
+        return t
+    end
+    local t, err = pb_decode(types.output, ptr or "", len)
+    if t == nil then
+        return nil, "error while unmarshaling: " .. tostring(err)
+    end
+    return t
+end
+
+
 -- Builds and posts a Call; returns the reply and the call (still to be finished), or
 -- false, err, status.
-local function post_call(self, kind, path, req, call_opts, timeout, md, need)
-    local n = req and #req or 0
+local function post_call(self, kind, path, req, call_opts, timeout, md, need, types)
+    local n, err
+    if type(req) == "table" then
+        req, n, err = encode_size(types.input, req)
+        if req == nil then
+            return local_failure(INTERNAL, err)
+        end
+    else
+        n = req and #req or 0
+    end
     if n > self.max_send then
         return local_failure(RESOURCE_EXHAUSTED, "trying to send message larger than max ("
                              .. n .. " vs. " .. self.max_send .. ")")
     end
-    local h, err = begin_build(n + #path + need + 256)
+    local h
+    h, err = begin_build(n + #path + need + 256)
     if not h then
         return local_failure(RESOURCE_EXHAUSTED, err)
     end
-    local pv = req and builder:CreateByteVector(req)
+    local pv = req and put_message(types, req, n)
     local pathv = builder:CreateString(path)
     local comp = call_opts and call_opts.compression
     comp = comp and builder:CreateString(comp)
@@ -604,17 +685,32 @@ end
 --   { headers = {...}, trailers = {...} }).
 function Conn:unary(path, req, call_opts)
     check_path(path)
-    if type(req) ~= "string" then
-        error("bad request: string expected, got " .. type(req), 2)
+    local types, terr
+    if type(req) == "table" then
+        types, terr = types_of(path)
+        if types == nil then
+            return local_failure(INTERNAL, terr)
+        end
+    elseif type(req) ~= "string" then
+        error("bad request: string or table expected, got " .. type(req), 2)
     end
     local timeout, md, need = check_call_opts(self, call_opts)
     local reply, h, status = post_call(self, CallKind.Unary, path, req, call_opts, timeout, md,
-                                       need)
+                                       need, types)
     if not reply then
         return false, h, status
     end
     local ptr, len = payload_of(reply)
-    local res = ptr and ffi_string(ptr, len) or ""
+    local res
+    if types then
+        res, terr = decode_message(types, ptr, len)
+        if res == nil then
+            finish(h, 1, 0)
+            return local_failure(INTERNAL, terr)
+        end
+    else
+        res = ptr and ffi_string(ptr, len) or ""
+    end
     local meta
     if call_opts and call_opts.response_metadata then
         meta = { headers = metadata_of(reply) or {}, trailers = metadata_of(reply, true) or {} }
@@ -645,7 +741,16 @@ local Stream_mt = { __index = Stream }
 
 local function open_stream(self, kind, path, req, call_opts)
     local timeout, md, need = check_call_opts(self, call_opts)
-    local reply, h, status = post_call(self, kind, path, req, call_opts, timeout, md, need)
+    -- Tables when the method's types are loaded (unless call_opts.raw, or a string request).
+    local types
+    if not (call_opts and call_opts.raw) and type(req) ~= "string" then
+        types = pb.method(path)
+        if types == nil and type(req) == "table" then
+            return local_failure(INTERNAL, select(2, types_of(path)))
+        end
+    end
+    local reply, h, status = post_call(self, kind, path, req, call_opts, timeout, md, need,
+                                       types)
     if not reply then
         return false, h, status
     end
@@ -658,6 +763,8 @@ local function open_stream(self, kind, path, req, call_opts)
         kind = kind,
         deadline = deadline,
         max_send = self.max_send,
+        types = types,
+        path = path,
     }, Stream_mt)
 end
 
@@ -672,8 +779,8 @@ end
 -- conn:server_stream(path, req, call_opts?) -> true, stream | false, err, status
 function Conn:server_stream(path, req, call_opts)
     check_path(path)
-    if type(req) ~= "string" then
-        error("bad request: string expected, got " .. type(req), 2)
+    if type(req) ~= "string" and type(req) ~= "table" then
+        error("bad request: string or table expected, got " .. type(req), 2)
     end
     return open_stream(self, CallKind.ServerStreaming, path, req, call_opts)
 end
@@ -744,24 +851,41 @@ end
 
 -- stream:send(msg) -> true | false, err, status
 function Stream:send(msg)
-    if type(msg) ~= "string" then
-        error("bad message: string expected, got " .. type(msg), 2)
+    local n
+    local types = self.types
+    if type(msg) == "table" then
+        if types == nil then
+            local terr
+            types, terr = types_of(self.path)
+            if types == nil then
+                return local_failure(INTERNAL, terr)
+            end
+        end
+        local err
+        msg, n, err = encode_size(types.input, msg)
+        if msg == nil then
+            return local_failure(INTERNAL, err)
+        end
+    elseif type(msg) == "string" then
+        n = #msg
+    else
+        error("bad message: string or table expected, got " .. type(msg), 2)
     end
     local ok, err, status = check_open(self)
     if not ok then
         return ok, err, status
     end
-    if #msg > self.max_send then
+    if n > self.max_send then
         -- The stream goes on, as in grpc-go: nothing was sent.
         return local_failure(RESOURCE_EXHAUSTED, "trying to send message larger than max ("
-                             .. #msg .. " vs. " .. self.max_send .. ")")
+                             .. n .. " vs. " .. self.max_send .. ")")
     end
     local h
-    h, err = begin_build(#msg + 128)
+    h, err = begin_build(n + 128)
     if not h then
         return local_failure(RESOURCE_EXHAUSTED, err)
     end
-    local pv = builder:CreateByteVector(msg)
+    local pv = put_message(types, msg, n)
     StreamSend.Start(builder)
     StreamSend.AddStream(builder, self.id)
     StreamSend.AddPayload(builder, pv)
@@ -796,8 +920,17 @@ function Stream:recv()
     end
     if reply:HasMessage() then
         local ptr, len = payload_of(reply)
-        local msg = ptr and ffi_string(ptr, len) or ""
+        local msg
+        if self.types then
+            msg, err = decode_message(self.types, ptr, len)
+        else
+            msg = ptr and ffi_string(ptr, len) or ""
+        end
         finish(rh, 1, 0)
+        if msg == nil then
+            return fail(self, "INTERNAL: " .. err, { code = INTERNAL, message = err,
+                                                    metadata = {} })
+        end
         return true, msg
     end
     self.trls = metadata_of(reply, true) or {}
@@ -852,11 +985,19 @@ function Stream:finish()
         return false, rh, rstatus
     end
     local ptr, len = payload_of(reply)
-    local res = ptr and ffi_string(ptr, len) or ""
+    local res
+    if self.types then
+        res, err = decode_message(self.types, ptr, len)
+    else
+        res = ptr and ffi_string(ptr, len) or ""
+    end
     self.trls = metadata_of(reply, true) or {}
     self.ended = true
     finish(rh, 1, 0)
     forget(self)
+    if res == nil then
+        return fail(self, "INTERNAL: " .. err, { code = INTERNAL, message = err, metadata = {} })
+    end
     return true, res
 end
 
@@ -921,6 +1062,36 @@ function Conn:close()
         return false, rerr
     end
     finish(h, 1, 0)
+    return true
+end
+
+
+-- grpc.load_proto(path_or_list, { import_paths = {...} }) -> true | nil, err: compiles .proto
+-- files at run time (no protoc) and registers their messages and services, so calls can take
+-- and return Lua tables. Per worker (per Lua VM); call it from init_by_lua (inherited by the
+-- workers) or init_worker_by_lua. See docs/protobuf.md.
+_M.load_proto = pb.load_proto
+
+-- grpc.load_descriptor(bytes) -> true | nil, err: the same from a serialized
+-- google.protobuf.FileDescriptorSet (protoc --descriptor_set_out --include_imports).
+_M.load_descriptor = pb.load_descriptor
+
+-- The codec module, for encoding or decoding messages by hand (pb.encode, pb.decode).
+_M.pb = pb
+
+
+-- grpc.set_codec{ encode = fn(type_name, tbl) -> string, decode = fn(type_name, s) -> tbl }:
+-- a user codec for tables (e.g. lua-protobuf's pb.encode / pb.decode); grpc.set_codec(nil)
+-- goes back to resty.grpc_zc.pb. Message types still come from grpc.load_proto.
+function _M.set_codec(c)
+    if c == nil then
+        codec_encode, codec_decode = nil, nil
+        return true
+    end
+    if type(c) ~= "table" or type(c.encode) ~= "function" or type(c.decode) ~= "function" then
+        error("bad codec: { encode = function, decode = function } expected", 2)
+    end
+    codec_encode, codec_decode = c.encode, c.decode
     return true
 end
 

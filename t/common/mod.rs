@@ -97,6 +97,21 @@ pub fn nginx(name: &str, workers: usize, server: &str) -> Nginx {
         .start()
 }
 
+/// [`nginx`] with more Lua in the `init_by_lua_block` (after the helpers).
+pub fn nginx_with(name: &str, workers: usize, init_lua: &str, server: &str) -> Nginx {
+    let helpers = HELPERS
+        .trim_end()
+        .strip_suffix('}')
+        .expect("HELPERS ends its init_by_lua_block");
+    NginxBuilder::new(name)
+        .workers(workers)
+        .http_conf(&format!(
+            "{helpers}\n{init_lua}\n}}\nlua_check_client_abort on;\ninit_worker_by_lua_block {{ assert(require(\"resty.grpc_zc\").init()) }}"
+        ))
+        .server_conf(server)
+        .start()
+}
+
 /// A location that connects to `target` (passed as ?t=) and runs `body` with `conn` in scope.
 pub fn location(path: &str, body: &str) -> String {
     format!(
