@@ -5,12 +5,13 @@
 //! grpc-test-server [--listen ADDR | --uds PATH]
 //!                  [--tls-cert PEM --tls-key PEM [--client-ca PEM]]
 //!                  [--max-recv BYTES] [--max-send BYTES]
-//!                  [--threads N] [--no-echo-meta]
+//!                  [--threads N] [--no-echo-meta] [--no-gzip-replies]
 //! ```
 //!
 //! `--threads`: tokio worker threads (default 2); `0` runs everything on the main thread
 //! (a current-thread runtime). `--no-echo-meta` leaves out the metadata-echo layer (for
-//! measuring what it costs; tests rely on it).
+//! measuring what it costs; tests rely on it). `--no-gzip-replies`: `zctest.Test` replies are
+//! never compressed, even to clients that accept gzip (benchmarks).
 //!
 //! Prints `listening 127.0.0.1:PORT` (or `listening unix:/path`) on stdout once it accepts.
 //! SIGTERM or SIGINT: graceful shutdown (GOAWAY, in-flight calls drain).
@@ -25,7 +26,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "usage: grpc-test-server [--listen ADDR | --uds PATH] \
 [--tls-cert PEM --tls-key PEM [--client-ca PEM]] [--max-recv BYTES] [--max-send BYTES] \
-[--threads N] [--no-echo-meta]";
+[--threads N] [--no-echo-meta] [--no-gzip-replies]";
 
 /// Tokio worker threads unless `--threads` says otherwise.
 const DEFAULT_THREADS: usize = 2;
@@ -51,6 +52,10 @@ fn parse_args() -> Result<Args, String> {
             "--help" | "-h" => return Err(USAGE.to_owned()),
             "--no-echo-meta" => {
                 config.echo_meta = false;
+                continue;
+            }
+            "--no-gzip-replies" => {
+                config.gzip_replies = false;
                 continue;
             }
             _ => {}

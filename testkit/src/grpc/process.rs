@@ -37,6 +37,8 @@ pub struct GrpcServerOpts {
     pub threads: Option<usize>,
     /// `--no-echo-meta`: serve without the metadata-echo layer (measurements only).
     pub no_echo_meta: bool,
+    /// `--no-gzip-replies`: `zctest.Test` never compresses its replies (benchmarks).
+    pub no_gzip_replies: bool,
 }
 
 impl GrpcServerOpts {
@@ -79,6 +81,11 @@ impl GrpcServerOpts {
         self
     }
 
+    pub fn no_gzip_replies(mut self) -> Self {
+        self.no_gzip_replies = true;
+        self
+    }
+
     /// Command-line flags of the binary, listening on `listen` (ignored with `uds`).
     fn args(&self, listen: &str) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
@@ -108,6 +115,9 @@ impl GrpcServerOpts {
         }
         if self.no_echo_meta {
             args.push("--no-echo-meta".into());
+        }
+        if self.no_gzip_replies {
+            args.push("--no-gzip-replies".into());
         }
         args
     }

@@ -462,16 +462,21 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Wrap every route in [`EchoMetaLayer`] (the default). Off only for measurements.
     pub echo_meta: bool,
+    /// `zctest.Test` gzips its replies to clients that accept gzip (the default). Off for
+    /// benchmarks comparing clients that differ in what they accept.
+    pub gzip_replies: bool,
 }
 
 impl ServeConfig {
-    /// Plaintext on `listen`, [`DEFAULT_MAX_MESSAGE`] both ways, metadata echo on.
+    /// Plaintext on `listen`, [`DEFAULT_MAX_MESSAGE`] both ways, metadata echo and gzipped
+    /// replies on.
     pub fn new(listen: Listen) -> ServeConfig {
         ServeConfig {
             listen,
             tls: None,
             limits: Limits::default(),
             echo_meta: true,
+            gzip_replies: true,
         }
     }
 }
@@ -516,8 +521,12 @@ pub async fn serve(
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX)
         // Compressed requests are accepted; replies are compressed when the client accepts it.
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip);
+        .accept_compressed(CompressionEncoding::Gzip);
+    let test = if config.gzip_replies {
+        test.send_compressed(CompressionEncoding::Gzip)
+    } else {
+        test
+    };
     let route_guide = RouteGuideServer::new(RouteGuideService::new());
     // The two router types differ (with and without the layer): one body for both.
     macro_rules! run {
