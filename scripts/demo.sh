@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: starts the demo gRPC server and nginx on 127.0.0.1 (the host, the echo runtime and
-# resty.grpc_zc), makes real calls with curl, prints what came back, and stops both.
+# `make demo`: starts the demo gRPC server (Greeter, RouteGuide) and nginx on 127.0.0.1, calls
+# unary and streaming gRPC locations (resty.grpc_zc, Lua tables) and the host's echo runtime with
+# curl, prints what came back, and stops both.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 libdir="$repo/target/release"
@@ -10,7 +11,8 @@ port=${DEMO_PORT:-18480}
 rm -rf "$prefix"
 mkdir -p "$prefix/conf" "$prefix/logs" "$prefix/tmp"
 
-# The demo gRPC service (testkit's grpc-test-server: helloworld.Greeter and zctest.Test).
+# The demo gRPC service (testkit's grpc-test-server: helloworld.Greeter, routeguide.RouteGuide
+# and zctest.Test).
 "$libdir/grpc-test-server" --listen 127.0.0.1:0 >"$prefix/logs/grpc.out" 2>&1 &
 grpc_pid=$!
 for _ in $(seq 100); do
@@ -46,7 +48,8 @@ run() {
   echo
 }
 base="http://127.0.0.1:$port"
-run curl -s "$base/grpc?name=world"
+run curl -s "$base/hello?name=world"
+run curl -s "$base/routeguide"
 run curl -s "$base/echo" --data-binary 'hello from nginx Lua, through a Rust thread'
 run curl -s "$base/rc"
 run curl -s "$base/timeout"

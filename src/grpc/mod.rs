@@ -504,9 +504,20 @@ async fn unary(
 }
 
 /// A map's entries as (key, raw value) pairs; `-bin` values decoded (undecodable ones kept as
-/// sent).
+/// sent). The status itself (`grpc-status`, `grpc-message`, `grpc-status-details-bin`) is not
+/// metadata, as in grpc-go.
 pub fn metadata_list(md: &MetadataMap) -> Vec<(String, Vec<u8>)> {
     md.iter()
+        .filter(|kv| {
+            let key = match kv {
+                KeyAndValueRef::Ascii(k, _) => k.as_str(),
+                KeyAndValueRef::Binary(k, _) => k.as_str(),
+            };
+            !matches!(
+                key,
+                "grpc-status" | "grpc-message" | "grpc-status-details-bin"
+            )
+        })
         .map(|kv| match kv {
             KeyAndValueRef::Ascii(k, v) => (k.as_str().to_owned(), v.as_bytes().to_vec()),
             KeyAndValueRef::Binary(k, v) => (
