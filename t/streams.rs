@@ -37,6 +37,7 @@ fn server_client_and_bidi_streams() {
             local ok2, again = s:recv()
             assert(ok2 and again == nil)
             local h, t = s:headers(), s:trailers()
+            assert(t["grpc-status"] == nil and t["grpc-message"] == nil, "status is not metadata")
             ngx.say(n, " ", h["x-server"], " ", h["x-id"], " ", t["x-trailer"], " ", t["x-id"])
             assert(s:close())
             "#,
