@@ -12,7 +12,9 @@
 #
 # Steps: drift check; Python (official flatbuffers 25.12.19) builds every case and Lua reads the
 # files through FFI pointers; Lua builds every case into caller memory and Python checks it; the
-# Lua unit/bounds/fuzz tests; the jit.v test. Installs flatc and the Python package if missing.
+# Lua unit/bounds/fuzz tests; the jit.v test; the protobuf codec's unit, jit.v and benchmark
+# scripts (lua/t/test_pb*.lua; its conformance test against prost is tests/pb_conformance.rs).
+# Installs flatc and the Python package if missing.
 set -uo pipefail
 
 FLATC_VERSION=25.12.19
@@ -85,6 +87,19 @@ step "lua tests (reads python's buffers, writes its own)" \
   luajit lua/t/test_flatbuffers.lua "$tmp/xchg"
 step "python checks lua's buffers" python3 lua/t/fbtest_interop.py "$tmp/gen-py" check "$tmp/xchg/lua"
 step "jit" luajit lua/t/test_flatbuffers_jit.lua "$tmp/jit.log"
+
+# Protobuf codec (lua/resty/grpc_zc/pb.lua). pb.load_proto needs the runtime library; outside
+# nginx its references to lua-nginx-module's ngx_http_lua_ffi_* functions get stub definitions
+# (the library is linked with BIND_NOW, so dlopen resolves every symbol).
+pb_lib=target/release/libresty_grpc_zc.so
+if [ ! -f "$pb_lib" ]; then
+  cargo build --release --lib -p resty_grpc_zc || exit 1
+fi
+printf 'void ngx_http_lua_ffi_task_poll(void) {}\nvoid ngx_http_lua_ffi_get_req(void) {}\nvoid ngx_http_lua_ffi_respond(void) {}\n' \
+  | cc -shared -fPIC -x c - -o "$tmp/libngx_stub.so" || exit 1
+step "pb unit tests" luajit lua/t/test_pb.lua "$pb_lib" "$tmp/libngx_stub.so"
+step "pb jit" luajit lua/t/test_pb_jit.lua "$pb_lib" "$tmp/libngx_stub.so" "$tmp/pb_jit.log"
+step "pb microbenchmark (figures only)" luajit lua/t/test_pb_bench.lua "$pb_lib" "$tmp/libngx_stub.so"
 
 echo "lua/t: $total_pass passed, $total_fail failed"
 [ "$total_fail" -eq 0 ]

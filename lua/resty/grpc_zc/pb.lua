@@ -516,7 +516,7 @@ local function get_varint_value(f, ft, p, pos, lim)
     if ft == T_INT32 or ft == T_ENUM then
         if lo >= TWO31 then lo = lo - TWO32 end
         if ft == T_ENUM and ENUM_AS_NAME then
-            local name = f.enum.by_number[lo]
+            local name = f.enum.name_of[lo + 0.5]
             if name ~= nil then return name, pos end
         end
         return lo, pos
@@ -705,14 +705,14 @@ msg_size = function(md, t, depth)
     local oneofs = md.oneofs
     for i = 1, #oneofs do
         local o = oneofs[i]
-        local set
+        local first = 0 -- numbers only in the loop: no type-unstable loop variable
         for j = 1, #o do
             if t[o[j].name] ~= nil then
-                if set then
+                if first > 0 then
                     return fail(md.name .. "." .. o.name, "more than one field set ("
-                                .. set .. ", " .. o[j].name .. ")")
+                                .. o[first].name .. ", " .. o[j].name .. ")")
                 end
-                set = o[j].name
+                first = j
             end
         end
     end
@@ -1038,7 +1038,7 @@ decode_msg = function(md, p, pos, lim, depth, group)
         return dfail(md, "nesting deeper than " .. MAX_DEPTH)
     end
     local t = new_tab(0, md.nfields < 8 and md.nfields or 8)
-    local bynum = md.by_number
+    local dense, ndense, sparse = md.dense, md.ndense, md.sparse
     while pos < lim do
         local tag = p[pos]
         pos = pos + 1
@@ -1049,8 +1049,13 @@ decode_msg = function(md, p, pos, lim, depth, group)
         end
         local wt = band(tag, 7)
         local num = floor(tag / 8)
-        local f = bynum[num]
-        if f == nil then
+        local f
+        if num >= 1 and num <= ndense then
+            f = dense[num]
+        else
+            f = sparse[num + 0.5]
+        end
+        if not f then
             if wt == 4 then
                 if num == group then
                     if FILL_DEFAULTS then fill_defaults(md, t) end
@@ -1214,13 +1219,18 @@ local function prepare_enum(r, name)
     if ed then return ed end
     local e = r.types[name]
     if e == nil or e.kind ~= "enum" then return nil end
-    ed = { name = name, by_name = {}, by_number = {}, values = {} }
+    -- name_of: keyed by number + 0.5, so that the table is a pure hash (an integer key that
+    -- misses the array part of a mixed table is "NYI: mixed sparse/dense table" for the JIT).
+    ed = { name = name, by_name = {}, by_number = {}, values = {}, name_of = {} }
     local vals = e.raw.value or {}
     for i = 1, #vals do
         local v = vals[i]
         local num = v.number or 0
         ed.by_name[v.name] = num
-        if ed.by_number[num] == nil then ed.by_number[num] = v.name end
+        if ed.by_number[num] == nil then
+            ed.by_number[num] = v.name
+            ed.name_of[num + 0.5] = v.name
+        end
         ed.values[i] = v.name
     end
     ed.first = vals[1] and vals[1].name
@@ -1364,6 +1374,19 @@ prepare_message_ = function(r, name, e)
     end
     md.fields = fields
     md.nfields = #fields
+    -- Decoder's lookup by number: an array without holes (false for gaps) for numbers up to
+    -- 256, a pure hash keyed by number + 0.5 above (see prepare_enum).
+    local ndense = 0
+    for i = 1, #fields do
+        if fields[i].number <= 256 and fields[i].number > ndense then ndense = fields[i].number end
+    end
+    md.ndense = ndense
+    md.dense = new_tab(ndense, 0)
+    for i = 1, ndense do md.dense[i] = md.by_number[i] or false end
+    md.sparse = {}
+    for i = 1, #fields do
+        if fields[i].number > ndense then md.sparse[fields[i].number + 0.5] = fields[i] end
+    end
     return md
 end
 

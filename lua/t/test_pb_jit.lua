@@ -1,0 +1,133 @@
+-- JIT test of lua/resty/grpc_zc/pb.lua: encode (size + encode_into) and decode loops over
+-- ordinary messages run under jit.v.
+--
+--   luajit lua/t/test_pb_jit.lua [LIB [PRELOAD [JIT_LOG]]]
+--
+-- LIB, PRELOAD: as in test_pb.lua (the types come from pb.load_proto of t/proto/pbtest*.proto
+-- and testkit/proto/helloworld.proto). The test fails on:
+--   * any "NYI" in the jit.v output;
+--   * "blacklisted" at a line of pb.lua (every trace reaching it would abort);
+--   * an abort in pb.lua other than the trace-formation ones ("loop unroll limit reached",
+--     "trace too long", "inner loop in root trace", "leaving loop in root trace",
+--     "down-recursion, restarting", "call unroll limit reached" for the recursion over nested
+--     messages);
+--   * no trace compiled in pb.lua.
+
+local dir = (arg and arg[0] or ""):match("^(.*)/t/[^/]*$") or "lua"
+package.path = dir .. "/?.lua;" .. package.path
+
+local ffi = require "ffi"
+local pb = require "resty.grpc_zc.pb"
+
+local repo = dir == "lua" and "." or dir:match("^(.*)/lua$") or "."
+if arg[2] and arg[2] ~= "" then
+    _G.PB_TEST_PRELOAD = ffi.load(arg[2], true) -- kept: a collected clib is dlclosed
+end
+pb.libpath = arg[1] or (repo .. "/target/release/libresty_grpc_zc.so")
+assert(pb.load_proto({ "pbtest.proto", "pbtest2.proto", "helloworld.proto" },
+                     { import_paths = { repo .. "/t/proto", repo .. "/testkit/proto" } }))
+local f
+local log = arg[3] or os.tmpname()
+
+local N = 100000
+local Hello = assert(pb.message("helloworld.HelloRequest"))
+local Scalars = assert(pb.message("pbtest.Scalars"))
+local Nested = assert(pb.message("pbtest.Nested"))
+local Repeated = assert(pb.message("pbtest.Repeated"))
+local Maps = assert(pb.message("pbtest.Maps"))
+local All = assert(pb.message("pbtest.All"))
+
+local msgs = {
+    { Hello, { name = "world" } },
+    { Scalars, { f_double = 1.5, f_float = 0.25, f_int32 = -5, f_int64 = 1234567890123,
+                 f_uint32 = 7, f_uint64 = 42, f_sint32 = -3, f_sint64 = -99, f_fixed32 = 9,
+                 f_fixed64 = 10, f_sfixed32 = -11, f_sfixed64 = -12, f_bool = true,
+                 f_string = "hello", f_bytes = "\0\1\2", f_enum = "GREEN" } },
+    { Nested, { inner = { x = 1, child = { x = 2, tags = { "a", "b" } } },
+                inners = { { x = 3 }, { x = 4 } }, scalars = { f_string = "s" } } },
+    { Repeated, { r_int32 = { 1, 2, 3, -4 }, r_double = { 1, 2 }, r_string = { "x", "y" },
+                  r_enum = { "RED", "BLUE" }, u_int32 = { 5, 6 }, r_msg = { { f_int32 = 1 } } } },
+    { Maps, { m_string_int32 = { a = 1, b = 2 }, m_int32_string = { [1] = "one" } } },
+    { All, { mid = 3, far = "far", scalars = { f_int32 = 1, f_enum = "BLUE" },
+             oneofs = { o_string = "x", s_bool = true }, optionals = { p_int32 = 0 } } },
+}
+
+local K = math.floor(N / #msgs)
+local buf = ffi.new("uint8_t[4096]")
+local encoded = {}
+local jv = require "jit.v"
+jv.on(log)
+local total = 0
+for k = 1, #msgs do
+    local md, t = msgs[k][1], msgs[k][2]
+    for _ = 1, K do
+        local n = pb.size(md, t)
+        pb.encode_into(md, t, buf, n)
+        total = total + n
+    end
+    encoded[k] = ffi.string(buf, pb.size(md, t))
+end
+local sum = 0
+for k = 1, #msgs do
+    local md, s = msgs[k][1], encoded[k]
+    local p = ffi.cast("const uint8_t *", s)
+    for _ = 1, K do
+        local t = pb.decode(md, p, #s)
+        if t then sum = sum + 1 end
+    end
+end
+jv.off()
+
+local passed, failed = 0, 0
+local function result(ok, name, detail)
+    if ok then
+        passed = passed + 1
+        print("ok - " .. name)
+    else
+        failed = failed + 1
+        print("not ok - " .. name .. (detail and ("\n  " .. detail) or ""))
+    end
+end
+result(sum == K * #msgs and total > 0, "loops ran")
+
+f = assert(io.open(log, "r"))
+local out = f:read("*a")
+f:close()
+
+local function in_module(line)
+    return line:find("%f[%w_]pb%.lua:") ~= nil
+end
+local BENIGN = {
+    ["loop unroll limit reached"] = true, ["trace too long"] = true,
+    ["inner loop in root trace"] = true, ["leaving loop in root trace"] = true,
+    ["down-recursion, restarting"] = true, ["call unroll limit reached"] = true,
+}
+local traces, module_traces, bad, benign = 0, 0, {}, 0
+for line in out:gmatch("[^\n]+") do
+    if line:find("^%[TRACE%s+%d+") then
+        traces = traces + 1
+        if in_module(line) then module_traces = module_traces + 1 end
+    end
+    local reason = line:match("^%[TRACE %-%-%- .- %-%- (.-)%]$")
+    if reason then reason = reason:gsub(" at %S+$", "") end
+    if line:find("NYI", 1, true) then
+        bad[#bad + 1] = line
+    elseif reason and reason:find("blacklisted", 1, true) and in_module(line) then
+        bad[#bad + 1] = line
+    elseif reason and in_module(line) then
+        if BENIGN[reason] then
+            benign = benign + 1
+        else
+            bad[#bad + 1] = line
+        end
+    elseif reason then
+        print("# abort outside the module: " .. line)
+    end
+end
+print(string.format("# %d traces (%d in pb.lua), %d trace-formation aborts in pb.lua",
+                    traces, module_traces, benign))
+result(module_traces > 0, "traces were compiled in pb.lua")
+result(#bad == 0, "no NYI, no blacklisting, no other trace abort in pb.lua",
+       table.concat(bad, "\n  "))
+print(string.format("%d passed, %d failed", passed, failed))
+os.exit(failed == 0 and 0 or 1)
