@@ -21,8 +21,7 @@ use std::process::Command;
 
 use prost::Message;
 use prost_reflect::{
-    Cardinality, DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
-    Syntax, Value,
+    Cardinality, DescriptorPool, DynamicMessage, Kind, MapKey, MessageDescriptor, Syntax, Value,
 };
 
 const MAX_DEPTH: u32 = 3;
@@ -244,8 +243,8 @@ impl Gen {
                     // prost leaves a map value equal to the default out of the entry, and
                     // -0.0 == 0.0: it would come back as 0.0.
                     let v = match self.value(&vf.kind(), depth, open_enums) {
-                        Value::F64(x) if x == 0.0 => Value::F64(0.0),
-                        Value::F32(x) if x == 0.0 => Value::F32(0.0),
+                        Value::F64(x) => Value::F64(x + 0.0), // -0.0 + 0.0 == +0.0
+                        Value::F32(x) => Value::F32(x + 0.0),
                         v => v,
                     };
                     map.insert(k, v);
@@ -320,7 +319,7 @@ fn lua_u64(out: &mut String, v: u64) {
     }
 }
 
-fn lua_value(out: &mut String, field: &FieldDescriptor, kind: &Kind, v: &Value) {
+fn lua_value(out: &mut String, kind: &Kind, v: &Value) {
     match v {
         Value::Bool(b) => {
             let _ = write!(out, "{b}");
@@ -350,7 +349,7 @@ fn lua_value(out: &mut String, field: &FieldDescriptor, kind: &Kind, v: &Value) 
         Value::List(items) => {
             out.push('{');
             for item in items {
-                lua_value(out, field, kind, item);
+                lua_value(out, kind, item);
                 out.push(',');
             }
             out.push('}');
@@ -389,7 +388,7 @@ fn lua_value(out: &mut String, field: &FieldDescriptor, kind: &Kind, v: &Value) 
                     MapKey::String(s) => lua_string(out, s.as_bytes()),
                 }
                 out.push_str("]=");
-                lua_value(out, &vf, &vf.kind(), v);
+                lua_value(out, &vf.kind(), v);
                 out.push(',');
             }
             out.push('}');
@@ -403,7 +402,7 @@ fn lua_message(out: &mut String, m: &DynamicMessage) {
         out.push('[');
         lua_string(out, field.name().as_bytes());
         out.push_str("]=");
-        lua_value(out, &field, &field.kind(), v);
+        lua_value(out, &field.kind(), v);
         out.push(',');
     }
     out.push('}');
