@@ -1523,7 +1523,16 @@ local function load_lib()
     for i = 1, #cdefs do
         pcall(ffi.cdef, cdefs[i]) -- already declared by another module: fine
     end
-    local ok, l = pcall(ffi.load, _M.libpath or "resty_grpc_zc")
+    -- In nginx, the host library (loaded with global symbols by resty_ffi) defines the
+    -- ngx_http_lua_ffi_* functions the runtime library is linked against.
+    if ngx ~= nil and package.loaded.resty_ffi == nil then
+        pcall(require, "resty_ffi")
+    end
+    -- Next to the Lua modules' native libraries first (lua_package_cpath), as resty_ffi finds
+    -- the host, then the dynamic loader's own search.
+    local path = _M.libpath or package.searchpath("libresty_grpc_zc", package.cpath)
+                 or package.searchpath("resty_grpc_zc", package.cpath) or "resty_grpc_zc"
+    local ok, l = pcall(ffi.load, path)
     if not ok then
         return nil, "cannot load libresty_grpc_zc: " .. tostring(l)
     end
