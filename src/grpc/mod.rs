@@ -4,7 +4,7 @@
 //!
 //! Every operation Lua posts becomes an [`Op`]; [`Grpc::start`] runs it on the runtime and
 //! hands its [`OpResult`] to a callback on a runtime thread. Unary calls are one task each;
-//! streams are a driver task each ([`stream`]), addressed by a stream id.
+//! streams are a driver task each (`stream.rs`), addressed by a stream id.
 #![forbid(unsafe_code)]
 
 mod stream;
