@@ -3,6 +3,7 @@
 //!
 //! - out: the request payload is `Bytes` that borrow its arena slot (`Bytes::from_owner` over
 //!   the request's [`Lease`]); the encoder copies it once into tonic's send buffer;
+//! - both copies go through [`crate::copy`], which avoids glibc `memcpy`'s slow band;
 //! - in: the decoder copies the message once from tonic's receive buffer into a fresh arena
 //!   slot, as a byte vector placed so that a `Reply` can be written in front of it
 //!   ([`wire::write_reply_around`]): the bytes are never moved again.
@@ -60,7 +61,20 @@ impl Encoder for BytesEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
+        let n = item.len();
+        dst.reserve(n);
+        let chunk = dst.chunk_mut();
+        if chunk.len() < n {
+            // Not contiguous (does not happen with tonic's BytesMut after `reserve`).
+            dst.put(item);
+            return Ok(());
+        }
+        // SAFETY: `chunk` has at least `n` writable bytes (checked above), which do not overlap
+        // `item` (an arena slot); `advance_mut(n)` then marks exactly those bytes initialized.
+        unsafe {
+            crate::copy::copy_raw(chunk.as_mut_ptr(), item.as_ptr(), n);
+            dst.advance_mut(n);
+        }
         Ok(())
     }
 }
@@ -82,7 +96,14 @@ impl Decoder for ArenaDecoder {
             .map_err(|e| Status::resource_exhausted(format!("arena: {e}")))?;
         let buf = lease.as_mut_slice();
         buf[INBOUND_VECTOR_AT..INBOUND_VECTOR_AT + 4].copy_from_slice(&(n as u32).to_le_bytes());
-        src.copy_to_slice(&mut buf[INBOUND_VECTOR_AT + 4..INBOUND_VECTOR_AT + 4 + n]);
+        let mut at = INBOUND_VECTOR_AT + 4;
+        while src.has_remaining() {
+            let chunk = src.chunk();
+            let len = chunk.len();
+            crate::copy::copy(&mut buf[at..at + len], chunk);
+            at += len;
+            src.advance(len);
+        }
         Ok(Some(Inbound { lease }))
     }
 }

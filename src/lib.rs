@@ -13,8 +13,10 @@
 //!        └──── eventfd handler ◄──── done list ◄──── respond ◄────┘
 //! ```
 //!
-//! Status: the host, the reference echo runtime, the test harness and the transport benchmark
-//! are in place; the arena, the wire format and the gRPC layer land with the following issues.
+//! Modules: `arena` (the shared mapping), `wire` (the FlatBuffers envelope), `queue` (the
+//! lua-resty-ffi task queue), `runtime` (an instance and its poll thread), `grpc` and `codec`
+//! (tonic over arena bytes), `proto` (.proto compilation for the Lua codec), `copy` (payload
+//! copies that avoid a slow `memcpy` band), `ffi` (the C door).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 /// Version of this crate, as Cargo knows it.
@@ -22,6 +24,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod arena;
 pub mod codec;
 pub mod config;
+pub mod copy;
 pub mod ffi;
 pub mod grpc;
 pub mod proto;
