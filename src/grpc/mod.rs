@@ -145,13 +145,26 @@ struct Conn {
     compression: Option<CompressionEncoding>,
 }
 
-/// The instance's gRPC side: a small tokio runtime, its channels and its streams.
+/// Connection ids and channels.
+///
+/// `connect` with the same settings returns the same id (Lua typically connects in every
+/// request and never closes: that must not grow anything), counting the connects; `close`
+/// counts them down. Channels are shared by every id with the same transport settings
+/// ([`ConnectOpts::channel_key`]): all calls to one target multiplex one HTTP/2 connection.
+#[derive(Default)]
+struct Conns {
+    /// Connection id by everything `connect` was given.
+    ids: HashMap<String, u64>,
+    /// A connection id's settings, its key in `ids`, and its connects not yet closed.
+    by_id: HashMap<u64, (Conn, String, usize)>,
+    /// Channels, with the number of connection ids using each.
+    channels: HashMap<String, (Channel, usize)>,
+}
+
+/// The instance's gRPC side: a small tokio runtime, its connections and its streams.
 pub struct Grpc {
     rt: tokio::runtime::Runtime,
-    conns: Mutex<HashMap<u64, Conn>>,
-    /// Channels by [`ConnectOpts::channel_key`], with the number of connection ids using each:
-    /// every `connect` to the same target shares one HTTP/2 connection (multiplexed).
-    channels: Mutex<HashMap<String, (Channel, usize)>>,
+    conns: Mutex<Conns>,
     streams: Streams,
     next_id: AtomicU64,
     arena: Arena,
@@ -171,8 +184,7 @@ impl Grpc {
             .build()?;
         Ok(Grpc {
             rt,
-            conns: Mutex::new(HashMap::new()),
-            channels: Mutex::new(HashMap::new()),
+            conns: Mutex::new(Conns::default()),
             streams: Streams::default(),
             next_id: AtomicU64::new(1),
             arena,
@@ -191,35 +203,44 @@ impl Grpc {
                 )))
             }
         };
-        let key = opts.channel_key();
-        let channel = {
-            let mut channels = lock(&self.channels);
-            match channels.get_mut(&key) {
-                Some((ch, refs)) => {
-                    *refs += 1;
-                    ch.clone()
-                }
-                None => {
-                    let ch = self.channel(opts)?;
-                    channels.insert(key.clone(), (ch.clone(), 1));
-                    ch
-                }
-            }
-        };
         let max_message = self.arena.max_message() - crate::runtime::ENVELOPE_SLACK;
         let limit = |v: usize, default: usize| if v == 0 { default } else { v.min(max_message) };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.conns).insert(
-            id,
-            Conn {
-                channel,
-                key,
-                default_timeout: opts.default_timeout,
-                max_send: limit(opts.max_send, max_message),
-                max_recv: limit(opts.max_recv, DEFAULT_MAX_RECV.min(max_message)),
-                compression,
-            },
+        let max_send = limit(opts.max_send, max_message);
+        let max_recv = limit(opts.max_recv, DEFAULT_MAX_RECV.min(max_message));
+        let key = opts.channel_key();
+        let full = format!(
+            "{key}|{:?}|{max_send}|{max_recv}|{compression:?}",
+            opts.default_timeout
         );
+        let mut conns = lock(&self.conns);
+        if let Some(&id) = conns.ids.get(&full) {
+            if let Some((_, _, refs)) = conns.by_id.get_mut(&id) {
+                *refs += 1;
+                return Ok(id);
+            }
+        }
+        let channel = match conns.channels.get_mut(&key) {
+            Some((ch, refs)) => {
+                *refs += 1;
+                ch.clone()
+            }
+            None => {
+                let ch = self.channel(opts)?;
+                conns.channels.insert(key.clone(), (ch.clone(), 1));
+                ch
+            }
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Conn {
+            channel,
+            key,
+            default_timeout: opts.default_timeout,
+            max_send,
+            max_recv,
+            compression,
+        };
+        conns.ids.insert(full.clone(), id);
+        conns.by_id.insert(id, (conn, full, 1));
         Ok(id)
     }
 
@@ -282,20 +303,34 @@ impl Grpc {
         Ok(ep.connect_with_connector_lazy(connector))
     }
 
-    /// Forgets a connection id (its calls in flight finish on their own); the channel goes
-    /// when its last connection id does.
+    /// Counts a `connect` of `id` down; the id goes with its last one (calls in flight finish
+    /// on their own), and the channel with its last id.
     pub fn close(&self, id: u64) -> bool {
-        let Some(conn) = lock(&self.conns).remove(&id) else {
+        let mut conns = lock(&self.conns);
+        let Some((_, _, refs)) = conns.by_id.get_mut(&id) else {
             return false;
         };
-        let mut channels = lock(&self.channels);
-        if let Some((_, refs)) = channels.get_mut(&conn.key) {
+        *refs -= 1;
+        if *refs > 0 {
+            return true;
+        }
+        let Some((conn, full, _)) = conns.by_id.remove(&id) else {
+            return true;
+        };
+        conns.ids.remove(&full);
+        if let Some((_, refs)) = conns.channels.get_mut(&conn.key) {
             *refs -= 1;
             if *refs == 0 {
-                channels.remove(&conn.key);
+                conns.channels.remove(&conn.key);
             }
         }
         true
+    }
+
+    /// Connection ids and channels held (for tests and stats).
+    pub fn connections(&self) -> (usize, usize) {
+        let conns = lock(&self.conns);
+        (conns.by_id.len(), conns.channels.len())
     }
 
     /// Streams open (started and not yet cancelled or forgotten).
@@ -320,7 +355,8 @@ impl Grpc {
     ) -> (tokio::task::AbortHandle, Option<u64>) {
         match op {
             Op::Call(call) => {
-                let Some(conn) = lock(&self.conns).get(&call.conn).cloned() else {
+                let conn = lock(&self.conns).by_id.get(&call.conn).map(|c| c.0.clone());
+                let Some(conn) = conn else {
                     let st = Status::invalid_argument(format!("unknown connection {}", call.conn));
                     return (self.spawn_done(done, Err(st)), None);
                 };
@@ -625,6 +661,44 @@ pub fn code_name(code: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connects_with_the_same_settings_share_an_id_and_a_channel() {
+        let arena = Arena::new(crate::arena::ArenaConfig {
+            size: 1 << 20,
+            max_message: 64 << 10,
+        })
+        .unwrap();
+        let g = Grpc::new(arena, 1).unwrap();
+        let opts = |t: &str, timeout: u64| ConnectOpts {
+            target: t.into(),
+            default_timeout: Some(Duration::from_millis(timeout)),
+            ..Default::default()
+        };
+        let a = g.connect(&opts("127.0.0.1:1", 10)).unwrap();
+        for _ in 0..1000 {
+            assert_eq!(g.connect(&opts("127.0.0.1:1", 10)).unwrap(), a);
+        }
+        let b = g.connect(&opts("127.0.0.1:1", 20)).unwrap();
+        let c = g.connect(&opts("127.0.0.1:2", 10)).unwrap();
+        assert!(a != b && b != c);
+        // a and b differ in call settings only: one channel.
+        assert_eq!(g.connections(), (3, 2));
+        for _ in 0..1000 {
+            assert!(g.close(a));
+        }
+        assert_eq!(g.connections(), (3, 2), "one connect of a is still open");
+        assert!(g.close(a));
+        assert!(!g.close(a));
+        assert!(g.close(b) && g.close(c));
+        assert_eq!(g.connections(), (0, 0));
+        assert!(g
+            .connect(&ConnectOpts {
+                compression: Some("brotli".into()),
+                ..opts("127.0.0.1:1", 10)
+            })
+            .is_err());
+    }
 
     #[test]
     fn targets() {
