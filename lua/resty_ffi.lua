@@ -15,6 +15,8 @@ local ffi_gc = ffi.gc
 local ffi_str = ffi.string
 local ffi_load = ffi.load
 local ffi_new = ffi.new
+local ffi_copy = ffi.copy
+local ffi_cast = ffi.cast
 local get_request = base.get_request
 local get_phase = ngx.get_phase
 local co_yield = coroutine._yield
@@ -78,6 +80,7 @@ local host_release = host.resty_ffi_task_release
 local sema_wait = C.ngx_http_lua_ffi_sema_wait
 
 -- Per-worker scratch buffers (each use is synchronous: filled and read without a yield between).
+local const_char_p = ffi.typeof("const char *")
 local err_int = ffi_new("int[1]")
 local err_str = ffi_new("const char *[1]")
 local rsp_ptr = ffi_new("const char *[1]")
@@ -109,29 +112,27 @@ local function release(task)
 end
 
 
-local function call(self, req, call_opts)
+-- Posts `len` bytes at `req` (a Lua string or a pointer; nil with 0 for a nil request) and
+-- waits for the answer. Returns the answered task (tied to a finalizer; the caller reads it and
+-- calls release), or nil, err. Misuse raises at the level of the caller's caller.
+local function post_and_wait(self, req, len, call_opts)
     local st = state[self]
     if st == nil then
-        error("bad runtime object", 2)
+        error("bad runtime object", 3)
     end
     if st.finished then
-        return false, "task queue is finished"
-    end
-
-    local req_type = type(req)
-    if req_type ~= "string" and req ~= nil then
-        error("bad request: string or nil expected, got " .. req_type, 2)
+        return nil, "task queue is finished"
     end
 
     local timeout_ms = FOREVER_MS
     if call_opts ~= nil then
         if type(call_opts) ~= "table" then
-            error("bad options: table expected", 2)
+            error("bad options: table expected", 3)
         end
         local t = call_opts.timeout
         if t ~= nil then
             if type(t) ~= "number" or t <= 0 then
-                error("bad timeout: positive number of milliseconds expected", 2)
+                error("bad timeout: positive number of milliseconds expected", 3)
             end
             timeout_ms = math_floor(t)
             if timeout_ms < 1 then
@@ -144,17 +145,17 @@ local function call(self, req, call_opts)
 
     local phase = get_phase()
     if not YIELDABLE[phase] then
-        return false, "API disabled in the context of " .. phase
+        return nil, "API disabled in the context of " .. phase
     end
     local r = get_request()
     if not r then
-        return false, "no request found"
+        return nil, "no request found"
     end
 
     local tq = st.tq
-    local task = host_post(tq, req, req and #req or 0, err_int)
+    local task = host_post(tq, req, len, err_int)
     if task == nil then
-        return false, POST_ERRORS[err_int[0]] or "post failed"
+        return nil, POST_ERRORS[err_int[0]] or "post failed"
     end
     -- An aborted request never resumes this coroutine: the finalizer gives the task back.
     ffi_gc(task, host_release)
@@ -190,23 +191,39 @@ local function call(self, req, call_opts)
             local rc = sema_wait(r, sem, timeout_ms, errbuf, errlen)
             if rc == FFI_ERROR then
                 release(task)
-                return false, ffi_str(errbuf, errlen[0])
+                return nil, ffi_str(errbuf, errlen[0])
             end
             if rc ~= FFI_OK then
                 if rc == FFI_DECLINED then
                     release(task)
-                    return false, "timeout"
+                    return nil, "timeout"
                 end
                 local ok, werr = co_yield()
                 if not ok then
                     release(task)
-                    return false, werr or "timeout"
+                    return nil, werr or "timeout"
                 end
             end
         elseif err_str[0] ~= nil then
             release(task)
-            return false, ffi_str(err_str[0])
+            return nil, ffi_str(err_str[0])
         end
+    end
+    return task
+end
+
+
+local function call(self, req, call_opts)
+    local req_type = type(req)
+    if req_type ~= "string" and req ~= nil then
+        if state[self] == nil then
+            error("bad runtime object", 2)
+        end
+        error("bad request: string or nil expected, got " .. req_type, 2)
+    end
+    local task, err = post_and_wait(self, req, req and #req or 0, call_opts)
+    if task == nil then
+        return false, err
     end
 
     local rc = host_result(task, rsp_ptr, rsp_len)
@@ -218,6 +235,45 @@ local function call(self, req, call_opts)
     if rc == 0 then
         return true, rsp, nil
     end
+    return false, rc, rsp
+end
+
+
+-- resty_ffi.call_ptr(obj, req, len, call_opts, out, out_len): obj:call() for a request of `len`
+-- bytes at cdata pointer `req` (the host copies them, as it copies a string), whose successful
+-- response is copied into `out` (`out_len` bytes of room) instead of becoming a Lua string.
+-- Returns true, n (the response's length, which may exceed out_len: then only out_len bytes
+-- were copied; nil when the runtime answered NULL) | false, rc, rsp (runtime error, rsp a
+-- string or nil) | false, err (host failure, as obj:call). For small fixed-size requests and
+-- responses on hot paths (resty.grpc_zc's 16-byte descriptors): no string is created per call.
+function _M.call_ptr(obj, req, len, call_opts, out, out_len)
+    if type(req) ~= "cdata" or type(len) ~= "number" or len < 0 then
+        error("bad request: cdata pointer and length expected", 2)
+    end
+    if type(out) ~= "cdata" or type(out_len) ~= "number" or out_len < 0 then
+        error("bad output buffer: cdata pointer and length expected", 2)
+    end
+    local task, err = post_and_wait(obj, ffi_cast(const_char_p, req), len, call_opts)
+    if task == nil then
+        return false, err
+    end
+
+    local rc = host_result(task, rsp_ptr, rsp_len)
+    local p = rsp_ptr[0]
+    if rc == 0 then
+        local n
+        if p ~= nil then
+            n = tonumber(rsp_len[0])
+            ffi_copy(out, p, n < out_len and n or out_len)
+        end
+        release(task)
+        return true, n
+    end
+    local rsp
+    if p ~= nil then
+        rsp = ffi_str(p, rsp_len[0])
+    end
+    release(task)
     return false, rc, rsp
 end
 

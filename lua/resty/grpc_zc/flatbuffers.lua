@@ -298,6 +298,22 @@ function view.New(buf, pos)
     return v
 end
 
+-- view:Repoint(ptr, len, pos): make this view (and its binaryArray) read the table at `pos` of
+-- the `len` bytes at cdata `ptr`, without allocating: for hot paths that read one buffer after
+-- another through the same view. Views and objects made from it earlier see the new memory.
+function View:Repoint(ptr, len, pos)
+    ptr = ffi_cast(cu8p, ptr)
+    local b = self.bytes
+    b.ptr = ptr
+    b.size = len
+    b.anchor = ptr
+    self._p = ptr
+    self._n = len
+    self.pos = pos
+    self._vt = false
+    self._vtl = 0
+end
+
 -- Locate and range-check the vtable once per view; after this every entry read with
 -- `0 <= vo and vo + 2 <= _vtl` is inside the buffer.
 local function load_vtable(self)
