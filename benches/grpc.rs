@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  nginx worker (1, unpinned) ── conn:unary ──┐
+//!  same, host spins off (2nd nginx) ──────────┤
 //!  tonic, current-thread runtime ─────────────┼──► grpc-test-server --threads 0 --no-gzip-replies
 //!  tonic, multi-thread runtime (2 workers) ───┘        (one tokio thread, 127.0.0.1)
 //! ```
@@ -16,6 +17,13 @@
 //!
 //! Writes `target/bench/grpc.json` and the `grpc` section of `docs/benchmarks.md`. Run with
 //! `make bench` (or `cargo bench --bench grpc`); `BENCH_QUICK=1` runs 10x fewer calls.
+//! `GRPC_BENCH_SERVE=1` measures nothing: it starts the server and nginx, prints their pids and
+//! a `curl` line for the Lua loop, and waits for Enter (for `perf`, `strace -c`, `ps -L`).
+//!
+//! The sequential and concurrency cases also run a second nginx whose runtime is loaded with the
+//! host's spins off (`spin_us = 0, poll_spin_us = 0` instead of `grpc.init`'s 20 and 50 µs):
+//! a gRPC round trip is far longer than either spin, so they never catch the answer and
+//! only burn CPU.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -25,7 +33,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use testkit::bench::{machine, median, replace_section};
+use testkit::bench::{cpu_seconds, machine, median, replace_section};
 use testkit::grpc::pb::helloworld::{greeter_client::GreeterClient, HelloRequest};
 use testkit::grpc::pb::zctest::{test_client::TestClient, EchoRequest};
 use testkit::tonic::transport::Channel;
@@ -33,7 +41,7 @@ use testkit::{payload, repo_root, GrpcServer, GrpcServerOpts, Nginx, NginxBuilde
 use tokio::runtime::Runtime;
 
 /// Rounds per case; every side runs once per round.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 8;
 /// Sequential SayHello calls per side, over all rounds.
 const SEQUENTIAL_CALLS: usize = 100_000;
 /// Payload sweep: (payload bytes, calls per side over all rounds).
@@ -41,11 +49,11 @@ const PAYLOADS: &[(usize, usize)] = &[
     (0, 10_000),
     (512, 10_000),
     (4_096, 10_000),
-    (102_400, 3_000),
-    (1_048_576, 500),
+    (102_400, 3_200),
+    (1_048_576, 480),
 ];
 /// Concurrency sweep: (calls in flight, calls per side over all rounds).
-const CONCURRENCY: &[(usize, usize)] = &[(1, 5_000), (16, 20_000), (64, 20_000), (256, 20_000)];
+const CONCURRENCY: &[(usize, usize)] = &[(1, 8_000), (16, 40_000), (64, 40_000), (256, 40_000)];
 /// Calls before each timed loop (per request / per client), not timed.
 const WARMUP: usize = 100;
 /// Round trips per ping-pong measurement.
@@ -58,7 +66,19 @@ const SIDES: [&str; 3] = [
 ];
 
 const HTTP_CONF: &str = r#"
-init_worker_by_lua_block { assert(require("resty.grpc_zc").init()) }
+init_worker_by_lua_block {
+    -- GRPC_BENCH_SPIN="spin_us,poll_spin_us": load the runtime with these host spins first
+    -- (grpc.init then finds it); empty: the defaults grpc.init uses.
+    local spin = os.getenv("GRPC_BENCH_SPIN")
+    if spin and spin ~= "" then
+        local s, p = spin:match("^(%d+),(%d+)$")
+        assert(s, "GRPC_BENCH_SPIN: spin_us,poll_spin_us expected")
+        require "resty_ffi"
+        assert(ngx.load_ffi("resty_grpc_zc", "instance=grpc_zc-" .. ngx.worker.pid(),
+                            { spin_us = tonumber(s), poll_spin_us = tonumber(p) }))
+    end
+    assert(require("resty.grpc_zc").init())
+}
 init_by_lua_block {
     local ffi = require "ffi"
     ffi.cdef [[
@@ -242,62 +262,104 @@ fn lua(nginx: &Nginx, server: &GrpcServer, query: &str) -> f64 {
         .unwrap_or_else(|_| panic!("{url}: {text}"))
 }
 
-/// Runs every side once per round, the first side rotating, and returns the seconds per side
-/// and round.
-fn interleave(sides: &mut [&mut dyn FnMut() -> f64]) -> Vec<Vec<f64>> {
-    let mut times = vec![Vec::new(); sides.len()];
+/// One run of one side: wall seconds of its timed loop, and CPU seconds used meanwhile by the
+/// client process (the nginx worker, all its threads; or this process) and by the server,
+/// warm-up included.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    secs: f64,
+    client_cpu: f64,
+    server_cpu: f64,
+}
+
+/// A side to measure: the pid whose CPU time is the client's, and one run of its loop.
+type Side<'a> = (i32, &'a mut dyn FnMut() -> f64);
+
+/// Runs every side once per round, the first side rotating, and returns the runs per side.
+fn interleave(server: i32, sides: &mut [Side<'_>]) -> Vec<Vec<Run>> {
+    let cpu = |pid: i32| cpu_seconds(pid).unwrap_or(f64::NAN);
+    let mut runs = vec![Vec::new(); sides.len()];
     for round in 0..ROUNDS {
         for k in 0..sides.len() {
             let side = (round + k) % sides.len();
-            times[side].push((sides[side])());
+            let (pid, run) = &mut sides[side];
+            let (c0, s0) = (cpu(*pid), cpu(server));
+            let secs = run();
+            runs[side].push(Run {
+                secs,
+                client_cpu: cpu(*pid) - c0,
+                server_cpu: cpu(server) - s0,
+            });
         }
     }
-    times
+    runs
 }
 
-/// Medians of one case: µs per call of each side, and the round-paired ratios and
-/// differences of Lua against each native side.
+/// Medians of one case: µs per call of each side, the round-paired ratios and differences of
+/// Lua against each native side, and CPU µs per call.
 struct Case {
     us_per_call: [f64; 3],
     /// Lua time / native time, median of rounds: [current-thread, multi-thread].
     ratio: [f64; 2],
     /// Lua µs per call minus native µs per call, median of rounds.
     overhead_us: [f64; 2],
+    /// CPU µs per call of the client process, per side.
+    client_cpu_us: [f64; 3],
+    /// CPU µs per call of the server while each side ran.
+    server_cpu_us: [f64; 3],
 }
 
 impl Case {
-    fn new(times: &[Vec<f64>], calls: usize) -> Case {
+    /// `calls` timed per run, after `warmup` untimed ones (which the CPU figures include).
+    fn new(runs: &[Vec<Run>], calls: usize, warmup: usize) -> Case {
         let us = |t: f64| t * 1e6 / calls as f64;
+        let cpu_us = |t: f64| t * 1e6 / (calls + warmup) as f64;
         let paired = |native: usize, f: &dyn Fn(f64, f64) -> f64| {
             median(
-                times[0]
+                runs[0]
                     .iter()
-                    .zip(&times[native])
-                    .map(|(&l, &n)| f(l, n))
+                    .zip(&runs[native])
+                    .map(|(l, n)| f(l.secs, n.secs))
                     .collect(),
             )
         };
+        let per_side =
+            |f: &dyn Fn(&Run) -> f64| [0, 1, 2].map(|s| median(runs[s].iter().map(f).collect()));
         Case {
-            us_per_call: [0, 1, 2].map(|s| median(times[s].iter().map(|&t| us(t)).collect())),
+            us_per_call: per_side(&|r| us(r.secs)),
             ratio: [1, 2].map(|s| paired(s, &|l, n| l / n)),
             overhead_us: [1, 2].map(|s| paired(s, &|l, n| us(l) - us(n))),
+            client_cpu_us: per_side(&|r| cpu_us(r.client_cpu)),
+            server_cpu_us: per_side(&|r| cpu_us(r.server_cpu)),
         }
     }
 
-    fn json(&self, times: &[Vec<f64>], calls: usize) -> Value {
+    fn json(&self, runs: &[Vec<Run>], calls: usize) -> Value {
+        let side = |s: usize| {
+            json!({
+                "seconds": runs[s].iter().map(|r| r.secs).collect::<Vec<_>>(),
+                "us_per_call": self.us_per_call[s],
+                "client_cpu_us_per_call": self.client_cpu_us[s],
+                "server_cpu_us_per_call": self.server_cpu_us[s],
+            })
+        };
         json!({
             "calls_per_round": calls,
-            "seconds": { "grpc_zc": times[0], "tonic_current_thread": times[1],
-                         "tonic_multi_thread": times[2] },
-            "us_per_call": { "grpc_zc": self.us_per_call[0],
-                             "tonic_current_thread": self.us_per_call[1],
-                             "tonic_multi_thread": self.us_per_call[2] },
+            "grpc_zc": side(0),
+            "tonic_current_thread": side(1),
+            "tonic_multi_thread": side(2),
             "ratio_vs_tonic_current_thread": self.ratio[0],
             "ratio_vs_tonic_multi_thread": self.ratio[1],
             "overhead_us_vs_tonic_current_thread": self.overhead_us[0],
             "overhead_us_vs_tonic_multi_thread": self.overhead_us[1],
         })
     }
+}
+
+/// The runs of a 4-side case reordered as a 3-side one for the Lua side with spins off:
+/// [spins off, tonic current-thread, tonic multi-thread].
+fn spins_off_first(runs: &[Vec<Run>]) -> Vec<Vec<Run>> {
+    vec![runs[3].clone(), runs[1].clone(), runs[2].clone()]
 }
 
 /// Pins the calling thread to `cpus`.
@@ -400,16 +462,32 @@ fn main() {
     eprintln!("TCP ping-pong round trip: {same:.1} µs on one vCPU, {cross:.1} µs across two");
 
     let server = GrpcServer::start(GrpcServerOpts::default().threads(0).no_gzip_replies());
-    let nginx = NginxBuilder::new("bench-grpc")
-        .workers(1)
-        .error_log_level("warn")
-        .http_conf(
-            &HTTP_CONF
-                .replace("@PAYLOAD@", LUA_PAYLOAD)
-                .replace("@WARMUP@", &WARMUP.to_string()),
-        )
-        .server_conf(SERVER_CONF)
-        .start();
+    let start_nginx = |name: &str, spin: &str| {
+        NginxBuilder::new(name)
+            .workers(1)
+            .env("GRPC_BENCH_SPIN", spin)
+            .error_log_level("warn")
+            .http_conf(
+                &HTTP_CONF
+                    .replace("@PAYLOAD@", LUA_PAYLOAD)
+                    .replace("@WARMUP@", &WARMUP.to_string()),
+            )
+            .server_conf(SERVER_CONF)
+            .start()
+    };
+    let nginx = start_nginx("bench-grpc", "");
+    let nospin = start_nginx("bench-grpc-nospin", "0,0");
+    if std::env::var_os("GRPC_BENCH_SERVE").is_some() {
+        println!(
+            "server pid {}, nginx worker pids {:?}\n\
+             curl '{}'",
+            server.pid(),
+            nginx.worker_pids(),
+            nginx.url(&format!("/seq?m=hello&size=0&n=20000&t={}", server.addr()))
+        );
+        let _ = std::io::stdin().read_line(&mut String::new());
+        return;
+    }
     let current = Native::new(
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -418,19 +496,39 @@ fn main() {
         &server,
     );
     let multi = Native::new(Runtime::new().unwrap(), &server);
+    let (spid, wpid, wpid0, me) = (
+        server.pid(),
+        nginx.worker_pids()[0],
+        nospin.worker_pids()[0],
+        std::process::id() as i32,
+    );
 
     // Sequential SayHello.
     let calls = scale(SEQUENTIAL_CALLS) / ROUNDS;
-    let times = interleave(&mut [
-        &mut || lua(&nginx, &server, &format!("/seq?m=hello&size=0&n={calls}")),
-        &mut || current.hello(calls),
-        &mut || multi.hello(calls),
-    ]);
-    let seq = Case::new(&times, calls);
-    let seq_json = seq.json(&times, calls);
+    let runs = interleave(
+        spid,
+        &mut [
+            (wpid, &mut || {
+                lua(&nginx, &server, &format!("/seq?m=hello&size=0&n={calls}"))
+            }),
+            (me, &mut || current.hello(calls)),
+            (me, &mut || multi.hello(calls)),
+            (wpid0, &mut || {
+                lua(&nospin, &server, &format!("/seq?m=hello&size=0&n={calls}"))
+            }),
+        ],
+    );
+    let seq = Case::new(&runs[..3], calls, WARMUP);
+    let seq0 = Case::new(&spins_off_first(&runs), calls, WARMUP);
+    let mut seq_json = seq.json(&runs, calls);
+    seq_json["grpc_zc_spins_off"] = seq0.json(&spins_off_first(&runs), calls)["grpc_zc"].clone();
+    seq_json["spins_off_ratio_vs_tonic_current_thread"] = json!(seq0.ratio[0]);
+    seq_json["spins_off_ratio_vs_tonic_multi_thread"] = json!(seq0.ratio[1]);
     eprintln!(
-        "sequential SayHello: {:.1} / {:.1} / {:.1} µs per call ({} vs current-thread)",
+        "sequential SayHello: Lua {:.1} (spins off {:.1}) / tonic {:.1} / {:.1} µs per call \
+         ({} vs current-thread)",
         seq.us_per_call[0],
+        seq0.us_per_call[0],
         seq.us_per_call[1],
         seq.us_per_call[2],
         pct(seq.ratio[0])
@@ -440,18 +538,21 @@ fn main() {
     let mut sweep = Vec::new();
     for &(size, total) in PAYLOADS {
         let calls = (scale(total) / ROUNDS).max(1);
-        let times = interleave(&mut [
-            &mut || {
-                lua(
-                    &nginx,
-                    &server,
-                    &format!("/seq?m=echo&size={size}&n={calls}"),
-                )
-            },
-            &mut || current.echo(size, calls),
-            &mut || multi.echo(size, calls),
-        ]);
-        let case = Case::new(&times, calls);
+        let runs = interleave(
+            spid,
+            &mut [
+                (wpid, &mut || {
+                    lua(
+                        &nginx,
+                        &server,
+                        &format!("/seq?m=echo&size={size}&n={calls}"),
+                    )
+                }),
+                (me, &mut || current.echo(size, calls)),
+                (me, &mut || multi.echo(size, calls)),
+            ],
+        );
+        let case = Case::new(&runs, calls, WARMUP);
         eprintln!(
             "echo {:>8}: {:.1} / {:.1} / {:.1} µs per call ({} vs current-thread)",
             size_name(size),
@@ -460,52 +561,67 @@ fn main() {
             case.us_per_call[2],
             pct(case.ratio[0])
         );
-        sweep.push((size, calls, case.json(&times, calls), case));
+        sweep.push((size, calls, case.json(&runs, calls), case));
     }
 
     // Concurrency sweep: calls per second.
     let mut conc = Vec::new();
     for &(c, total) in CONCURRENCY {
         let calls = (scale(total) / ROUNDS).max(c);
-        let times = interleave(&mut [
-            &mut || lua(&nginx, &server, &format!("/conc?c={c}&n={calls}")),
-            &mut || current.concurrent(c, calls),
-            &mut || multi.concurrent(c, calls),
-        ]);
-        let per_sec: Vec<f64> = (0..3)
-            .map(|s| median(times[s].iter().map(|&t| calls as f64 / t).collect()))
+        let runs = interleave(
+            spid,
+            &mut [
+                (wpid, &mut || {
+                    lua(&nginx, &server, &format!("/conc?c={c}&n={calls}"))
+                }),
+                (me, &mut || current.concurrent(c, calls)),
+                (me, &mut || multi.concurrent(c, calls)),
+                (wpid0, &mut || {
+                    lua(&nospin, &server, &format!("/conc?c={c}&n={calls}"))
+                }),
+            ],
+        );
+        let warm = WARMUP.div_ceil(c) * c;
+        let case = Case::new(&runs[..3], calls, warm);
+        let case0 = Case::new(&spins_off_first(&runs), calls, warm);
+        let per_sec: Vec<f64> = (0..4)
+            .map(|s| median(runs[s].iter().map(|r| calls as f64 / r.secs).collect()))
             .collect();
         // Lua throughput / native throughput, paired by round.
-        let rel = |n: usize| {
+        let rel = |lua: usize, n: usize| {
             median(
-                times[0]
+                runs[lua]
                     .iter()
-                    .zip(&times[n])
-                    .map(|(&l, &t)| t / l)
+                    .zip(&runs[n])
+                    .map(|(l, t)| t.secs / l.secs)
                     .collect(),
             )
         };
-        let rel = [rel(1), rel(2)];
+        let rel = [rel(0, 1), rel(0, 2), rel(3, 1), rel(3, 2)];
         eprintln!(
-            "{c:>3} in flight: {:.0} / {:.0} / {:.0} calls/s (Lua = {:.0} % / {:.0} % of native)",
+            "{c:>3} in flight: Lua {:.0} (spins off {:.0}) / tonic {:.0} / {:.0} calls/s \
+             (Lua = {:.0} % / {:.0} % of native)",
             per_sec[0],
+            per_sec[3],
             per_sec[1],
             per_sec[2],
             rel[0] * 100.0,
             rel[1] * 100.0
         );
-        let json = json!({
-            "in_flight": c, "calls_per_round": calls,
-            "seconds": { "grpc_zc": times[0], "tonic_current_thread": times[1],
-                         "tonic_multi_thread": times[2] },
-            "calls_per_second": { "grpc_zc": per_sec[0], "tonic_current_thread": per_sec[1],
-                                  "tonic_multi_thread": per_sec[2] },
-            "throughput_vs_tonic_current_thread": rel[0],
-            "throughput_vs_tonic_multi_thread": rel[1],
-        });
-        conc.push((c, calls, per_sec, rel, json));
+        let mut json = case.json(&runs, calls);
+        json["grpc_zc_spins_off"] = case0.json(&spins_off_first(&runs), calls)["grpc_zc"].clone();
+        json["in_flight"] = json!(c);
+        json["calls_per_second"] = json!({ "grpc_zc": per_sec[0],
+            "tonic_current_thread": per_sec[1], "tonic_multi_thread": per_sec[2],
+            "grpc_zc_spins_off": per_sec[3] });
+        json["throughput_vs_tonic_current_thread"] = json!(rel[0]);
+        json["throughput_vs_tonic_multi_thread"] = json!(rel[1]);
+        json["spins_off_throughput_vs_tonic_current_thread"] = json!(rel[2]);
+        json["spins_off_throughput_vs_tonic_multi_thread"] = json!(rel[3]);
+        conc.push((c, calls, per_sec, rel, json, case, case0));
     }
     nginx.assert_log_clean(&[]);
+    nospin.assert_log_clean(&[]);
 
     // Targets (issue 4), against the faster native client of each comparison.
     let best = |r: [f64; 2]| r[0].max(r[1]);
@@ -523,6 +639,7 @@ fn main() {
         "benchmark": "grpc", "machine": machine, "quick": quick, "rounds": ROUNDS,
         "server": "grpc-test-server --threads 0 --no-gzip-replies (one tokio thread)",
         "nginx": "1 worker, unpinned",
+        "spins_off": "second nginx, runtime loaded with spin_us = 0, poll_spin_us = 0",
         "ping_pong_us": { "one_vcpu": same, "two_vcpus": cross },
         "sequential_say_hello": seq_json,
         "payload_sweep": sweep.iter().map(|s| {
@@ -552,9 +669,11 @@ fn main() {
          127.0.0.1; one nginx worker, unpinned; native clients: tonic 0.14 on a current-thread\n\
          runtime and on a default multi-thread runtime (2 workers). Sides interleaved, {ROUNDS}\n\
          rounds, medians of rounds; ratios and overheads are paired by round. This run: {:.0} s.\n\
-         Results also in `target/bench/grpc.json`.\n",
+         \"Spins off\": a second nginx (1 worker) whose runtime is loaded with the host's\n\
+         `spin_us = 0, poll_spin_us = 0` (defaults 20 and 50). Results also in\n\
+         `target/bench/grpc.json`.\n",
         if quick { ", BENCH_QUICK=1" } else { "" },
-        elapsed
+        elapsed,
     );
     let _ = writeln!(
         t,
@@ -563,33 +682,44 @@ fn main() {
     );
     let _ = writeln!(
         t,
-        "**Sequential SayHello** (empty name), {} calls a side:\n\n\
-         | side | µs per call | Lua vs this side |\n|---|---|---|",
+        "**Sequential SayHello** (empty name), {} calls a side. CPU: µs of CPU time per call \
+         used by the client process (the nginx worker with its runtime threads, or the tonic \
+         client) and by the server while that side ran.\n\n\
+         | side | µs per call | vs tonic current-thread | vs tonic multi-thread \
+         | client CPU µs per call | server CPU µs per call |\n|---|---|---|---|---|---|",
         calls * ROUNDS
     );
-    for (s, name) in SIDES.iter().enumerate() {
-        let vs = match s {
-            0 => "".to_owned(),
-            _ => format!(
-                "{} ({:+.1} µs)",
-                pct(seq.ratio[s - 1]),
-                seq.overhead_us[s - 1]
-            ),
+    let vs = |c: &Case, k: usize| format!("{} ({:+.1} µs)", pct(c.ratio[k]), c.overhead_us[k]);
+    let rows = [
+        (SIDES[0], &seq, 0, true),
+        ("resty.grpc_zc (Lua), spins off", &seq0, 0, true),
+        (SIDES[1], &seq, 1, false),
+        (SIDES[2], &seq, 2, false),
+    ];
+    for (name, case, s, is_lua) in rows {
+        let (a, b) = if is_lua {
+            (vs(case, 0), vs(case, 1))
+        } else {
+            (String::new(), String::new())
         };
-        let _ = writeln!(t, "| {name} | {:.1} | {vs} |", seq.us_per_call[s]);
+        let _ = writeln!(
+            t,
+            "| {name} | {:.1} | {a} | {b} | {:.1} | {:.1} |",
+            case.us_per_call[s], case.client_cpu_us[s], case.server_cpu_us[s]
+        );
     }
     let _ = writeln!(
         t,
         "\n**Payload sweep**: `zctest.Test/Unary` echoing a bytes field of that size (reply \
          the same size). Overhead: Lua µs minus native µs per call.\n\n\
          | payload | calls a side | Lua µs | tonic current-thread µs | tonic multi-thread µs \
-         | Lua vs current-thread | overhead µs | Lua vs multi-thread | overhead µs |\n\
-         |---|---|---|---|---|---|---|---|---|"
+         | Lua vs current-thread | overhead µs | Lua vs multi-thread | overhead µs \
+         | client CPU µs (Lua / current-thread) |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for (size, calls, _, c) in &sweep {
         let _ = writeln!(
             t,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {:+.1} | {} | {:+.1} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {:+.1} | {} | {:+.1} | {:.1} / {:.1} |",
             size_name(*size),
             calls * ROUNDS,
             c.us_per_call[0],
@@ -598,27 +728,39 @@ fn main() {
             pct(c.ratio[0]),
             c.overhead_us[0],
             pct(c.ratio[1]),
-            c.overhead_us[1]
+            c.overhead_us[1],
+            c.client_cpu_us[0],
+            c.client_cpu_us[1]
         );
     }
     let _ = writeln!(
         t,
         "\n**Concurrency sweep**: SayHello calls in flight on one connection (Lua: light \
          threads of one request in one worker; native: tokio tasks), calls per second.\n\n\
-         | in flight | calls a side | Lua calls/s | tonic current-thread calls/s \
-         | tonic multi-thread calls/s | Lua / current-thread | Lua / multi-thread |\n\
-         |---|---|---|---|---|---|---|"
+         | in flight | calls a side | Lua | Lua, spins off | tonic current-thread \
+         | tonic multi-thread | Lua / current-thread | Lua / multi-thread \
+         | spins off / current-thread | spins off / multi-thread \
+         | client CPU µs per call (Lua / spins off / ct / mt) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|"
     );
-    for (c, calls, per_sec, rel, _) in &conc {
+    for (c, calls, per_sec, rel, _, case, case0) in &conc {
         let _ = writeln!(
             t,
-            "| {c} | {} | {:.0} | {:.0} | {:.0} | {:.0} % | {:.0} % |",
+            "| {c} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} % | {:.0} % | {:.0} % | {:.0} % \
+             | {:.1} / {:.1} / {:.1} / {:.1} |",
             calls * ROUNDS,
             per_sec[0],
+            per_sec[3],
             per_sec[1],
             per_sec[2],
             rel[0] * 100.0,
-            rel[1] * 100.0
+            rel[1] * 100.0,
+            rel[2] * 100.0,
+            rel[3] * 100.0,
+            case.client_cpu_us[0],
+            case0.client_cpu_us[0],
+            case.client_cpu_us[1],
+            case.client_cpu_us[2]
         );
     }
     let _ = writeln!(

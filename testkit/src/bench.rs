@@ -1,5 +1,5 @@
-//! Helpers shared by the benchmarks in `benches/`: medians, the machine line, and rewriting
-//! one section of `docs/benchmarks.md`.
+//! Helpers shared by the benchmarks in `benches/`: medians, the machine line, CPU time of a
+//! process, and rewriting one section of `docs/benchmarks.md`.
 
 use std::fs;
 use std::path::Path;
@@ -43,4 +43,18 @@ pub fn replace_section(path: &Path, name: &str, body: &str) {
         _ => format!("{}\n\n{begin}\n{body}{end}\n", old.trim_end()),
     };
     fs::write(path, new).expect("write docs/benchmarks.md");
+}
+
+/// CPU time used so far by process `pid`, all its threads, user + system, in seconds (from
+/// `/proc/<pid>/stat`, clock-tick resolution). `None` when the process is gone.
+pub fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces), starting with field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    let (utime, stime) = (ticks(11)?, ticks(12)?);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some((utime + stime) as f64 / hz.max(1) as f64)
 }
