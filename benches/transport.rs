@@ -9,8 +9,10 @@
 //! - `zc_string`: the same, reply materialized as a Lua string and compared.
 //!
 //! Each (size, path) is run `REPEATS` times and the median is kept; the whole table is measured
-//! twice: with the worker, its runtime threads and the echo process pinned to CPU 0
-//! (`worker_cpu_affinity` / `taskset -c 0`) and unpinned.
+//! in three placements ([`Setting`]): everything pinned to CPU 0 (`worker_cpu_affinity` /
+//! `taskset -c 0`; runtime threads inherit the worker's mask), split (the worker on CPU 0, the
+//! runtimes' threads on CPU 1 through their cfg `cpus=1`, the echo process on CPU 1), and
+//! unpinned.
 //!
 //! Writes `target/bench/transport.json`, `docs/benchmarks.md` (the transport section) and
 //! `docs/img/transport.svg`. Run with `make bench` (or `cargo bench --bench transport`);
@@ -44,11 +46,58 @@ fn calls_for(size: usize, quick: bool) -> usize {
     }
 }
 
-const LUA: &str = r#"
-init_worker_by_lua_block {
-    require "resty_ffi"
-    assert(require("resty.grpc_zc").init({ max_message = 2 * 1048576 }))
+/// Where the nginx worker, the runtimes' threads and the UDS echo process run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Setting {
+    /// All on CPU 0: every call is two hand-offs between threads sharing one CPU.
+    Pinned,
+    /// The worker on CPU 0; the runtimes (cfg `cpus=1`) and the UDS echo process on CPU 1.
+    Split,
+    /// Placement left to the scheduler.
+    Unpinned,
 }
+
+impl Setting {
+    fn name(self) -> &'static str {
+        match self {
+            Setting::Pinned => "pinned",
+            Setting::Split => "split",
+            Setting::Unpinned => "unpinned",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Setting::Pinned => "pinned to 1",
+            Setting::Split => "split: nginx 0, runtimes 1",
+            Setting::Unpinned => "2, unpinned",
+        }
+    }
+
+    /// The CPU the runtimes and the UDS echo process run on, if pinned.
+    fn runtime_cpu(self) -> Option<usize> {
+        match self {
+            Setting::Pinned => Some(0),
+            Setting::Split => Some(1),
+            Setting::Unpinned => None,
+        }
+    }
+}
+
+/// `ECHO_CFG` and `ZC_OPTS` are Lua globals the location reads (cfg `cpus` in split mode).
+fn lua_conf(setting: Setting) -> String {
+    let (echo_cfg, cpus) = if setting == Setting::Split {
+        ("\"cpus=1\"", ", cpus = 1")
+    } else {
+        ("nil", "")
+    };
+    format!(
+        "init_worker_by_lua_block {{\n    require \"resty_ffi\"\n    ECHO_CFG = {echo_cfg}\n    \
+         assert(require(\"resty.grpc_zc\").init({{ max_message = 2 * 1048576{cpus} }}))\n}}\n{LUA}"
+    )
+}
+
+const LUA: &str = r#"
 init_by_lua_block {
     local ffi = require "ffi"
     ffi.cdef [[
@@ -74,7 +123,7 @@ location /bench {
         local buf = string.rep("A", size)
         local t0, t1
         if path == "ffi" then
-            local rt = assert(ngx.load_ffi("resty_ffi_echo"))
+            local rt = assert(ngx.load_ffi("resty_ffi_echo", ECHO_CFG))
             for _ = 1, 200 do assert(select(2, rt:echo(buf)) == buf) end
             t0 = bench_now()
             for _ = 1, n do
@@ -140,36 +189,32 @@ location /bench {
 "#;
 
 struct Row {
-    pinned: bool,
+    setting: Setting,
     size: usize,
     calls: usize,
     /// Median seconds per path, in `PATHS` order.
     secs: Vec<f64>,
 }
 
-fn run(pinned: bool, quick: bool) -> Vec<Row> {
+fn run(setting: Setting, quick: bool) -> Vec<Row> {
     let root = repo_root();
     let sock = root.join(format!("target/bench/uds-echo-{}.sock", std::process::id()));
     let uds = UdsEcho::start(&sock);
-    if pinned {
-        pin(uds.pid());
+    if let Some(cpu) = setting.runtime_cpu() {
+        pin(uds.pid(), cpu);
     }
-    let affinity = if pinned {
-        "worker_cpu_affinity 0001;"
-    } else {
+    let affinity = if setting == Setting::Unpinned {
         ""
-    };
-    let nginx = NginxBuilder::new(if pinned {
-        "bench-transport-pinned"
     } else {
-        "bench-transport"
-    })
-    .workers(1)
-    .main_conf(affinity)
-    .error_log_level("warn")
-    .http_conf(LUA)
-    .server_conf(LOCATION)
-    .start();
+        "worker_cpu_affinity 0001;"
+    };
+    let nginx = NginxBuilder::new(&format!("bench-transport-{}", setting.name()))
+        .workers(1)
+        .main_conf(affinity)
+        .error_log_level("warn")
+        .http_conf(&lua_conf(setting))
+        .server_conf(LOCATION)
+        .start();
 
     let mut rows = Vec::new();
     for &size in SIZES {
@@ -188,8 +233,8 @@ fn run(pinned: bool, quick: bool) -> Vec<Row> {
             }
             let m = median(samples);
             eprintln!(
-                "{} {:>8} B {path}: {:.3} s for {calls} calls ({:.2} µs/call)",
-                if pinned { "pinned  " } else { "unpinned" },
+                "{:<8} {:>8} B {path}: {:.3} s for {calls} calls ({:.2} µs/call)",
+                setting.name(),
                 size,
                 m,
                 m * 1e6 / calls as f64
@@ -197,7 +242,7 @@ fn run(pinned: bool, quick: bool) -> Vec<Row> {
             secs.push(m);
         }
         rows.push(Row {
-            pinned,
+            setting,
             size,
             calls,
             secs,
@@ -207,9 +252,9 @@ fn run(pinned: bool, quick: bool) -> Vec<Row> {
     rows
 }
 
-fn pin(pid: i32) {
+fn pin(pid: i32, cpu: usize) {
     let _ = Command::new("taskset")
-        .args(["-a", "-p", "-c", "0", &pid.to_string()])
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
         .output();
 }
 
@@ -227,7 +272,8 @@ fn json(rows: &[Row], machine: &str, quick: bool) -> String {
         .map(|r| {
             let per = |x: f64| x * 1e6 / r.calls as f64;
             let mut o = serde_json::json!({
-                "pinned": r.pinned,
+                "setting": r.setting.name(),
+                "pinned": r.setting == Setting::Pinned,
                 "size": r.size,
                 "calls": r.calls,
             });
@@ -270,11 +316,7 @@ fn table(rows: &[Row]) -> String {
         let _ = write!(
             s,
             "| {} | {} | {} |",
-            if r.pinned {
-                "pinned to 1"
-            } else {
-                "2, unpinned"
-            },
+            r.setting.label(),
             human(r.size),
             r.calls
         );
@@ -288,6 +330,40 @@ fn table(rows: &[Row]) -> String {
             r.secs[0] / r.secs[2],
             r.secs[0] / r.secs[3],
             r.secs[1] / r.secs[3]
+        );
+    }
+    s
+}
+
+/// The issue 3 targets per setting, from the table's medians.
+fn targets(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "Targets (issue 3; zero-copy in place unless said): ≥ 2x faster than the copy path at \
+         100 KiB and 1 MiB, ≥ 10x faster than the UDS proxy at 100 KiB, 1 MiB ≤ 4x the 512 B \
+         time.\n\n",
+    );
+    let met = |ok: bool| if ok { "met" } else { "**not met**" };
+    for setting in [Setting::Pinned, Setting::Split, Setting::Unpinned] {
+        let at = |size: usize| rows.iter().find(|r| r.setting == setting && r.size == size);
+        let (Some(small), Some(k100), Some(m1)) = (at(512), at(102_400), at(1_048_576)) else {
+            continue;
+        };
+        let per = |r: &Row, i: usize| r.secs[i] / r.calls as f64;
+        let c100 = per(k100, 0) / per(k100, 2);
+        let c1m = per(m1, 0) / per(m1, 2);
+        let u100 = per(k100, 1) / per(k100, 2);
+        let u100s = per(k100, 1) / per(k100, 3);
+        let grow = per(m1, 2) / per(small, 2);
+        let _ = writeln!(
+            s,
+            "- {}: copy / zc at 100 KiB {c100:.1}x ({}), at 1 MiB {c1m:.1}x ({}); UDS / zc at \
+             100 KiB {u100:.1}x in place, {u100s:.1}x as a Lua string ({}); 1 MiB / 512 B \
+             {grow:.1}x ({}).",
+            setting.label(),
+            met(c100 >= 2.0),
+            met(c1m >= 2.0),
+            met(u100 >= 10.0),
+            met(grow <= 4.0),
         );
     }
     s
@@ -347,7 +423,7 @@ fn svg(rows: &[Row]) -> String {
             human(r.size),
             x0 + bw * bars_per_group as f64 / 2.0,
             h - bottom + 28.0,
-            if r.pinned { "pinned" } else { "unpinned" }
+            r.setting.name()
         );
     }
     for (i, p) in PATH_NAMES.iter().enumerate() {
@@ -375,8 +451,12 @@ fn main() {
     fs::create_dir_all(root.join("target/bench")).unwrap();
     fs::create_dir_all(root.join("docs/img")).unwrap();
 
-    let mut rows = run(true, quick);
-    rows.extend(run(false, quick));
+    let split = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    let mut rows = run(Setting::Pinned, quick);
+    if split {
+        rows.extend(run(Setting::Split, quick));
+    }
+    rows.extend(run(Setting::Unpinned, quick));
 
     let machine = machine();
     fs::write(
@@ -388,9 +468,10 @@ fn main() {
     let body = format!(
         "Command: `make bench` (`cargo bench --bench transport`{}). Machine: {machine}.\n\
          Sequential echo calls from one Lua coroutine in one worker, median of {REPEATS} runs;\n\
-         results also in `target/bench/transport.json`.\n\n{}\n![µs per call](img/transport.svg)\n\n",
+         results also in `target/bench/transport.json`.\n\n{}\n{}\n![µs per call](img/transport.svg)\n\n",
         if quick { ", BENCH_QUICK=1" } else { "" },
-        table(&rows)
+        table(&rows),
+        targets(&rows)
     );
     replace_section(&root.join("docs/benchmarks.md"), "transport", &body);
     println!("{}", table(&rows));

@@ -5,8 +5,10 @@
 //! | `instance` | (required) | name under which Lua finds this instance's arena (unique per worker) |
 //! | `arena_size` | `64m` | size of the shared arena mapping (`k`, `m`, `g` suffixes) |
 //! | `max_message` | `4m` | largest payload, at most `64m`; the arena must hold one |
+//! | `cpus` | (the worker's) | CPUs the runtime's own threads (poll thread, tokio workers) may run on: numbers and ranges separated by `:`, e.g. `1`, `2-3`, `1:3` |
 
 use std::fmt;
+use std::io;
 
 /// Parsed runtime configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +16,71 @@ pub struct Config {
     pub instance: String,
     pub arena_size: usize,
     pub max_message: usize,
+    /// CPUs for the runtime's threads; `None`: they inherit the worker's affinity.
+    pub cpus: Option<CpuList>,
+}
+
+/// A set of CPUs for `sched_setaffinity`, parsed from `1`, `2-3`, `0:2-3` (`,` separates cfg
+/// pairs, so list items are separated by `:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(Vec<usize>);
+
+impl CpuList {
+    /// Parses a CPU list; CPUs must be below `CPU_SETSIZE` (1024).
+    pub fn parse(v: &str) -> Result<CpuList, ConfigError> {
+        let bad = || {
+            ConfigError(format!(
+                "cpus: bad CPU list {v:?} (want e.g. 1, 2-3, 0:2-3)"
+            ))
+        };
+        let mut cpus = Vec::new();
+        for item in v.split(':').map(str::trim) {
+            let (lo, hi) = match item.split_once('-') {
+                Some((a, b)) => (a.trim().parse::<usize>(), b.trim().parse::<usize>()),
+                None => (item.parse::<usize>(), item.parse::<usize>()),
+            };
+            let (lo, hi) = (lo.map_err(|_| bad())?, hi.map_err(|_| bad())?);
+            if lo > hi || hi >= libc::CPU_SETSIZE as usize {
+                return Err(bad());
+            }
+            cpus.extend(lo..=hi);
+        }
+        cpus.sort_unstable();
+        cpus.dedup();
+        Ok(CpuList(cpus))
+    }
+
+    /// The CPUs, ascending.
+    pub fn cpus(&self) -> &[usize] {
+        &self.0
+    }
+
+    /// Restricts the calling thread to these CPUs (threads it starts later inherit the mask).
+    pub fn pin_current_thread(&self) -> io::Result<()> {
+        // SAFETY: an all-zero `cpu_set_t` is a valid empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &cpu in &self.0 {
+            // SAFETY: `parse` keeps every CPU below CPU_SETSIZE, so CPU_SET stays inside `set`.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+        // SAFETY: `set` is an initialized cpu_set_t of the size passed; pid 0 is the calling
+        // thread, whose affinity only the runtime's own thread setup changes.
+        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+impl fmt::Display for CpuList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, c) in self.0.iter().enumerate() {
+            write!(f, "{}{c}", if i == 0 { "" } else { ":" })?;
+        }
+        Ok(())
+    }
 }
 
 use crate::arena::MAX_MESSAGE_LIMIT;
@@ -24,6 +91,7 @@ impl Default for Config {
             instance: String::new(),
             arena_size: 64 << 20,
             max_message: 4 << 20,
+            cpus: None,
         }
     }
 }
@@ -67,6 +135,7 @@ impl Config {
                 "instance" => c.instance = v.to_owned(),
                 "arena_size" => c.arena_size = size(k, v)?,
                 "max_message" => c.max_message = size(k, v)?,
+                "cpus" => c.cpus = Some(CpuList::parse(v)?),
                 _ => return Err(ConfigError(format!("unknown key {k:?}"))),
             }
         }
@@ -94,6 +163,60 @@ mod tests {
         assert_eq!(c.max_message, 64 << 10);
         let d = Config::parse("instance=x").unwrap();
         assert_eq!((d.arena_size, d.max_message), (64 << 20, 4 << 20));
+        assert_eq!(d.cpus, None);
+    }
+
+    #[test]
+    fn parses_cpu_lists() {
+        let c = Config::parse("instance=w1,cpus=1").unwrap();
+        assert_eq!(c.cpus.unwrap().cpus(), &[1]);
+        let c = Config::parse("instance=w1,cpus=4-5:0:5").unwrap();
+        let cpus = c.cpus.unwrap();
+        assert_eq!(cpus.cpus(), &[0, 4, 5]);
+        assert_eq!(cpus.to_string(), "0:4:5");
+        for bad in [
+            "cpus=",
+            "cpus=x",
+            "cpus=3-1",
+            "cpus=1:",
+            "cpus=1024",
+            "cpus=-1",
+        ] {
+            assert!(
+                Config::parse(&format!("instance=x,{bad}")).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn pins_the_calling_thread() {
+        // Pin a scratch thread to the first CPU this process may use, and read it back.
+        std::thread::spawn(|| {
+            // SAFETY: zeroed cpu_set_t is valid; pid 0 is this thread.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `set` is writable and of the size passed.
+            let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+            assert_eq!(rc, 0);
+            // SAFETY: every index is below CPU_SETSIZE.
+            let first = (0..libc::CPU_SETSIZE as usize)
+                .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+                .unwrap();
+            CpuList::parse(&first.to_string())
+                .unwrap()
+                .pin_current_thread()
+                .unwrap();
+            // SAFETY: as above.
+            let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+            assert_eq!(rc, 0);
+            // SAFETY: `set` is initialized; `first` is below CPU_SETSIZE.
+            unsafe {
+                assert_eq!(libc::CPU_COUNT(&set), 1);
+                assert!(libc::CPU_ISSET(first, &set));
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

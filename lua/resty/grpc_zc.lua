@@ -127,9 +127,35 @@ local function errstr(code)
 end
 
 
+-- opts.cpus of init(): a CPU number, a list of them, or a string ("1", "2-3", "0:2-3").
+local function cpu_list(v)
+    local t = type(v)
+    if t == "number" and v >= 0 and v == math.floor(v) then
+        return tostring(v)
+    end
+    if t == "string" and v:find("^[%d:%-]+$") then
+        return v     -- checked by the runtime (a bad list makes init fail)
+    end
+    if t == "table" and #v > 0 then
+        local parts = {}
+        for i = 1, #v do
+            local c = v[i]
+            if type(c) ~= "number" or c < 0 or c ~= math.floor(c) then
+                error("bad option cpus: CPU numbers expected", 3)
+            end
+            parts[i] = tostring(c)
+        end
+        return table.concat(parts, ":")
+    end
+    error("bad option cpus: a CPU number, a list of them or a string like \"2-3\" expected", 3)
+end
+
+
 -- grpc.init(opts?): loads the runtime in this worker (once). Called implicitly by the first
 -- call; call it from init_worker_by_lua to size the arena:
---   opts.arena_size (bytes, default 64 MiB), opts.max_message (bytes, default 4 MiB).
+--   opts.arena_size (bytes, default 64 MiB), opts.max_message (bytes, default 4 MiB),
+--   opts.cpus (CPUs for the runtime's own threads, e.g. 1, {2, 3} or "2-3"; default: the
+--   worker's).
 function _M.init(opts)
     if inst ~= nil then
         return true
@@ -144,6 +170,9 @@ function _M.init(opts)
     end
     if opts and opts.max_message then
         cfg = cfg .. ",max_message=" .. math.floor(opts.max_message)
+    end
+    if opts and opts.cpus ~= nil then
+        cfg = cfg .. ",cpus=" .. cpu_list(opts.cpus)
     end
     local obj, rc = ngx.load_ffi("resty_grpc_zc", cfg)
     if not obj then

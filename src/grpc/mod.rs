@@ -27,6 +27,7 @@ use tonic::{Code, Status};
 
 use crate::arena::Arena;
 use crate::codec::{ArenaCodec, Inbound};
+use crate::config::CpuList;
 pub use stream::Streams;
 
 /// Default limit of a received message, as in grpc-go.
@@ -175,11 +176,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Grpc {
-    /// Starts the tokio runtime (`threads` workers, named `grpc_zc-io`).
-    pub fn new(arena: Arena, threads: usize) -> std::io::Result<Grpc> {
+    /// Starts the tokio runtime (`threads` workers, named `grpc_zc-io`), its threads pinned to
+    /// `cpus` when given (cfg `cpus`).
+    pub fn new(arena: Arena, threads: usize, cpus: Option<CpuList>) -> std::io::Result<Grpc> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("grpc_zc-io")
+            .on_thread_start(move || {
+                if let Some(Err(e)) = cpus.as_ref().map(CpuList::pin_current_thread) {
+                    eprintln!("resty_grpc_zc: grpc_zc-io thread: sched_setaffinity: {e}");
+                }
+            })
             .enable_all()
             .build()?;
         Ok(Grpc {
@@ -669,7 +676,7 @@ mod tests {
             max_message: 64 << 10,
         })
         .unwrap();
-        let g = Grpc::new(arena, 1).unwrap();
+        let g = Grpc::new(arena, 1, None).unwrap();
         let opts = |t: &str, timeout: u64| ConnectOpts {
             target: t.into(),
             default_timeout: Some(Duration::from_millis(timeout)),

@@ -142,10 +142,27 @@ impl Instance {
     pub fn start(config: Config, queue: TaskQueue) -> Result<Arc<Instance>, StartError> {
         let inst = Instance::new(config)?;
         let served = inst.clone();
+        let (pinned_tx, pinned) = std::sync::mpsc::channel();
         thread::Builder::new()
             .name("grpc_zc-poll".into())
-            .spawn(move || Instance::serve(&served, queue))
+            .spawn(move || {
+                // cfg `cpus`: the poll thread first (threads it starts inherit the mask).
+                let pin = served.config.cpus.as_ref().map(|c| c.pin_current_thread());
+                let _ = pinned_tx.send(pin);
+                // Serve even when pinning failed: the host still appends its finish marker.
+                Instance::serve(&served, queue)
+            })
             .map_err(|e| StartError(format!("cannot start the poll thread: {e}")))?;
+        if let Ok(Some(Err(e))) = pinned.recv() {
+            return Err(StartError(format!(
+                "cpus={}: sched_setaffinity: {e}",
+                inst.config
+                    .cpus
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
+            )));
+        }
         INSTANCES
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -529,7 +546,7 @@ impl Instance {
         if let Some(g) = self.grpc.get() {
             return Ok(g);
         }
-        let g = Grpc::new(self.arena.clone(), GRPC_THREADS)
+        let g = Grpc::new(self.arena.clone(), GRPC_THREADS, self.config.cpus.clone())
             .map_err(|e| Answer::Error(RC_EXHAUSTED, format!("cannot start tokio: {e}")))?;
         Ok(self.grpc.get_or_init(|| g))
     }

@@ -34,6 +34,8 @@ pub struct Config {
     /// The poll thread sleeps this long before each poll, so tasks pile up in the host's queue
     /// (to test `max_queue`).
     pub poll_delay: Duration,
+    /// CPUs the instance's threads run on (`cpus=1`, `2-3`, `0:2-3`); empty: the worker's.
+    pub cpus: Vec<usize>,
 }
 
 /// Why a cfg string was refused.
@@ -99,12 +101,37 @@ impl Config {
                 "poll_delay_ms" => {
                     config.poll_delay = Duration::from_millis(value.parse().map_err(|_| bad())?)
                 }
+                "cpus" => config.cpus = cpu_list(value).ok_or_else(bad)?,
                 "tag" => {}
                 _ => return Err(ConfigError::UnknownKey(key.to_owned())),
             }
         }
         Ok(config)
     }
+}
+
+/// Largest CPU number `cpus` accepts (+1): the size of a `cpu_set_t`.
+pub const MAX_CPUS: usize = 1024;
+
+/// A CPU list: numbers and `lo-hi` ranges separated by `:` (`,` separates cfg pairs).
+fn cpu_list(v: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for item in v.split(':').map(str::trim) {
+        let (lo, hi) = match item.split_once('-') {
+            Some((a, b)) => (
+                a.trim().parse::<usize>().ok()?,
+                b.trim().parse::<usize>().ok()?,
+            ),
+            None => (item.parse::<usize>().ok()?, item.parse::<usize>().ok()?),
+        };
+        if lo > hi || hi >= MAX_CPUS {
+            return None;
+        }
+        cpus.extend(lo..=hi);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Some(cpus)
 }
 
 #[cfg(test)]
@@ -120,7 +147,7 @@ mod tests {
     #[test]
     fn all_keys() {
         let c = Config::parse(
-            "delay_ms=250,rc=-3,rsp=cstr,init_rc=7,check_cancel=1,poll_delay_ms=5,tag=x=y",
+            "delay_ms=250,rc=-3,rsp=cstr,init_rc=7,check_cancel=1,poll_delay_ms=5,cpus=3:0-1,tag=x=y",
         )
         .unwrap();
         assert_eq!(
@@ -132,6 +159,7 @@ mod tests {
                 init_rc: Some(7),
                 check_cancel: true,
                 poll_delay: Duration::from_millis(5),
+                cpus: vec![0, 1, 3],
             }
         );
         assert_eq!(Config::parse("rsp=nil").unwrap().rsp, RspMode::Nil);
@@ -180,6 +208,12 @@ mod tests {
             Config::parse("poll_delay_ms=x"),
             Err(ConfigError::BadValue { .. })
         ));
+        for bad in ["cpus=", "cpus=a", "cpus=2-1", "cpus=1024", "cpus=1:"] {
+            assert!(
+                matches!(Config::parse(bad), Err(ConfigError::BadValue { .. })),
+                "{bad:?}"
+            );
+        }
         assert!(matches!(
             Config::parse("init_rc=99999999999"),
             Err(ConfigError::BadValue { .. })

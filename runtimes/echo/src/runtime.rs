@@ -1,5 +1,5 @@
 //! The runtime's threads: one poll thread per instance, plus one timer thread when `delay_ms` is
-//! set.
+//! set; both restricted to the cfg's `cpus` when it has them.
 
 use std::io;
 use std::os::raw::c_int;
@@ -58,15 +58,20 @@ pub fn start(cfg_text: String, config: Config, queue: Queue) -> io::Result<()> {
         } else {
             None
         };
-        let (timer, _detached) =
-            Timer::start("echo-timer", move |job: Delayed| answer_delayed(job, probe))?;
+        let (timer, _detached) = Timer::start("echo-timer", &config.cpus, move |job: Delayed| {
+            answer_delayed(job, probe)
+        })?;
         Some(timer)
     };
     let delay = config.delay;
     let poll_delay = config.poll_delay;
+    let cpus = config.cpus;
+    let (pinned_tx, pinned) = std::sync::mpsc::channel();
     thread::Builder::new()
         .name("echo-poll".to_owned())
         .spawn(move || {
+            let _ = pinned_tx.send(pin_current_thread(&cpus));
+            // Poll even when pinning failed: the host still appends its finish marker.
             let mut queue = queue;
             loop {
                 let step = catch_unwind(AssertUnwindSafe(|| {
@@ -93,7 +98,33 @@ pub fn start(cfg_text: String, config: Config, queue: Queue) -> io::Result<()> {
             drop(timer);
             eprintln!("resty_ffi_echo: finished cfg={cfg_text}");
         })?;
-    Ok(())
+    match pinned.recv() {
+        Ok(Err(e)) => Err(io::Error::new(
+            e.kind(),
+            format!("cpus: sched_setaffinity: {e}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Restricts the calling thread to `cpus` (nothing to do when empty).
+pub(crate) fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: an all-zero `cpu_set_t` is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: the cfg parser keeps CPUs below MAX_CPUS (CPU_SETSIZE): inside `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is an initialized cpu_set_t of the size passed; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn answer_delayed(job: Delayed, probe: Option<CancelledFn>) {

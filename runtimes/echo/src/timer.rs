@@ -64,10 +64,12 @@ impl<T> Shared<T> {
 }
 
 impl<T: Send + 'static> Timer<T> {
-    /// Starts the thread `name`; it calls `fire(job)` for each job once it is due. A panic in
+    /// Starts the thread `name` (restricted to `cpus` unless empty); it calls `fire(job)` for
+    /// each job once it is due. A panic in
     /// `fire` is logged and the thread goes on with the next job.
     pub fn start(
         name: &str,
+        cpus: &[usize],
         mut fire: impl FnMut(T) + Send + 'static,
     ) -> io::Result<(Timer<T>, JoinHandle<()>)> {
         let shared = Arc::new(Shared {
@@ -79,9 +81,15 @@ impl<T: Send + 'static> Timer<T> {
             wake: Condvar::new(),
         });
         let thread_shared = Arc::clone(&shared);
+        let cpus = cpus.to_vec();
         let handle = thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || run(&thread_shared, &mut fire))?;
+            .spawn(move || {
+                if let Err(e) = crate::runtime::pin_current_thread(&cpus) {
+                    eprintln!("resty_ffi_echo: timer thread: sched_setaffinity: {e}");
+                }
+                run(&thread_shared, &mut fire)
+            })?;
         Ok((Timer { shared }, handle))
     }
 
@@ -148,7 +156,7 @@ mod tests {
     #[test]
     fn fires_in_due_order_then_exits_after_close() {
         let (tx, rx) = mpsc::channel();
-        let (timer, handle) = Timer::start("t", move |n: u32| tx.send(n).unwrap()).unwrap();
+        let (timer, handle) = Timer::start("t", &[], move |n: u32| tx.send(n).unwrap()).unwrap();
         let t0 = Instant::now();
         timer.schedule(t0 + Duration::from_millis(60), 3);
         timer.schedule(t0 + Duration::from_millis(20), 1);
@@ -164,7 +172,7 @@ mod tests {
     #[test]
     fn survives_a_panicking_job() {
         let (tx, rx) = mpsc::channel();
-        let (timer, handle) = Timer::start("t", move |n: u32| {
+        let (timer, handle) = Timer::start("t", &[], move |n: u32| {
             assert_ne!(n, 1, "boom");
             tx.send(n).unwrap();
         })
