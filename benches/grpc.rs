@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use testkit::bench::{cpu_seconds, machine, median, replace_section};
+use testkit::bench::{cpu_seconds, machine, median, replace_section, thread_cpu_seconds};
 use testkit::grpc::pb::helloworld::{greeter_client::GreeterClient, HelloRequest};
 use testkit::grpc::pb::zctest::{test_client::TestClient, EchoRequest};
 use testkit::tonic::transport::Channel;
@@ -265,11 +265,25 @@ fn lua(nginx: &Nginx, server: &GrpcServer, query: &str) -> f64 {
 /// One run of one side: wall seconds of its timed loop, and CPU seconds used meanwhile by the
 /// client process (the nginx worker, all its threads; or this process) and by the server,
 /// warm-up included.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Run {
     secs: f64,
     client_cpu: f64,
     server_cpu: f64,
+    /// CPU seconds per thread name of the client process (threads of one name summed).
+    threads: Vec<(String, f64)>,
+}
+
+/// CPU seconds per thread name of `pid` (threads of one name summed).
+fn by_thread_name(pid: i32) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for (name, secs) in thread_cpu_seconds(pid) {
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += secs,
+            None => out.push((name, secs)),
+        }
+    }
+    out
 }
 
 /// A side to measure: the pid whose CPU time is the client's, and one run of its loop.
@@ -283,12 +297,20 @@ fn interleave(server: i32, sides: &mut [Side<'_>]) -> Vec<Vec<Run>> {
         for k in 0..sides.len() {
             let side = (round + k) % sides.len();
             let (pid, run) = &mut sides[side];
-            let (c0, s0) = (cpu(*pid), cpu(server));
+            let (c0, s0, t0) = (cpu(*pid), cpu(server), by_thread_name(*pid));
             let secs = run();
+            let threads = by_thread_name(*pid)
+                .into_iter()
+                .map(|(name, after)| {
+                    let before = t0.iter().find(|(n, _)| *n == name).map_or(0.0, |t| t.1);
+                    (name, after - before)
+                })
+                .collect();
             runs[side].push(Run {
                 secs,
                 client_cpu: cpu(*pid) - c0,
                 server_cpu: cpu(server) - s0,
+                threads,
             });
         }
     }
@@ -307,6 +329,8 @@ struct Case {
     client_cpu_us: [f64; 3],
     /// CPU µs per call of the server while each side ran.
     server_cpu_us: [f64; 3],
+    /// CPU µs per call of each thread (by name) of the Lua side's nginx worker.
+    lua_threads_us: Vec<(String, f64)>,
 }
 
 impl Case {
@@ -331,6 +355,19 @@ impl Case {
             overhead_us: [1, 2].map(|s| paired(s, &|l, n| us(l) - us(n))),
             client_cpu_us: per_side(&|r| cpu_us(r.client_cpu)),
             server_cpu_us: per_side(&|r| cpu_us(r.server_cpu)),
+            lua_threads_us: runs[0][0]
+                .threads
+                .iter()
+                .map(|(name, _)| {
+                    let per_round = runs[0].iter().map(|r| {
+                        r.threads
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map_or(0.0, |t| cpu_us(t.1))
+                    });
+                    (name.clone(), median(per_round.collect()))
+                })
+                .collect(),
         }
     }
 
@@ -342,6 +379,17 @@ impl Case {
                 "client_cpu_us_per_call": self.client_cpu_us[s],
                 "server_cpu_us_per_call": self.server_cpu_us[s],
             })
+        };
+        let mut lua = side(0);
+        lua["thread_cpu_us_per_call"] = self
+            .lua_threads_us
+            .iter()
+            .map(|(n, us)| (n.clone(), json!(us)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        let side = |s: usize| match s {
+            0 => lua.clone(),
+            s => side(s),
         };
         json!({
             "calls_per_round": calls,
@@ -762,6 +810,34 @@ fn main() {
             case.client_cpu_us[1],
             case.client_cpu_us[2]
         );
+    }
+    let split = |c: &Case| {
+        let get = |name: &str| {
+            c.lua_threads_us
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(f64::NAN, |t| t.1)
+        };
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            get("nginx"),
+            get("grpc_zc-poll"),
+            get("grpc_zc-io")
+        )
+    };
+    let _ = writeln!(
+        t,
+        "\n**Where the Lua side's CPU goes**: CPU µs per call of the nginx worker's threads \
+         (main thread running Lua and the host / the runtime's poll thread / its tokio \
+         thread), median of rounds.\n\n\
+         | case | default spins: nginx / grpc_zc-poll / grpc_zc-io | spins off: nginx / \
+         grpc_zc-poll / grpc_zc-io |\n|---|---|---|\n\
+         | sequential SayHello | {} | {} |",
+        split(&seq),
+        split(&seq0)
+    );
+    for (c, _, _, _, _, case, case0) in &conc {
+        let _ = writeln!(t, "| {c} in flight | {} | {} |", split(case), split(case0));
     }
     let _ = writeln!(
         t,

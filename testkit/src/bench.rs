@@ -48,7 +48,11 @@ pub fn replace_section(path: &Path, name: &str, body: &str) {
 /// CPU time used so far by process `pid`, all its threads, user + system, in seconds (from
 /// `/proc/<pid>/stat`, clock-tick resolution). `None` when the process is gone.
 pub fn cpu_seconds(pid: i32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime + stime of a `/proc/.../stat` line, in seconds.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // Fields after the command name (which may contain spaces), starting with field 3.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -57,4 +61,22 @@ pub fn cpu_seconds(pid: i32) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     Some((utime + stime) as f64 / hz.max(1) as f64)
+}
+
+/// CPU time used so far by each thread of process `pid`, as (thread name, seconds); see
+/// [`cpu_seconds`]. Empty when the process is gone.
+pub fn thread_cpu_seconds(pid: i32) -> Vec<(String, f64)> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut threads: Vec<(String, f64)> = tasks
+        .filter_map(|t| {
+            let tid: i32 = t.ok()?.file_name().to_str()?.parse().ok()?;
+            let comm = fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+            let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+            Some((comm.trim().to_owned(), stat_cpu_seconds(&stat)?))
+        })
+        .collect();
+    threads.sort_by(|a, b| a.0.cmp(&b.0));
+    threads
 }
