@@ -1258,6 +1258,15 @@ _M.load_proto = pb.load_proto
 -- google.protobuf.FileDescriptorSet (protoc --descriptor_set_out --include_imports).
 _M.load_descriptor = pb.load_descriptor
 
+-- grpc.load_reflection(conn, service_or_list, call_opts?) -> true | nil, err: the message types
+-- of services from a server that offers gRPC server reflection (no .proto file needed).
+function _M.load_reflection(conn, services, call_opts)
+    if type(conn) ~= "table" or getmetatable(conn) ~= Conn_mt then
+        error("bad conn: a connection from grpc.connect expected", 2)
+    end
+    return require("resty.grpc_zc.reflection").load(conn, services, call_opts)
+end
+
 -- The codec module, for encoding or decoding messages by hand (pb.encode, pb.decode).
 _M.pb = pb
 
