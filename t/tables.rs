@@ -109,6 +109,28 @@ const LOCATIONS: &str = r#"
         }
     }
 
+    location /reflection {
+        content_by_lua_block {
+            local cjson = require "cjson"
+            local grpc = require "resty.grpc_zc"
+            grpc.pb.clear()   -- forget the types load_proto registered
+            local ok, conn = grpc.connect(ngx.var.arg_t)
+            local ok, err = conn:unary("/zctest.Test/Unary", { payload = "x" })
+            ngx.say(tostring(ok))
+            assert(grpc.load_reflection(conn, { "zctest.Test", "routeguide.RouteGuide" }))
+            local ok, res = conn:unary("/zctest.Test/Unary", { payload = "by reflection" })
+            assert(ok, res)
+            ngx.say(res.payload)
+            local ok, f = conn:unary("/routeguide.RouteGuide/GetFeature",
+                                     { latitude = 400000000, longitude = -750000000 })
+            assert(ok, f)
+            ngx.say(f.name)
+            local ok, err = grpc.load_reflection(conn, "no.Such")
+            ngx.say(tostring(ok), " ", err)
+            ngx.say(usage())
+        }
+    }
+
     location /codec {
         content_by_lua_block {
             local grpc = require "resty.grpc_zc"
@@ -178,6 +200,25 @@ fn seed_examples_with_tables() {
     assert!(summary["distance"].as_i64().unwrap() > 100_000, "{summary}");
     let note = |m: &str| json!({ "location": point(1, 2), "message": m });
     assert_eq!(&got[9..], &[note("first"), note("first"), note("second")]);
+    n.assert_log_clean(&[]);
+}
+
+#[test]
+fn types_from_server_reflection() {
+    let server = GrpcServer::start(GrpcServerOpts::default());
+    let n = nginx_with("grpc-reflection", 1, &conf(), LOCATIONS);
+    let body = n.get_ok(&format!("/reflection?t={}", server.addr()));
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(
+        lines[..3],
+        ["false", "by reflection", "Feature 0, row 0, column 0"]
+    );
+    assert!(
+        lines[3].starts_with("nil ") && lines[3].contains("no.Such"),
+        "{}",
+        lines[3]
+    );
+    assert_eq!(lines[4], IDLE);
     n.assert_log_clean(&[]);
 }
 

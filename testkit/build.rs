@@ -1,5 +1,6 @@
 //! Generates the prost messages and tonic client/server stubs of `proto/*.proto` into
-//! `OUT_DIR`. The protos are parsed by `protox` (pure Rust), so no system `protoc` is needed.
+//! `OUT_DIR`, and their encoded FileDescriptorSet (`descriptors.bin`, served by gRPC server
+//! reflection). The protos are parsed by `protox` (pure Rust), so no system `protoc` is needed.
 
 use std::path::Path;
 
@@ -11,6 +12,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", dir.join(proto).display());
     }
     let fds = protox::compile(PROTOS, [dir])?;
+    // The encoded set, for the server reflection service.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("descriptors.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -45,4 +45,6 @@ pub mod pb {
     pub mod routeguide {
         tonic::include_proto!("routeguide");
     }
+    /// The encoded `FileDescriptorSet` of all the above (for server reflection).
+    pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 }

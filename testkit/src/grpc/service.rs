@@ -528,6 +528,10 @@ pub async fn serve(
         test
     };
     let route_guide = RouteGuideServer::new(RouteGuideService::new());
+    // gRPC server reflection (v1) over every service above.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(super::pb::DESCRIPTORS)
+        .build_v1()?;
     // The two router types differ (with and without the layer): one body for both.
     macro_rules! run {
         ($router:expr) => {
@@ -556,12 +560,14 @@ pub async fn serve(
             .layer(EchoMetaLayer)
             .add_service(greeter)
             .add_service(test)
-            .add_service(route_guide));
+            .add_service(route_guide)
+            .add_service(reflection));
     } else {
         run!(builder
             .add_service(greeter)
             .add_service(test)
-            .add_service(route_guide));
+            .add_service(route_guide)
+            .add_service(reflection));
     }
     Ok(())
 }
