@@ -20,10 +20,9 @@
 //! `GRPC_BENCH_SERVE=1` measures nothing: it starts the server and nginx, prints their pids and
 //! a `curl` line for the Lua loop, and waits for Enter (for `perf`, `strace -c`, `ps -L`).
 //!
-//! The sequential and concurrency cases also run a second nginx whose runtime is loaded with the
-//! host's spins off (`spin_us = 0, poll_spin_us = 0` instead of `grpc.init`'s 20 and 50 µs):
-//! a gRPC round trip is far longer than either spin, so they never catch the answer and
-//! only burn CPU.
+//! Every case also runs a second nginx whose runtime is loaded with the host's spins off
+//! (`spin_us = 0, poll_spin_us = 0` instead of `grpc.init`'s 20 and 50 µs): a gRPC round trip
+//! is far longer than either spin, so they never catch the answer and only burn CPU.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -598,9 +597,17 @@ fn main() {
                 }),
                 (me, &mut || current.echo(size, calls)),
                 (me, &mut || multi.echo(size, calls)),
+                (wpid0, &mut || {
+                    lua(
+                        &nospin,
+                        &server,
+                        &format!("/seq?m=echo&size={size}&n={calls}"),
+                    )
+                }),
             ],
         );
-        let case = Case::new(&runs, calls, WARMUP);
+        let case = Case::new(&runs[..3], calls, WARMUP);
+        let case0 = Case::new(&spins_off_first(&runs), calls, WARMUP);
         eprintln!(
             "echo {:>8}: {:.1} / {:.1} / {:.1} µs per call ({} vs current-thread)",
             size_name(size),
@@ -609,7 +616,10 @@ fn main() {
             case.us_per_call[2],
             pct(case.ratio[0])
         );
-        sweep.push((size, calls, case.json(&runs, calls), case));
+        let mut json = case.json(&runs, calls);
+        json["grpc_zc_spins_off"] = case0.json(&spins_off_first(&runs), calls)["grpc_zc"].clone();
+        json["spins_off_ratio_vs_tonic_current_thread"] = json!(case0.ratio[0]);
+        sweep.push((size, calls, json, case, case0));
     }
 
     // Concurrency sweep: calls per second.
@@ -771,12 +781,14 @@ fn main() {
          the same size). Overhead: Lua µs minus native µs per call.\n\n\
          | payload | calls a side | Lua µs | tonic current-thread µs | tonic multi-thread µs \
          | Lua vs current-thread | overhead µs | Lua vs multi-thread | overhead µs \
-         | client CPU µs (Lua / current-thread) |\n|---|---|---|---|---|---|---|---|---|---|"
+         | client CPU µs (Lua / current-thread) | Lua, spins off µs | spins off vs \
+         current-thread |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
-    for (size, calls, _, c) in &sweep {
+    for (size, calls, _, c, c0) in &sweep {
         let _ = writeln!(
             t,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {:+.1} | {} | {:+.1} | {:.1} / {:.1} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {:+.1} | {} | {:+.1} | {:.1} / {:.1} | {:.1} \
+             | {} |",
             size_name(*size),
             calls * ROUNDS,
             c.us_per_call[0],
@@ -787,7 +799,9 @@ fn main() {
             pct(c.ratio[1]),
             c.overhead_us[1],
             c.client_cpu_us[0],
-            c.client_cpu_us[1]
+            c.client_cpu_us[1],
+            c0.us_per_call[0],
+            pct(c0.ratio[0])
         );
     }
     let _ = writeln!(
