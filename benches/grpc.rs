@@ -32,7 +32,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use testkit::bench::{cpu_seconds, machine, median, replace_section, thread_cpu_seconds};
+use testkit::bench::{
+    cpu_seconds, machine, median, minor_faults, replace_section, thread_cpu_seconds,
+};
 use testkit::grpc::pb::helloworld::{greeter_client::GreeterClient, HelloRequest};
 use testkit::grpc::pb::zctest::{test_client::TestClient, EchoRequest};
 use testkit::tonic::transport::Channel;
@@ -269,6 +271,9 @@ struct Run {
     secs: f64,
     client_cpu: f64,
     server_cpu: f64,
+    /// Minor page faults of the client process and of the server.
+    client_faults: f64,
+    server_faults: f64,
     /// CPU seconds per thread name of the client process (threads of one name summed).
     threads: Vec<(String, f64)>,
 }
@@ -296,7 +301,9 @@ fn interleave(server: i32, sides: &mut [Side<'_>]) -> Vec<Vec<Run>> {
         for k in 0..sides.len() {
             let side = (round + k) % sides.len();
             let (pid, run) = &mut sides[side];
+            let faults = |pid: i32| minor_faults(pid).map_or(f64::NAN, |f| f as f64);
             let (c0, s0, t0) = (cpu(*pid), cpu(server), by_thread_name(*pid));
+            let (cf0, sf0) = (faults(*pid), faults(server));
             let secs = run();
             let threads = by_thread_name(*pid)
                 .into_iter()
@@ -309,6 +316,8 @@ fn interleave(server: i32, sides: &mut [Side<'_>]) -> Vec<Vec<Run>> {
                 secs,
                 client_cpu: cpu(*pid) - c0,
                 server_cpu: cpu(server) - s0,
+                client_faults: faults(*pid) - cf0,
+                server_faults: faults(server) - sf0,
                 threads,
             });
         }
@@ -328,6 +337,9 @@ struct Case {
     client_cpu_us: [f64; 3],
     /// CPU µs per call of the server while each side ran.
     server_cpu_us: [f64; 3],
+    /// Minor page faults per call of the client process and of the server, per side.
+    client_faults: [f64; 3],
+    server_faults: [f64; 3],
     /// CPU µs per call of each thread (by name) of the Lua side's nginx worker.
     lua_threads_us: Vec<(String, f64)>,
 }
@@ -354,6 +366,8 @@ impl Case {
             overhead_us: [1, 2].map(|s| paired(s, &|l, n| us(l) - us(n))),
             client_cpu_us: per_side(&|r| cpu_us(r.client_cpu)),
             server_cpu_us: per_side(&|r| cpu_us(r.server_cpu)),
+            client_faults: per_side(&|r| r.client_faults / (calls + warmup) as f64),
+            server_faults: per_side(&|r| r.server_faults / (calls + warmup) as f64),
             lua_threads_us: runs[0][0]
                 .threads
                 .iter()
@@ -377,6 +391,8 @@ impl Case {
                 "us_per_call": self.us_per_call[s],
                 "client_cpu_us_per_call": self.client_cpu_us[s],
                 "server_cpu_us_per_call": self.server_cpu_us[s],
+                "client_page_faults_per_call": self.client_faults[s],
+                "server_page_faults_per_call": self.server_faults[s],
             })
         };
         let mut lua = side(0);
@@ -781,14 +797,15 @@ fn main() {
          the same size). Overhead: Lua µs minus native µs per call.\n\n\
          | payload | calls a side | Lua µs | tonic current-thread µs | tonic multi-thread µs \
          | Lua vs current-thread | overhead µs | Lua vs multi-thread | overhead µs \
-         | client CPU µs (Lua / current-thread) | Lua, spins off µs | spins off vs \
-         current-thread |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+         | client CPU µs (Lua / current-thread) | client page faults (Lua / current-thread) \
+         | Lua, spins off µs | spins off vs current-thread |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for (size, calls, _, c, c0) in &sweep {
         let _ = writeln!(
             t,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {:+.1} | {} | {:+.1} | {:.1} / {:.1} | {:.1} \
-             | {} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {:+.1} | {} | {:+.1} | {:.1} / {:.1} \
+             | {:.1} / {:.1} | {:.1} | {} |",
             size_name(*size),
             calls * ROUNDS,
             c.us_per_call[0],
@@ -800,6 +817,8 @@ fn main() {
             c.overhead_us[1],
             c.client_cpu_us[0],
             c.client_cpu_us[1],
+            c.client_faults[0],
+            c.client_faults[1],
             c0.us_per_call[0],
             pct(c0.ratio[0])
         );

@@ -1,5 +1,5 @@
-//! Helpers shared by the benchmarks in `benches/`: medians, the machine line, CPU time of a
-//! process, and rewriting one section of `docs/benchmarks.md`.
+//! Helpers shared by the benchmarks in `benches/`: medians, the machine line, CPU time and
+//! page faults of a process, and rewriting one section of `docs/benchmarks.md`.
 
 use std::fs;
 use std::path::Path;
@@ -49,6 +49,17 @@ pub fn replace_section(path: &Path, name: &str, body: &str) {
 /// `/proc/<pid>/stat`, clock-tick resolution). `None` when the process is gone.
 pub fn cpu_seconds(pid: i32) -> Option<f64> {
     stat_cpu_seconds(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Minor page faults of process `pid` so far, all its threads (`/proc/<pid>/stat`). `None`
+/// when the process is gone.
+pub fn minor_faults(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(7)?
+        .parse()
+        .ok()
 }
 
 /// utime + stime of a `/proc/.../stat` line, in seconds.
