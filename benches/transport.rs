@@ -8,7 +8,8 @@
 //!   bytes checked, then released);
 //! - `zc_string`: the same, reply materialized as a Lua string and compared.
 //!
-//! Each (size, path) is run `REPEATS` times and the median is kept; the whole table is measured
+//! Each (size, path) is run once per round, `REPEATS` interleaved rounds, and the median is
+//! kept; the whole table is measured
 //! in three placements ([`Setting`]): everything pinned to CPU 0 (`worker_cpu_affinity` /
 //! `taskset -c 0`; runtime threads inherit the worker's mask), split (the worker on CPU 0, the
 //! runtimes' threads on CPU 1 through their cfg `cpus=1`, the echo process on CPU 1), and
@@ -216,38 +217,41 @@ fn run(setting: Setting, quick: bool) -> Vec<Row> {
         .server_conf(LOCATION)
         .start();
 
-    let mut rows = Vec::new();
-    for &size in SIZES {
-        let calls = calls_for(size, quick);
-        let mut secs = Vec::new();
-        for path in PATHS {
-            let mut samples = Vec::new();
-            for _ in 0..REPEATS {
+    // REPEATS interleaved rounds over the whole grid, so that a burst of load from elsewhere on
+    // this shared machine spoils one sample of many cells rather than every sample of one.
+    let mut samples = vec![vec![Vec::new(); PATHS.len()]; SIZES.len()];
+    for round in 0..REPEATS {
+        for (si, &size) in SIZES.iter().enumerate() {
+            let calls = calls_for(size, quick);
+            for (pi, path) in PATHS.iter().enumerate() {
                 let url = format!(
                     "/bench?size={size}&n={calls}&path={path}&sock={}",
                     sock.display()
                 );
                 let r = nginx.get(&url);
                 assert_eq!(r.status, 200, "{url}: {}", r.text());
-                samples.push(r.text().trim().parse::<f64>().expect("seconds"));
+                let secs = r.text().trim().parse::<f64>().expect("seconds");
+                eprintln!(
+                    "{:<8} round {round} {:>8} B {path}: {:.3} s for {calls} calls ({:.2} µs/call)",
+                    setting.name(),
+                    size,
+                    secs,
+                    secs * 1e6 / calls as f64
+                );
+                samples[si][pi].push(secs);
             }
-            let m = median(samples);
-            eprintln!(
-                "{:<8} {:>8} B {path}: {:.3} s for {calls} calls ({:.2} µs/call)",
-                setting.name(),
-                size,
-                m,
-                m * 1e6 / calls as f64
-            );
-            secs.push(m);
         }
-        rows.push(Row {
+    }
+    let rows = SIZES
+        .iter()
+        .zip(samples)
+        .map(|(&size, per_path)| Row {
             setting,
             size,
-            calls,
-            secs,
-        });
-    }
+            calls: calls_for(size, quick),
+            secs: per_path.into_iter().map(median).collect(),
+        })
+        .collect();
     nginx.assert_log_clean(&[]);
     rows
 }
@@ -467,7 +471,7 @@ fn main() {
     fs::write(root.join("docs/img/transport.svg"), svg(&rows)).unwrap();
     let body = format!(
         "Command: `make bench` (`cargo bench --bench transport`{}). Machine: {machine}.\n\
-         Sequential echo calls from one Lua coroutine in one worker, median of {REPEATS} runs;\n\
+         Sequential echo calls from one Lua coroutine in one worker, median of {REPEATS} interleaved rounds;\n\
          results also in `target/bench/transport.json`.\n\n{}\n{}\n![µs per call](img/transport.svg)\n\n",
         if quick { ", BENCH_QUICK=1" } else { "" },
         table(&rows),
