@@ -1,5 +1,5 @@
-//! `grpc-test-server`: serves `helloworld.Greeter`, `zctest.Test` and `routeguide.RouteGuide`
-//! (see `testkit::grpc`) for the integration tests and benchmarks.
+//! `grpc-test-server`: serves `helloworld.Greeter`, `zctest.Test`, `routeguide.RouteGuide` and
+//! gRPC server reflection (see `testkit::grpc`) for the integration tests and benchmarks.
 //!
 //! ```text
 //! grpc-test-server [--listen ADDR | --uds PATH]

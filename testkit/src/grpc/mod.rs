@@ -7,6 +7,7 @@
 //!    ├── addr() / url() / channel() ──────── gRPC over h2 (TLS, mTLS) ──────►├─ helloworld.Greeter
 //!    ├── stats() ── /zctest.Test/Stats ─────────────────────────────────────►├─ zctest.Test
 //!    │                                                                       ├─ routeguide.RouteGuide
+//!    │                                                                       ├─ server reflection (v1)
 //!    └── restart() / stop() ── SIGKILL, same port again ────────────────────►└─ EchoMetaLayer
 //! ```
 //!
