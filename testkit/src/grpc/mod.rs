@@ -13,7 +13,8 @@
 //!
 //! Modules: [`pb`] (prost messages and tonic stubs generated from `testkit/proto/*.proto` by
 //! `build.rs` with `protox`, into `OUT_DIR`), `service` (what each method does, [`serve`]),
-//! [`routeguide`] (`routeguide.RouteGuide` and its generated feature database), `echo_meta` (request `x-*` metadata echoed as response headers and trailers), `process`
+//! [`routeguide`] (`routeguide.RouteGuide` and its generated feature database), `echo_meta`
+//! (request `x-*` metadata echoed as response headers and trailers), `process`
 //! ([`GrpcServer`]), `certs` ([`certs()`], [`TestCerts`]).
 
 mod certs;
