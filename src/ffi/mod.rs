@@ -66,6 +66,7 @@ pub unsafe extern "C" fn libffi_init(cfg: *const c_char, tq: *mut std::ffi::c_vo
             eprintln!("resty_grpc_zc: NULL task queue");
             return 2;
         };
+        tune_malloc();
         match Instance::start(config, queue) {
             Ok(_) => 0,
             Err(e) => {
@@ -74,6 +75,24 @@ pub unsafe extern "C" fn libffi_init(cfg: *const c_char, tq: *mut std::ffi::c_vo
             }
         }
     })
+}
+
+/// Tells glibc's malloc to keep freed memory for reuse (once per process). By default it hands
+/// blocks of 128 KiB and more back to the kernel on free, so every call with a large message
+/// (tonic's receive and send buffers) faulted its pages in again: measured 2-20 page faults per
+/// 100 KiB call and up to 514 per 1 MiB call on the tokio thread, ~15 % of a 100 KiB call. With
+/// blocks up to 16 MiB taken from the heap and the heap trimmed only above 64 MiB free, the
+/// buffers are reused. This is process-wide (the nginx worker's own mallocs too); a worker keeps
+/// at most 64 MiB of freed heap.
+fn tune_malloc() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: mallopt only changes allocator parameters; these two are valid for glibc.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        }
+    });
 }
 
 /// The C ABI version (see [`ABI_VERSION`]).
