@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::nginx;
-use crate::queue::{PostError, Queue};
+use crate::queue::{PostError, Queue, TryPoll};
 use crate::task::{Release, Task};
 
 /// Runs `f`, turning a panic into a logged alert and `on_panic`.
@@ -55,6 +55,94 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_v
                 ptr::null_mut()
             }
         }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Asynchronous polling (this host's addition, for runtimes whose thread runs an event loop).
+// Runtimes find these with dlsym and fall back to `ngx_http_lua_ffi_task_poll` without them.
+// ---------------------------------------------------------------------------------------------
+
+/// The queue's eventfd (non-blocking): readable after `resty_ffi_task_arm` returned 1 and an
+/// item was queued. Owned by the queue; -1 if it cannot be created.
+///
+/// # Safety
+/// `tq` is the queue handed to `libffi_init`, not yet finished (see `resty_ffi_task_try_poll`).
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_poll_fd(tq: *mut c_void) -> c_int {
+    guard("task_poll_fd", -1, || {
+        if tq.is_null() {
+            return -1;
+        }
+        // SAFETY: the runtime's reference keeps the queue alive.
+        unsafe { &*(tq as *const Queue) }.poll_fd()
+    })
+}
+
+/// The next task without waiting, or NULL: then `*finished` is 1 if the finish marker was
+/// consumed (the runtime's reference to the queue is released; `tq` must not be used again),
+/// else 0 (the queue is empty).
+///
+/// # Safety
+/// As `ngx_http_lua_ffi_task_poll`; `finished` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_try_poll(
+    tq: *mut c_void,
+    finished: *mut c_int,
+) -> *mut c_void {
+    guard("task_try_poll", ptr::null_mut(), || {
+        if tq.is_null() {
+            return ptr::null_mut();
+        }
+        let q = tq as *const Queue;
+        // SAFETY: the runtime's reference is alive until the marker is consumed.
+        let r = unsafe { (*q).try_poll() };
+        let done = matches!(r, TryPoll::Finished);
+        if !finished.is_null() {
+            // SAFETY: writable per the caller.
+            unsafe { finished.write(c_int::from(done)) };
+        }
+        match r {
+            TryPoll::Task(t) => t as *mut c_void,
+            TryPoll::Empty => ptr::null_mut(),
+            TryPoll::Finished => {
+                // SAFETY: released exactly once, as in `ngx_http_lua_ffi_task_poll`.
+                unsafe { Arc::decrement_strong_count(q) };
+                ptr::null_mut()
+            }
+        }
+    })
+}
+
+/// The runtime is about to wait on `resty_ffi_task_poll_fd`: 1 means wait (the next post makes
+/// the fd readable), 0 means an item is already queued (call `resty_ffi_task_try_poll`).
+///
+/// # Safety
+/// As `resty_ffi_task_poll_fd`.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_arm(tq: *mut c_void) -> c_int {
+    guard("task_arm", 0, || {
+        if tq.is_null() {
+            return 0;
+        }
+        // SAFETY: as above.
+        c_int::from(unsafe { &*(tq as *const Queue) }.arm())
+    })
+}
+
+/// Spins (or yields, when the poster shares the CPU) up to the queue's `poll_spin_us` for an
+/// item: 1 if one is queued. For runtimes with nothing else to do.
+///
+/// # Safety
+/// As `resty_ffi_task_poll_fd`.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_task_spin_poll(tq: *mut c_void) -> c_int {
+    guard("task_spin_poll", 0, || {
+        if tq.is_null() {
+            return 0;
+        }
+        // SAFETY: as above.
+        c_int::from(unsafe { &*(tq as *const Queue) }.spin_for_item())
     })
 }
 

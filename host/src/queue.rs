@@ -5,8 +5,8 @@
 //! more than a whole echo call, while a hot poller picks a task up in a fraction of a microsecond.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::task::Task;
@@ -51,6 +51,19 @@ pub struct Queue {
     /// other one shares its CPU (then it must yield, not spin).
     poller_cpu: AtomicI32,
     poster_cpu: AtomicI32,
+    /// An eventfd an asynchronous poller waits on instead of the condition variable (see
+    /// [`Queue::poll_fd`]); created on first request, closed with the queue.
+    notify_fd: OnceLock<i32>,
+    /// The asynchronous poller is about to wait on `notify_fd`: the next post writes it.
+    fd_armed: AtomicBool,
+}
+
+/// What [`Queue::try_poll`] found.
+pub(crate) enum TryPoll {
+    Task(*mut Task),
+    Empty,
+    /// The finish marker was consumed.
+    Finished,
 }
 
 impl Queue {
@@ -68,6 +81,8 @@ impl Queue {
             max,
             spin,
             finished: AtomicBool::new(false),
+            notify_fd: OnceLock::new(),
+            fd_armed: AtomicBool::new(false),
             poller_cpu: AtomicI32::new(-1),
             poster_cpu: AtomicI32::new(-1),
         }
@@ -101,7 +116,84 @@ impl Queue {
         if parked {
             self.cv.notify_one();
         }
+        self.notify_async();
         Ok(())
+    }
+
+    /// Wakes an asynchronous poller that armed its eventfd (after an item was queued).
+    fn notify_async(&self) {
+        // Pairs with the fence in `arm`: either the poller sees the new length, or we see its
+        // flag.
+        fence(Ordering::SeqCst);
+        if self.fd_armed.swap(false, Ordering::AcqRel) {
+            if let Some(&fd) = self.notify_fd.get() {
+                let one: u64 = 1;
+                // SAFETY: writing 8 bytes from a live u64 to our eventfd; a full counter (never
+                // reached) would only fail with EAGAIN, and the poller then still has a wake-up
+                // pending.
+                unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+            }
+        }
+    }
+
+    /// The eventfd of the asynchronous poll protocol (non-blocking, close-on-exec), created on
+    /// first use: a runtime whose thread runs an event loop waits for it to become readable
+    /// instead of blocking in [`Queue::poll`]:
+    ///
+    /// ```text
+    /// loop { while let Task(t) = try_poll() { serve(t) }
+    ///        if arm() { wait until poll_fd is readable; read it } }
+    /// ```
+    pub(crate) fn poll_fd(&self) -> i32 {
+        *self.notify_fd.get_or_init(|| {
+            // SAFETY: eventfd has no memory preconditions.
+            unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) }
+        })
+    }
+
+    /// Takes the next item without waiting.
+    pub(crate) fn try_poll(&self) -> TryPoll {
+        self.poller_cpu.store(current_cpu(), Ordering::Relaxed);
+        let mut inner = self.lock();
+        match inner.items.pop_front() {
+            Some(item) => {
+                self.len.store(inner.items.len(), Ordering::Release);
+                match item {
+                    Item::Task(t) => TryPoll::Task(t),
+                    Item::Finish => {
+                        self.finished.store(true, Ordering::Release);
+                        TryPoll::Finished
+                    }
+                }
+            }
+            None => TryPoll::Empty,
+        }
+    }
+
+    /// The asynchronous poller is about to wait on [`Queue::poll_fd`]. Returns false when an
+    /// item is already queued (take it with `try_poll` instead of waiting): after a true return
+    /// the next post writes the eventfd.
+    pub(crate) fn arm(&self) -> bool {
+        self.fd_armed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if self.len.load(Ordering::Acquire) != 0 {
+            self.fd_armed.store(false, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    /// Spins (or yields, when the poster shares this CPU) up to the queue's poll spin for an
+    /// item; returns whether one is queued.
+    pub(crate) fn spin_for_item(&self) -> bool {
+        self.poller_cpu.store(current_cpu(), Ordering::Relaxed);
+        if self.len.load(Ordering::Acquire) != 0 {
+            return true;
+        }
+        !self.spin.is_zero()
+            && spin_until(self.spin, &self.poster_cpu, || {
+                self.len.load(Ordering::Acquire) != 0
+            })
     }
 
     /// Appends the finish marker behind the pending tasks. Idempotent.
@@ -118,6 +210,7 @@ impl Queue {
         if parked {
             self.cv.notify_one();
         }
+        self.notify_async();
     }
 
     /// Blocks until a task arrives; `None` once the finish marker is consumed.
@@ -210,6 +303,13 @@ fn single_cpu() -> bool {
 
 impl Drop for Queue {
     fn drop(&mut self) {
+        if let Some(&fd) = self.notify_fd.get() {
+            if fd >= 0 {
+                // SAFETY: the eventfd is ours and nobody uses it once the queue is gone (the
+                // runtime stops waiting on it when it consumed the finish marker).
+                unsafe { libc::close(fd) };
+            }
+        }
         // Tasks still queued when the last reference goes (a runtime that stopped polling before
         // the marker) were never seen by a runtime: free them rather than leak.
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -264,6 +364,56 @@ mod tests {
         let b = task();
         assert_eq!(q.post(b), Err(PostError::Full));
         free(b);
+    }
+
+    #[test]
+    fn async_poll_protocol() {
+        let q = Arc::new(Queue::new(8, Duration::ZERO));
+        let fd = q.poll_fd();
+        assert!(fd >= 0);
+        assert_eq!(fd, q.poll_fd(), "one eventfd per queue");
+        assert!(matches!(q.try_poll(), TryPoll::Empty));
+        let readable = |fd: i32| {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live pollfd, no wait.
+            unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+        };
+        // Not armed: posting does not write the eventfd.
+        let t = task();
+        q.post(t).unwrap();
+        assert!(!readable(fd));
+        assert!(!q.arm(), "an item is queued: take it instead of waiting");
+        assert!(matches!(q.try_poll(), TryPoll::Task(p) if p == t));
+        free(t);
+        // Armed: the next post wakes the poller, once.
+        assert!(q.arm());
+        let t = task();
+        let poster = {
+            let q = q.clone();
+            let t = t as usize;
+            std::thread::spawn(move || q.post(t as *mut Task).unwrap())
+        };
+        poster.join().unwrap();
+        assert!(readable(fd));
+        let mut v = 0u64;
+        // SAFETY: reading 8 bytes into a live u64.
+        assert_eq!(unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) }, 8);
+        assert_eq!(v, 1);
+        assert!(matches!(q.try_poll(), TryPoll::Task(p) if p == t));
+        free(t);
+        q.post(task()).map_err(|_| ()).unwrap();
+        assert!(!readable(fd), "disarmed after one wake-up");
+        if let TryPoll::Task(p) = q.try_poll() {
+            free(p);
+        }
+        assert!(q.arm());
+        q.finish();
+        assert!(readable(fd));
+        assert!(matches!(q.try_poll(), TryPoll::Finished));
     }
 
     #[test]
