@@ -164,7 +164,10 @@ struct Conns {
 
 /// The instance's gRPC side: a small tokio runtime, its connections and its streams.
 pub struct Grpc {
-    rt: tokio::runtime::Runtime,
+    /// Where calls run: the instance's event loop (on its poll thread), or `owned`.
+    rt: tokio::runtime::Handle,
+    /// A runtime of its own, when the host cannot be polled asynchronously.
+    _owned: Option<tokio::runtime::Runtime>,
     conns: Mutex<Conns>,
     streams: Streams,
     next_id: AtomicU64,
@@ -189,13 +192,21 @@ impl Grpc {
             })
             .enable_all()
             .build()?;
-        Ok(Grpc {
+        let mut g = Grpc::with_handle(arena, rt.handle().clone());
+        g._owned = Some(rt);
+        Ok(g)
+    }
+
+    /// Runs calls on an existing runtime (the instance's poll thread event loop).
+    pub fn with_handle(arena: Arena, rt: tokio::runtime::Handle) -> Grpc {
+        Grpc {
             rt,
+            _owned: None,
             conns: Mutex::new(Conns::default()),
             streams: Streams::default(),
             next_id: AtomicU64::new(1),
             arena,
-        })
+        }
     }
 
     /// Returns a connection id for `opts`, sharing the channel (connected lazily, reconnecting

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::runtime::Runtime;
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -73,7 +73,7 @@ fn unknown(id: u64) -> Status {
 }
 
 fn spawn_done(
-    rt: &Runtime,
+    rt: &Handle,
     done: impl FnOnce(OpResult) + Send + 'static,
     r: OpResult,
 ) -> AbortHandle {
@@ -104,7 +104,7 @@ impl Streams {
     /// Starts a stream under `id`: its driver opens the call on the wire at once.
     pub(super) fn open(
         &self,
-        rt: &Runtime,
+        rt: &Handle,
         id: u64,
         conn: Conn,
         codec: ArenaCodec,
@@ -156,7 +156,7 @@ impl Streams {
     /// Queues a message on stream `id`.
     pub(super) fn send(
         &self,
-        rt: &Runtime,
+        rt: &Handle,
         id: u64,
         payload: Bytes,
         done: impl FnOnce(OpResult) + Send + 'static,
@@ -208,7 +208,7 @@ impl Streams {
     /// The next message of stream `id` (or its headers).
     pub(super) fn recv(
         &self,
-        rt: &Runtime,
+        rt: &Handle,
         id: u64,
         headers_only: bool,
         done: impl FnOnce(OpResult) + Send + 'static,
@@ -228,7 +228,7 @@ impl Streams {
     /// Half-closes stream `id`; with `finish`, answers with the response once the call ended.
     pub(super) fn close_send(
         &self,
-        rt: &Runtime,
+        rt: &Handle,
         id: u64,
         finish: bool,
         done: impl FnOnce(OpResult) + Send + 'static,

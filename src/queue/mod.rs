@@ -53,6 +53,112 @@ impl TaskQueue {
     }
 }
 
+/// The host's asynchronous poll functions (this project's host has them, lua-resty-ffi's does
+/// not): found with `dlsym` once, so the runtime works on either host.
+#[derive(Clone, Copy)]
+struct AsyncPoll {
+    poll_fd: unsafe extern "C" fn(*mut c_void) -> c_int,
+    try_poll: unsafe extern "C" fn(*mut c_void, *mut c_int) -> *mut c_void,
+    arm: unsafe extern "C" fn(*mut c_void) -> c_int,
+    spin_poll: unsafe extern "C" fn(*mut c_void) -> c_int,
+}
+
+fn async_poll() -> Option<AsyncPoll> {
+    static FOUND: std::sync::OnceLock<Option<AsyncPoll>> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        let find = |name: &std::ffi::CStr| {
+            // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks up a symbol.
+            let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+            (!p.is_null()).then_some(p)
+        };
+        let poll_fd = find(c"resty_ffi_task_poll_fd")?;
+        let try_poll = find(c"resty_ffi_task_try_poll")?;
+        let arm = find(c"resty_ffi_task_arm")?;
+        let spin_poll = find(c"resty_ffi_task_spin_poll")?;
+        // SAFETY: the host (host/src/ffi.rs) defines these symbols with exactly these
+        // signatures.
+        unsafe {
+            Some(AsyncPoll {
+                poll_fd: std::mem::transmute::<
+                    *mut c_void,
+                    unsafe extern "C" fn(*mut c_void) -> c_int,
+                >(poll_fd),
+                try_poll: std::mem::transmute::<
+                    *mut c_void,
+                    unsafe extern "C" fn(*mut c_void, *mut c_int) -> *mut c_void,
+                >(try_poll),
+                arm: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_void) -> c_int>(
+                    arm,
+                ),
+                spin_poll: std::mem::transmute::<
+                    *mut c_void,
+                    unsafe extern "C" fn(*mut c_void) -> c_int,
+                >(spin_poll),
+            })
+        }
+    })
+}
+
+/// What [`TaskQueue::try_poll`] found.
+pub enum TryPoll {
+    Task(Task),
+    Empty,
+    /// The finish marker was consumed: the queue is gone.
+    Finished,
+}
+
+impl TaskQueue {
+    /// The host's eventfd for asynchronous polling, when the host offers that protocol (see
+    /// `resty_ffi_task_poll_fd` in host/src/ffi.rs): readable after [`TaskQueue::arm`] returned
+    /// true and a task was posted. The host owns it.
+    pub fn poll_fd(&self) -> Option<std::os::fd::RawFd> {
+        let ops = async_poll()?;
+        if self.tq.is_null() {
+            return None;
+        }
+        // SAFETY: the queue is live (not finished).
+        let fd = unsafe { (ops.poll_fd)(self.tq) };
+        (fd >= 0).then_some(fd)
+    }
+
+    /// The next task without waiting (asynchronous protocol; only after `poll_fd` returned
+    /// `Some`).
+    pub fn try_poll(&mut self) -> TryPoll {
+        let (Some(ops), false) = (async_poll(), self.tq.is_null()) else {
+            return TryPoll::Finished;
+        };
+        let mut finished: c_int = 0;
+        // SAFETY: the queue is live until the marker is consumed; `finished` is a live int.
+        let t = unsafe { (ops.try_poll)(self.tq, &mut finished) };
+        match NonNull::new(t) {
+            Some(t) => TryPoll::Task(Task(t)),
+            None if finished != 0 => {
+                self.tq = ptr::null_mut();
+                TryPoll::Finished
+            }
+            None => TryPoll::Empty,
+        }
+    }
+
+    /// About to wait on the eventfd: true means wait, false means a task is already queued.
+    pub fn arm(&self) -> bool {
+        let (Some(ops), false) = (async_poll(), self.tq.is_null()) else {
+            return false;
+        };
+        // SAFETY: the queue is live.
+        unsafe { (ops.arm)(self.tq) != 0 }
+    }
+
+    /// Spins up to the queue's poll spin for a task; true if one is queued.
+    pub fn spin_poll(&self) -> bool {
+        let (Some(ops), false) = (async_poll(), self.tq.is_null()) else {
+            return false;
+        };
+        // SAFETY: the queue is live.
+        unsafe { (ops.spin_poll)(self.tq) != 0 }
+    }
+}
+
 /// A polled task, answered exactly once.
 pub struct Task(NonNull<c_void>);
 

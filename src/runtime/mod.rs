@@ -19,7 +19,7 @@ use crate::arena::{Arena, ArenaConfig, Handle, Lease, Stats};
 use crate::codec::{Inbound, INBOUND_VECTOR_AT};
 use crate::config::Config;
 use crate::grpc::{CallSpec, ConnectOpts, Grpc, Kind, Op, OpResult, Received};
-use crate::queue::{Desc, Task, TaskQueue};
+use crate::queue::{Desc, Task, TaskQueue, TryPoll};
 use crate::wire::{self, CallKind, Command, ReplyParts, Request};
 use tonic::Status;
 
@@ -105,6 +105,9 @@ pub struct Instance {
     /// gRPC operations running, by call key, to cancel them (and the stream they work on)
     /// when Lua gives up.
     aborts: Mutex<std::collections::HashMap<u64, (tokio::task::AbortHandle, Option<u64>)>>,
+    /// The poll thread's event loop, when the host can be polled asynchronously: gRPC calls run
+    /// on it, so a call goes nginx → this thread → nginx with no other hand-off.
+    io: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// Every instance of this process, by name, for Lua to find. Instances live until the process
@@ -135,6 +138,7 @@ impl Instance {
             calls: Calls::with_capacity(CALLS_CAPACITY),
             grpc: std::sync::OnceLock::new(),
             aborts: Mutex::new(std::collections::HashMap::new()),
+            io: std::sync::OnceLock::new(),
         }))
     }
 
@@ -150,6 +154,23 @@ impl Instance {
                 let pin = served.config.cpus.as_ref().map(|c| c.pin_current_thread());
                 let _ = pinned_tx.send(pin);
                 // Serve even when pinning failed: the host still appends its finish marker.
+                if queue.poll_fd().is_some() {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => {
+                            let _ = served.io.set(rt.handle().clone());
+                            rt.block_on(served.serve_async(queue));
+                            eprintln!(
+                                "resty_grpc_zc: instance {} finished",
+                                served.config.instance
+                            );
+                            return;
+                        }
+                        Err(e) => eprintln!("resty_grpc_zc: no event loop ({e}): blocking poll"),
+                    }
+                }
                 Instance::serve(&served, queue)
             })
             .map_err(|e| StartError(format!("cannot start the poll thread: {e}")))?;
@@ -251,6 +272,94 @@ impl Instance {
             }
         }
         eprintln!("resty_grpc_zc: instance {} finished", self.config.instance);
+    }
+
+    /// The poll thread as an event loop (current-thread tokio runtime): serves the queued tasks,
+    /// runs the gRPC calls they start, and waits on the host's eventfd when there is nothing
+    /// to do. While no gRPC operation is in flight it first spins for the next task, as the
+    /// blocking poll does (`poll_spin_us`).
+    async fn serve_async(self: &Arc<Self>, mut queue: TaskQueue) {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use tokio::io::unix::AsyncFd;
+        let Some(fd) = queue.poll_fd() else {
+            return;
+        };
+        // Our own descriptor of the host's eventfd: the host closes its own when the queue goes,
+        // which may happen before this loop drops its registration.
+        // SAFETY: dup of a descriptor the host keeps open at least until the finish marker.
+        let own = unsafe { libc::dup(fd) };
+        if own < 0 {
+            eprintln!("[alert] resty_grpc_zc: cannot watch the host queue: dup failed");
+            return;
+        }
+        // SAFETY: `own` is a fresh descriptor that nothing else owns.
+        let own = unsafe { std::os::fd::OwnedFd::from_raw_fd(own) };
+        let fd = own.as_raw_fd();
+        // SAFETY: `own` stays open, and is the same descriptor, for as long as the AsyncFd that
+        // owns it lives.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(own, tokio::io::Interest::READABLE) };
+        let afd = match registered {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("[alert] resty_grpc_zc: cannot watch the host queue: {e}");
+                return;
+            }
+        };
+        /// Tasks served before the calls in flight get a turn.
+        const BATCH: usize = 64;
+        loop {
+            let mut served = 0;
+            while served < BATCH {
+                match queue.try_poll() {
+                    TryPoll::Task(task) => {
+                        self.handle_guarded(task);
+                        served += 1;
+                    }
+                    TryPoll::Empty => break,
+                    TryPoll::Finished => return,
+                }
+            }
+            if served > 0 {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if self.idle() && queue.spin_poll() {
+                continue;
+            }
+            if !queue.arm() {
+                continue;
+            }
+            match afd.readable().await {
+                Ok(mut ready) => {
+                    let mut v = 0u64;
+                    // SAFETY: reading 8 bytes into a live u64 from the host's non-blocking
+                    // eventfd (EAGAIN when another wake-up already drained it).
+                    unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
+                    ready.clear_ready();
+                }
+                Err(e) => {
+                    eprintln!("[alert] resty_grpc_zc: waiting on the host queue: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// No gRPC operation is waiting on the network.
+    fn idle(&self) -> bool {
+        self.aborts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    fn handle_guarded(self: &Arc<Self>, task: Task) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(task)));
+        if r.is_err() {
+            // The task was answered by its Drop while unwinding.
+            eprintln!("[alert] resty_grpc_zc: panic while serving a task (answered with an error)");
+        }
     }
 
     fn handle(self: &Arc<Self>, task: Task) {
@@ -546,8 +655,11 @@ impl Instance {
         if let Some(g) = self.grpc.get() {
             return Ok(g);
         }
-        let g = Grpc::new(self.arena.clone(), GRPC_THREADS, self.config.cpus.clone())
-            .map_err(|e| Answer::Error(RC_EXHAUSTED, format!("cannot start tokio: {e}")))?;
+        let g = match self.io.get() {
+            Some(rt) => Grpc::with_handle(self.arena.clone(), rt.clone()),
+            None => Grpc::new(self.arena.clone(), GRPC_THREADS, self.config.cpus.clone())
+                .map_err(|e| Answer::Error(RC_EXHAUSTED, format!("cannot start tokio: {e}")))?,
+        };
         Ok(self.grpc.get_or_init(|| g))
     }
 
