@@ -55,6 +55,8 @@ const PAYLOADS: &[(usize, usize)] = &[
 ];
 /// Concurrency sweep: (calls in flight, calls per side over all rounds).
 const CONCURRENCY: &[(usize, usize)] = &[(1, 8_000), (16, 40_000), (64, 40_000), (256, 40_000)];
+/// Tables vs strings (issue 5): (method, payload bytes, calls per side over all rounds).
+const TABLE_CASES: &[(&str, usize, usize)] = &[("hello", 0, 40_000), ("echo", 102_400, 3_200)];
 /// Calls before each timed loop (per request / per client), not timed.
 const WARMUP: usize = 100;
 /// Round trips per ping-pong measurement.
@@ -124,6 +126,9 @@ init_by_lua_block {
         assert(ok, conn)
         return conn
     end
+    -- Message types for the table path (issue 5).
+    assert(require("resty.grpc_zc").load_proto({ "helloworld.proto", "zctest.proto" },
+                                                { import_paths = { "@PROTO@" } }))
 }
 "#;
 
@@ -140,6 +145,37 @@ location /seq {
         calls(conn, path, req, WARMUP, want)
         local t0 = bench_now()
         calls(conn, path, req, n, want)
+        ngx.say(bench_now() - t0)
+    }
+}
+location /tables {
+    content_by_lua_block {
+        -- The same calls with Lua tables (encoded into the arena, replies decoded from it) or
+        -- with pre-encoded strings.
+        local conn = connect()
+        local size, n = tonumber(ngx.var.arg_size), tonumber(ngx.var.arg_n)
+        local tables = ngx.var.arg_mode == "table"
+        local path, req, want
+        if ngx.var.arg_m == "echo" then
+            local p = payload(size, 1)
+            path, want = UNARY, size
+            req = tables and { payload = p } or field1(p)
+        else
+            path = HELLO
+            req = tables and { name = "world" } or field1("world")
+        end
+        local function run(k)
+            for _ = 1, k do
+                local ok, res = conn:unary(path, req)
+                if not ok then error(res) end
+                if want and #(tables and res.payload or res) < want then
+                    error("short reply")
+                end
+            end
+        end
+        run(WARMUP)
+        local t0 = bench_now()
+        run(n)
         ngx.say(bench_now() - t0)
     }
 }
@@ -533,7 +569,8 @@ fn main() {
             .http_conf(
                 &HTTP_CONF
                     .replace("@PAYLOAD@", LUA_PAYLOAD)
-                    .replace("@WARMUP@", &WARMUP.to_string()),
+                    .replace("@WARMUP@", &WARMUP.to_string())
+                    .replace("@PROTO@", &root.join("testkit/proto").to_string_lossy()),
             )
             .server_conf(SERVER_CONF)
             .start()
@@ -697,6 +734,42 @@ fn main() {
     nginx.assert_log_clean(&[]);
     nospin.assert_log_clean(&[]);
 
+    // Tables vs pre-encoded strings (issue 5), both from Lua, same nginx, rounds interleaved.
+    let mut tables = Vec::new();
+    for &(m, size, total) in TABLE_CASES {
+        let calls = (scale(total) / ROUNDS).max(1);
+        let q = |mode: &str| format!("/tables?m={m}&mode={mode}&size={size}&n={calls}");
+        let runs = interleave(
+            spid,
+            &mut [
+                (wpid, &mut || lua(&nginx, &server, &q("table"))),
+                (wpid, &mut || lua(&nginx, &server, &q("string"))),
+            ],
+        );
+        let ratio = median(
+            runs[0]
+                .iter()
+                .zip(&runs[1])
+                .map(|(t, s)| t.secs / s.secs)
+                .collect(),
+        );
+        let us = |k: usize| {
+            median(
+                runs[k]
+                    .iter()
+                    .map(|r| r.secs * 1e6 / calls as f64)
+                    .collect(),
+            )
+        };
+        eprintln!(
+            "tables {m} {size} B: {:.1} vs {:.1} µs per call ({})",
+            us(0),
+            us(1),
+            pct(ratio)
+        );
+        tables.push((m, size, calls * ROUNDS, us(0), us(1), ratio));
+    }
+
     // Targets (issue 4), against the faster native client of each comparison.
     let best = |r: [f64; 2]| r[0].max(r[1]);
     let seq_overhead = best(seq.ratio) - 1.0;
@@ -729,6 +802,10 @@ fn main() {
             v
         }).collect::<Vec<_>>(),
         "concurrency_sweep": conc.iter().map(|c| c.4.clone()).collect::<Vec<_>>(),
+        "tables_vs_strings": tables.iter().map(|t| json!({
+            "method": t.0, "payload_bytes": t.1, "calls_a_side": t.2,
+            "tables_us_per_call": t.3, "strings_us_per_call": t.4, "ratio": t.5,
+        })).collect::<Vec<_>>(),
         "targets": {
             "sequential_overhead": seq_overhead,
             "overhead_100k_over_512": if growth.is_nan() { Value::Null } else { json!(growth) },
@@ -896,5 +973,29 @@ fn main() {
         met(rel64 >= 0.90)
     );
     replace_section(&root.join("docs/benchmarks.md"), "grpc", &t);
+
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "Command: `make bench` (`cargo bench --bench grpc`{}). Machine: {machine}. The same          nginx worker calls the same server with Lua tables (`resty.grpc_zc.pb` encodes into          the arena, decodes replies from it; types from `grpc.load_proto`) and with          pre-encoded protobuf strings; {ROUNDS} rounds interleaved, ratio paired by round          (median). Targets: tables add at most 5 % for SayHello and 10 % at 100 KB.\n\n         | call | calls a side | tables µs | strings µs | tables vs strings | target |\n         |---|---|---|---|---|---|",
+        if quick { ", BENCH_QUICK=1" } else { "" },
+    );
+    for (m, size, calls, tus, sus, ratio) in &tables {
+        let (name, limit) = if *m == "hello" {
+            ("SayHello {name = \"world\"}".to_owned(), 1.05)
+        } else {
+            (
+                format!("zctest.Test/Unary {{payload = {}}}", size_name(*size)),
+                1.10,
+            )
+        };
+        let _ = writeln!(
+            t,
+            "| {name} | {calls} | {tus:.1} | {sus:.1} | {:+.1} % | {} |",
+            (ratio - 1.0) * 100.0,
+            met(*ratio <= limit)
+        );
+    }
+    replace_section(&root.join("docs/benchmarks.md"), "grpc-tables", &t);
     println!("{t}");
 }
