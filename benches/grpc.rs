@@ -977,7 +977,13 @@ fn main() {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "Command: `make bench` (`cargo bench --bench grpc`{}). Machine: {machine}. The same          nginx worker calls the same server with Lua tables (`resty.grpc_zc.pb` encodes into          the arena, decodes replies from it; types from `grpc.load_proto`) and with          pre-encoded protobuf strings; {ROUNDS} rounds interleaved, ratio paired by round          (median). Targets: tables add at most 5 % for SayHello and 10 % at 100 KB.\n\n         | call | calls a side | tables µs | strings µs | tables vs strings | target |\n         |---|---|---|---|---|---|",
+        "Command: `make bench` (`cargo bench --bench grpc`{}). Machine: {machine}. The same \
+         nginx worker calls the same server with Lua tables (`resty.grpc_zc.pb` encodes into \
+         the arena, decodes replies from it; types from `grpc.load_proto`) and with \
+         pre-encoded protobuf strings; {ROUNDS} rounds interleaved, ratio paired by round \
+         (median). Targets: tables add at most 5 % for SayHello and 10 % at 100 KB.\n\n\
+         | call | calls a side | tables µs | strings µs | tables vs strings | target |\n\
+         |---|---|---|---|---|---|",
         if quick { ", BENCH_QUICK=1" } else { "" },
     );
     for (m, size, calls, tus, sus, ratio) in &tables {
