@@ -1080,11 +1080,9 @@ function Stream:send(msg)
 end
 
 
--- stream:recv() -> true, msg | true, nil (end of stream) | false, err, status
-function Stream:recv()
-    if self.ended then
-        return true, nil
-    end
+-- Posts a StreamRecv (`headers_only`: wait for the response headers only) and returns the reply
+-- and its call, or false, err, status.
+local function recv_op(self, headers_only)
     local ok, err, status = check_open(self)
     if not ok then
         return ok, err, status
@@ -1096,35 +1094,16 @@ function Stream:recv()
     end
     StreamRecv.Start(builder)
     StreamRecv.AddStream(builder, self.id)
-    local reply, rh, rstatus = stream_op(self, h, Command.StreamRecv, StreamRecv.End(builder))
-    if not reply then
-        return false, rh, rstatus
+    if headers_only then
+        StreamRecv.AddHeadersOnly(builder, true)
     end
-    if reply:HasMessage() then
-        local ptr, len = payload_of(reply)
-        local msg
-        if self.types then
-            msg, err = decode_message(self.types, ptr, len)
-        else
-            msg = ptr and ffi_string(ptr, len) or ""
-        end
-        finish(rh, 1, 0)
-        if msg == nil then
-            return fail(self, "INTERNAL: " .. err, { code = INTERNAL, message = err,
-                                                    metadata = {} })
-        end
-        return true, msg
-    end
-    self.trls = metadata_of(reply, true) or {}
-    self.ended = true
-    finish(rh, 1, 0)
-    forget(self)
-    return true, nil
+    return stream_op(self, h, Command.StreamRecv, StreamRecv.End(builder))
 end
 
 
--- stream:close_send() -> true | false, err, status: no more messages from this side.
-function Stream:close_send()
+-- Posts a StreamCloseSend (`finish_call`: and wait for the response and the end of the call);
+-- returns the reply and its call, or false, err, status.
+local function close_send_op(self, finish_call)
     local ok, err, status = check_open(self)
     if not ok then
         return ok, err, status
@@ -1136,10 +1115,64 @@ function Stream:close_send()
     end
     StreamCloseSend.Start(builder)
     StreamCloseSend.AddStream(builder, self.id)
-    local reply, rh, rstatus = stream_op(self, h, Command.StreamCloseSend,
-                                         StreamCloseSend.End(builder))
+    if finish_call then
+        StreamCloseSend.AddFinish(builder, true)
+    end
+    return stream_op(self, h, Command.StreamCloseSend, StreamCloseSend.End(builder))
+end
+
+
+-- The message of a stream reply (a table when the stream uses tables), or nil, err.
+local function message_of(self, reply)
+    local ptr, len = payload_of(reply)
+    if self.types then
+        return decode_message(self.types, ptr, len)
+    end
+    return ptr and ffi_string(ptr, len) or ""
+end
+
+
+-- The stream ended normally with `reply` (its trailers); `rh` is the reply's call.
+local function ended(self, reply, rh)
+    self.trls = metadata_of(reply, true) or {}
+    self.ended = true
+    finish(rh, 1, 0)
+    forget(self)
+end
+
+
+local function undecodable(self, err)
+    return fail(self, "INTERNAL: " .. err, { code = INTERNAL, message = err, metadata = {} })
+end
+
+
+-- stream:recv() -> true, msg | true, nil (end of stream) | false, err, status
+function Stream:recv()
+    if self.ended then
+        return true, nil
+    end
+    local reply, rh, status = recv_op(self, false)
     if not reply then
-        return false, rh, rstatus
+        return false, rh, status
+    end
+    if not reply:HasMessage() then
+        ended(self, reply, rh)
+        return true, nil
+    end
+    local msg, err = message_of(self, reply)
+    finish(rh, 1, 0)
+    if msg == nil then
+        return undecodable(self, err)
+    end
+    return true, msg
+end
+
+
+-- stream:close_send() -> true | false, err, status: no more messages from this side.
+function Stream:close_send()
+    local reply, rh, status = close_send_op(self, false)
+    if not reply then
+        return false, rh, status
     end
     finish(rh, 1, 0)
     return true
@@ -1149,36 +1182,14 @@ end
 -- stream:finish() -> true, res | false, err, status: half-closes a client stream and returns
 -- its one response once the call has ended (trailers then in stream:trailers()).
 function Stream:finish()
-    local ok, err, status = check_open(self)
-    if not ok then
-        return ok, err, status
-    end
-    local h
-    h, err = begin_build(64)
-    if not h then
-        return local_failure(RESOURCE_EXHAUSTED, err)
-    end
-    StreamCloseSend.Start(builder)
-    StreamCloseSend.AddStream(builder, self.id)
-    StreamCloseSend.AddFinish(builder, true)
-    local reply, rh, rstatus = stream_op(self, h, Command.StreamCloseSend,
-                                         StreamCloseSend.End(builder))
+    local reply, rh, status = close_send_op(self, true)
     if not reply then
-        return false, rh, rstatus
+        return false, rh, status
     end
-    local ptr, len = payload_of(reply)
-    local res
-    if self.types then
-        res, err = decode_message(self.types, ptr, len)
-    else
-        res = ptr and ffi_string(ptr, len) or ""
-    end
-    self.trls = metadata_of(reply, true) or {}
-    self.ended = true
-    finish(rh, 1, 0)
-    forget(self)
+    local res, err = message_of(self, reply)
+    ended(self, reply, rh)
     if res == nil then
-        return fail(self, "INTERNAL: " .. err, { code = INTERNAL, message = err, metadata = {} })
+        return undecodable(self, err)
     end
     return true, res
 end
@@ -1189,19 +1200,7 @@ function Stream:headers()
     if self.hdrs then
         return self.hdrs
     end
-    local ok, err = check_open(self)
-    if not ok then
-        return nil, err
-    end
-    local h
-    h, err = begin_build(64)
-    if not h then
-        return nil, err
-    end
-    StreamRecv.Start(builder)
-    StreamRecv.AddStream(builder, self.id)
-    StreamRecv.AddHeadersOnly(builder, true)
-    local reply, rh = stream_op(self, h, Command.StreamRecv, StreamRecv.End(builder))
+    local reply, rh = recv_op(self, true)
     if not reply then
         return nil, rh
     end
