@@ -271,7 +271,17 @@ fn tls_mtls_and_wrong_ca() {
                 assert(ok, conn)
                 local ok, res, st = conn:unary("/helloworld.Greeter/SayHello", hello_req("tls"),
                                                { timeout = 3000 })
-                ngx.say(ok and field1(res) or res:match("^[A-Z_]+"))
+                if not ok then
+                    return ngx.say(res:match("^[A-Z_]+"))
+                end
+                -- a bidi stream over the same TLS channel
+                local ok, s = conn:new_stream("/zctest.Test/Bidi", { timeout = 3000 })
+                assert(ok, s)
+                assert(s:send(echo_req({ payload = "over tls" })))
+                local ok, msg = s:recv()
+                assert(ok and msg, tostring(msg))
+                s:close()
+                ngx.say(field1(res), " ", field1(msg))
             }
         }
     "#;
@@ -286,7 +296,10 @@ fn tls_mtls_and_wrong_ca() {
         };
     let client = Some((certs.client_cert_path(), certs.client_key_path()));
     let client = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-    assert_eq!(q(&tls.addr(), &certs.ca_path(), None), "Hello tls\n");
+    assert_eq!(
+        q(&tls.addr(), &certs.ca_path(), None),
+        "Hello tls over tls\n"
+    );
     assert_eq!(
         q(&tls.addr(), &certs.other_ca_path(), None),
         "UNAVAILABLE\n",
@@ -294,7 +307,7 @@ fn tls_mtls_and_wrong_ca() {
     );
     assert_eq!(
         q(&mtls.addr(), &certs.ca_path(), client),
-        "Hello tls\n",
+        "Hello tls over tls\n",
         "mTLS"
     );
     assert_eq!(
