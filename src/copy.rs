@@ -26,13 +26,9 @@ pub fn slow_distance(dst: *const u8, src: *const u8) -> bool {
 /// When the lengths differ.
 pub fn copy(dst: &mut [u8], src: &[u8]) {
     assert_eq!(dst.len(), src.len(), "copy: lengths differ");
-    if src.len() < SMALL || !slow_distance(dst.as_ptr(), src.as_ptr()) {
-        dst.copy_from_slice(src);
-        return;
-    }
     // SAFETY: both slices are valid for `len` bytes and do not overlap (`dst` is a unique
     // borrow).
-    unsafe { copy_loop(dst.as_mut_ptr(), src.as_ptr(), src.len()) }
+    unsafe { copy_raw(dst.as_mut_ptr(), src.as_ptr(), src.len()) }
 }
 
 /// [`copy`] for raw pointers (the FFI export `grpc_zc_copy`).
