@@ -509,6 +509,22 @@ impl Nginx {
         String::from_utf8_lossy(&raw).into_owned()
     }
 
+    /// Waits up to `timeout` for error.log to contain `needle`; returns the log either way.
+    /// For lines written by a runtime's own threads, which may land after the response.
+    pub fn wait_log_contains(&self, needle: &str, timeout: Duration) -> (bool, String) {
+        let until = Instant::now() + timeout;
+        loop {
+            let log = self.error_log();
+            if log.contains(needle) {
+                return (true, log);
+            }
+            if Instant::now() >= until {
+                return (false, log);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Panics, printing the log, if error.log has an `[alert]`, `[crit]` or `[emerg]` line, or
     /// an `[error]` line that contains none of `allowed_errors`.
     pub fn assert_log_clean(&self, allowed_errors: &[&str]) {
