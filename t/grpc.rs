@@ -192,6 +192,82 @@ fn reconnects_after_a_server_restart() {
 }
 
 #[test]
+fn ipv6_target_and_keepalive_detect_a_frozen_server() {
+    let server = GrpcServer::start(GrpcServerOpts::default().listen("[::1]:0"));
+    let t = server.addr();
+    assert!(t.starts_with("[::1]:"), "{t}");
+    // ka=1: HTTP/2 pings every 200 ms, the connection dropped when one is not answered in
+    // 300 ms. Prints the outcome and the seconds it took.
+    let server_conf = r#"
+        location /call {
+            content_by_lua_block {
+                local grpc = require "resty.grpc_zc"
+                local opts = { connect_timeout = 1000 }
+                if ngx.var.arg_ka then
+                    opts.keepalive_interval, opts.keepalive_timeout = 200, 300
+                end
+                local ok, conn = grpc.connect(ngx.var.arg_t, opts)
+                assert(ok, conn)
+                ngx.update_time()
+                local t0 = ngx.now()
+                local ok, res = conn:unary("/helloworld.Greeter/SayHello", hello_req("v6"),
+                                           { timeout = tonumber(ngx.var.arg_timeout) })
+                ngx.update_time()
+                ngx.say(ok and field1(res) or res:match("^[A-Z_]+"), " ",
+                        string.format("%.2f", ngx.now() - t0))
+            }
+        }
+    "#;
+    let n = nginx("grpc-keepalive", 1, server_conf);
+    let ka = format!("/call?t={t}&ka=1&timeout=10000");
+    let plain = format!("/call?t={t}&timeout=1500");
+    let outcome = |body: String| -> (String, f64) {
+        let (what, secs) = body
+            .trim_end()
+            .rsplit_once(' ')
+            .expect("outcome and seconds");
+        (what.to_owned(), secs.parse().expect("seconds"))
+    };
+    assert_eq!(outcome(n.get_ok(&ka)).0, "Hello v6", "a call to [::1]");
+    assert_eq!(outcome(n.get_ok(&plain)).0, "Hello v6");
+
+    // Frozen: TCP still acknowledges, so only the pings can tell. Both calls go out at once.
+    server.pause();
+    let (ka_body, plain_body) = std::thread::scope(|s| {
+        let a = s.spawn(|| n.get_ok(&ka));
+        let b = s.spawn(|| n.get_ok(&plain));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (what, secs) = outcome(ka_body);
+    assert_eq!(what, "UNAVAILABLE", "keepalive gave up on the connection");
+    assert!(secs < 3.0, "keepalive took {secs} s (deadline 10 s)");
+    let (what, secs) = outcome(plain_body);
+    assert_eq!(
+        what, "DEADLINE_EXCEEDED",
+        "without keepalive only the deadline ends it"
+    );
+    assert!(
+        (1.45..2.0).contains(&secs),
+        "deadline of 1.5 s took {secs} s"
+    );
+
+    // Back: the keepalive connection was dropped and is made again.
+    server.resume();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (what, _) = outcome(n.get_ok(&ka));
+        if what == "Hello v6" {
+            break;
+        }
+        assert_eq!(what, "UNAVAILABLE", "while reconnecting");
+        assert!(Instant::now() < deadline, "no reconnection within 10 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(outcome(n.get_ok(&plain)).0, "Hello v6");
+    n.assert_log_clean(&[]);
+}
+
+#[test]
 fn thousand_calls_from_200_concurrent_requests_on_2_workers() {
     let server = GrpcServer::start(GrpcServerOpts::default());
     let server_conf = r#"

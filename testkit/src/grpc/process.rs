@@ -22,6 +22,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How to run the server. `Default`: plaintext on `127.0.0.1:<free port>`, default limits.
 #[derive(Debug, Clone, Default)]
 pub struct GrpcServerOpts {
+    /// Listen on this TCP address (e.g. `[::1]:0`) instead of `127.0.0.1:0`.
+    pub listen: Option<String>,
     /// Serve on this unix socket instead of TCP.
     pub uds: Option<PathBuf>,
     /// Serve TLS with `server_cert_pem`/`server_key_pem` of these certificates.
@@ -58,6 +60,12 @@ impl GrpcServerOpts {
 
     pub fn uds(mut self, path: impl Into<PathBuf>) -> Self {
         self.uds = Some(path.into());
+        self
+    }
+
+    /// Listen on `addr` (port 0: a free one), e.g. `[::1]:0`.
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.to_owned());
         self
     }
 
@@ -157,7 +165,8 @@ impl GrpcServer {
             addr: String::new(),
             child: None,
         };
-        server.launch("127.0.0.1:0");
+        let listen = server.opts.listen.clone();
+        server.launch(listen.as_deref().unwrap_or("127.0.0.1:0"));
         server
     }
 
@@ -256,6 +265,21 @@ impl GrpcServer {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Freezes the server (SIGSTOP): its sockets stay open and the kernel still acknowledges
+    /// what arrives, but nothing answers, not even HTTP/2 pings. [`GrpcServer::resume`] undoes it.
+    pub fn pause(&self) {
+        // SAFETY: signalling our own child, which has not been waited for.
+        let rc = unsafe { libc::kill(self.pid(), libc::SIGSTOP) };
+        assert_eq!(rc, 0, "SIGSTOP: {}", std::io::Error::last_os_error());
+    }
+
+    /// Lets a [`GrpcServer::pause`]d server run again (SIGCONT).
+    pub fn resume(&self) {
+        // SAFETY: as in `pause`.
+        let rc = unsafe { libc::kill(self.pid(), libc::SIGCONT) };
+        assert_eq!(rc, 0, "SIGCONT: {}", std::io::Error::last_os_error());
     }
 
     /// Stops the server if it runs ([`GrpcServer::stop`]) and starts it again with the same
