@@ -274,6 +274,7 @@ pub extern "C" fn grpc_zc_strerror(code: c_int) -> *const c_char {
         0 => c"ok",
         E_BAD_ARGUMENT => c"bad argument",
         E_PANIC => c"internal error (panic)",
+        proto::E_PROTO_COMPILE => c".proto files did not compile",
         c => match crate::arena::ArenaErrorKind::from_code(c) {
             Some(crate::arena::ArenaErrorKind::Exhausted) => c"arena exhausted",
             Some(crate::arena::ArenaErrorKind::TooLarge) => c"message larger than max_message",
@@ -285,4 +286,27 @@ pub extern "C" fn grpc_zc_strerror(code: c_int) -> *const c_char {
         },
     };
     s.as_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(code: c_int) -> &'static str {
+        // SAFETY: grpc_zc_strerror returns a static NUL-terminated string for any code.
+        unsafe { CStr::from_ptr(grpc_zc_strerror(code)) }
+            .to_str()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_code_this_library_returns_has_a_text() {
+        assert_eq!(text(0), "ok");
+        assert_eq!(text(E_BAD_ARGUMENT), "bad argument");
+        assert_eq!(text(E_PANIC), "internal error (panic)");
+        assert_eq!(text(proto::E_PROTO_COMPILE), ".proto files did not compile");
+        let exhausted = crate::arena::ArenaErrorKind::Exhausted.code();
+        assert_eq!(text(exhausted), "arena exhausted");
+        assert_eq!(text(-12345), "unknown error");
+    }
 }
