@@ -1,10 +1,10 @@
 //! Streaming gRPC calls (server, client and bidi) and response metadata on a real nginx against
 //! the real tonic test server: every message checked, headers and trailers, status codes with
 //! details mid-stream, deadlines and every way Lua can let go of a stream (close, garbage
-//! collection, aborted request, deadline) seen as a cancellation by the server, and the arena
+//! collection, aborted request, `ngx.exit`, deadline) seen as a cancellation by the server, and the arena
 //! and stream table idle afterwards.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use testkit::{get_many_blocking, Client, GrpcServer, GrpcServerOpts};
 
@@ -222,6 +222,22 @@ fn deadlines_and_every_way_of_letting_go_cancel_the_stream() {
             ngx.say(tostring(ok))
             "#,
         ),
+        location(
+            "/exit",
+            r#"
+            -- ngx.exit while light threads wait on a stream and on a unary call
+            local ok, s = conn:server_stream("/zctest.Test/ServerStream",
+                echo_req({ count = 2, sleep_ms = 5000 }))
+            assert(select(2, s:recv()))
+            ngx.thread.spawn(function() return s:recv() end)
+            ngx.thread.spawn(function()
+                return conn:unary("/zctest.Test/Unary", echo_req({ sleep_ms = 5000 }))
+            end)
+            ngx.sleep(0.05)
+            ngx.say("exiting")
+            ngx.exit(200)
+            "#,
+        ),
         USAGE.to_owned(),
     ]
     .concat();
@@ -257,6 +273,18 @@ fn deadlines_and_every_way_of_letting_go_cancel_the_stream() {
     assert!(
         c >= 8,
         "server saw {c} cancelled calls after aborted requests"
+    );
+    assert_eq!(n.get_ok(&format!("/exit?t={t}")), "exiting\n");
+    let started = Instant::now();
+    let _ = n.get_ok("/usage");
+    let (c, _) = server.wait_stats(Duration::from_secs(5), |c, _| c >= 10);
+    assert!(
+        c >= 10,
+        "server saw {c} cancelled calls after ngx.exit (a stream and a unary call)"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cancelled on the wire, not ended by the server's 5 s sleep"
     );
     assert_eq!(n.get_ok("/usage"), format!("{IDLE}\n"));
     n.assert_log_clean(&[]);
