@@ -17,7 +17,11 @@
 //!
 //! Writes `target/bench/grpc.json` and the `grpc` section of `docs/benchmarks.md`. Run with
 //! `make bench` (or `cargo bench --bench grpc`); `BENCH_QUICK=1` runs 10x fewer calls.
-//! `GRPC_BENCH_SERVE=1` measures nothing: it starts the server and nginx, prints their pids and
+//! `GRPC_BENCH_PIN=1` runs everything pinned (the nginx worker and the native clients on CPU 0,
+//! the server on CPU 1) and writes `target/bench/grpc-pinned.json` and the `grpc-pinned`
+//! section instead (not part of `make bench`: it did not change the picture, see
+//! docs/benchmarks.md). `GRPC_BENCH_SPIN="spin_us,poll_spin_us"` sets the first nginx's host
+//! spins. `GRPC_BENCH_SERVE=1` measures nothing: it starts the server and nginx, prints their pids and
 //! a `curl` line for the Lua loop, and waits for Enter (for `perf`, `strace -c`, `ps -L`).
 //!
 //! Every case also runs a second nginx whose runtime is loaded with the host's spins off
@@ -461,6 +465,54 @@ fn spins_off_first(runs: &[Vec<Run>]) -> Vec<Vec<Run>> {
     vec![runs[3].clone(), runs[1].clone(), runs[2].clone()]
 }
 
+/// Where the clients and the server run (`GRPC_BENCH_PIN=1`: pinned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Left to the scheduler.
+    Unpinned,
+    /// Each client (the nginx worker with its runtime's threads, or the native client with
+    /// its runtime) on CPU 0, the server on CPU 1: `worker_cpu_affinity`, as nginx users run
+    /// it, with the server on another core as it would be on another machine.
+    Pinned,
+}
+
+impl Placement {
+    fn from_env(cpus: usize) -> Placement {
+        let pin = std::env::var("GRPC_BENCH_PIN").is_ok_and(|v| v == "1");
+        assert!(!pin || cpus >= 2, "GRPC_BENCH_PIN=1 needs two CPUs");
+        if pin {
+            Placement::Pinned
+        } else {
+            Placement::Unpinned
+        }
+    }
+
+    fn worker_conf(self) -> &'static str {
+        match self {
+            Placement::Unpinned => "",
+            Placement::Pinned => "worker_cpu_affinity 0001;",
+        }
+    }
+
+    /// The suffix of this placement's JSON file and docs section.
+    fn suffix(self) -> &'static str {
+        match self {
+            Placement::Unpinned => "",
+            Placement::Pinned => "-pinned",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Placement::Unpinned => "one nginx worker, unpinned; native clients unpinned",
+            Placement::Pinned => {
+                "pinned: the nginx worker (its runtime's threads inherit the mask) and the \
+                 native clients on CPU 0, the server on CPU 1"
+            }
+        }
+    }
+}
+
 /// Pins the calling thread to `cpus`.
 fn pin_thread(cpus: &[usize]) {
     // SAFETY: an all-zero cpu_set_t is a valid empty set and CPU_SET only writes inside it.
@@ -545,6 +597,8 @@ fn main() {
         return;
     }
     let started = Instant::now();
+    // Before any pinning: machine() counts the CPUs this thread may use.
+    let machine = machine();
     let quick = std::env::var_os("BENCH_QUICK").is_some();
     let scale = |n: usize| if quick { (n / 10).max(ROUNDS) } else { n };
     let root = repo_root();
@@ -561,9 +615,24 @@ fn main() {
     eprintln!("TCP ping-pong round trip: {same:.1} µs on one vCPU, {cross:.1} µs across two");
 
     let server = GrpcServer::start(GrpcServerOpts::default().threads(0).no_gzip_replies());
+    let placement = Placement::from_env(cpus);
+    if placement == Placement::Pinned {
+        // Every thread of the server (tokio's blocking pool included) on CPU 1.
+        let pinned = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", "1", &server.pid().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status();
+        assert!(
+            pinned.is_ok_and(|s| s.success()),
+            "taskset of the server failed"
+        );
+    }
     let start_nginx = |name: &str, spin: &str| {
         NginxBuilder::new(name)
             .workers(1)
+            // The runtime's threads start in init_worker, after nginx set the worker's mask,
+            // and inherit it.
+            .main_conf(placement.worker_conf())
             .env("GRPC_BENCH_SPIN", spin)
             .error_log_level("warn")
             .http_conf(
@@ -575,7 +644,11 @@ fn main() {
             .server_conf(SERVER_CONF)
             .start()
     };
-    let nginx = start_nginx("bench-grpc", "");
+    // GRPC_BENCH_SPIN (see HTTP_CONF) also sets the first nginx's spins, for experiments.
+    let nginx = start_nginx(
+        "bench-grpc",
+        &std::env::var("GRPC_BENCH_SPIN").unwrap_or_default(),
+    );
     let nospin = start_nginx("bench-grpc-nospin", "0,0");
     if std::env::var_os("GRPC_BENCH_SERVE").is_some() {
         println!(
@@ -587,6 +660,11 @@ fn main() {
         );
         let _ = std::io::stdin().read_line(&mut String::new());
         return;
+    }
+    if placement == Placement::Pinned {
+        // The native clients on CPU 0 like the nginx worker; the multi-thread runtime's
+        // workers inherit this thread's mask.
+        pin_thread(&[0]);
     }
     let current = Native::new(
         tokio::runtime::Builder::new_current_thread()
@@ -736,7 +814,14 @@ fn main() {
 
     // Tables vs pre-encoded strings (issue 5), both from Lua, same nginx, rounds interleaved.
     let mut tables = Vec::new();
-    for &(m, size, total) in TABLE_CASES {
+    // Tables vs strings compares two Lua paths in one worker: measured in the default
+    // placement only.
+    let table_cases = if placement == Placement::Pinned {
+        &[][..]
+    } else {
+        TABLE_CASES
+    };
+    for &(m, size, total) in table_cases {
         let calls = (scale(total) / ROUNDS).max(1);
         let q = |mode: &str| format!("/tables?m={m}&mode={mode}&size={size}&n={calls}");
         let runs = interleave(
@@ -788,11 +873,10 @@ fn main() {
     let rel64 = c64.3[0].min(c64.3[1]);
     let elapsed = started.elapsed().as_secs_f64();
 
-    let machine = machine();
     let doc = json!({
         "benchmark": "grpc", "machine": machine, "quick": quick, "rounds": ROUNDS,
         "server": "grpc-test-server --threads 0 --no-gzip-replies (one tokio thread)",
-        "nginx": "1 worker, unpinned",
+        "placement": placement.describe(),
         "spins_off": "second nginx, runtime loaded with spin_us = 0, poll_spin_us = 0",
         "ping_pong_us": { "one_vcpu": same, "two_vcpus": cross },
         "sequential_say_hello": seq_json,
@@ -816,7 +900,7 @@ fn main() {
         "elapsed_s": elapsed,
     });
     fs::write(
-        root.join("target/bench/grpc.json"),
+        root.join(format!("target/bench/grpc{}.json", placement.suffix())),
         serde_json::to_string_pretty(&doc).unwrap() + "\n",
     )
     .unwrap();
@@ -824,16 +908,20 @@ fn main() {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "Command: `make bench` (`cargo bench --bench grpc`{}). Machine: {machine}.\n\
+        "Command: `make bench` (`{}cargo bench --bench grpc`{}). Machine: {machine}.\n\
          Server: testkit's `grpc-test-server --threads 0 --no-gzip-replies` (one tokio thread) on\n\
-         127.0.0.1; one nginx worker, unpinned; native clients: tonic 0.14 on a current-thread\n\
-         runtime and on a default multi-thread runtime (2 workers). Sides interleaved, {ROUNDS}\n\
-         rounds, medians of rounds; ratios and overheads are paired by round. This run: {:.0} s.\n\
+         127.0.0.1; one nginx worker; native clients: tonic 0.14 on a current-thread\n\
+         runtime and on a default multi-thread runtime (2 workers). Placement: {}.\n\
+         Sides interleaved, {ROUNDS} rounds, medians of rounds; ratios and overheads are paired\n\
+         by round. This run: {:.0} s.\n\
          \"Spins off\": a second nginx (1 worker) whose runtime is loaded with the host's\n\
          `spin_us = 0, poll_spin_us = 0` (defaults 20 and 50). Results also in\n\
-         `target/bench/grpc.json`.\n",
+         `target/bench/grpc{}.json`.\n",
+        if placement == Placement::Pinned { "GRPC_BENCH_PIN=1 " } else { "" },
         if quick { ", BENCH_QUICK=1" } else { "" },
+        placement.describe(),
         elapsed,
+        placement.suffix(),
     );
     let _ = writeln!(
         t,
@@ -976,8 +1064,15 @@ fn main() {
         rel64 * 100.0,
         met(rel64 >= 0.90)
     );
-    replace_section(&root.join("docs/benchmarks.md"), "grpc", &t);
+    replace_section(
+        &root.join("docs/benchmarks.md"),
+        &format!("grpc{}", placement.suffix()),
+        &t,
+    );
 
+    if tables.is_empty() {
+        return;
+    }
     let mut t = String::new();
     let _ = writeln!(
         t,
