@@ -547,6 +547,13 @@ async fn unary(
         .await
         .map_err(local_status)?
         .ok_or_else(|| Status::internal("missing response message"))?;
+    // tonic's `trailers()` would drop further messages unseen; a unary call has one (INTERNAL,
+    // as grpc-go says and as client-streaming calls do in `stream.rs`).
+    if body.message().await.map_err(local_status)?.is_some() {
+        return Err(Status::internal(
+            "cardinality violation: expected <EOF> for non server-streaming RPCs, but received another message",
+        ));
+    }
     let trailers = body.trailers().await.map_err(local_status)?;
     let want = call.want_metadata;
     Ok(Received {
@@ -601,17 +608,35 @@ fn local_status(st: Status) -> Status {
 }
 
 /// A call that failed in the local transport (a refused TLS handshake, a connection closed
-/// before any response) is UNAVAILABLE, as grpc-go reports it; tonic says UNKNOWN "transport
-/// error" or CANCELLED depending on how the connection died. Such statuses carry the transport
-/// error as their source; statuses sent by a server have none and pass through unchanged.
+/// before any response, a peer that does not speak HTTP/2) is UNAVAILABLE, as grpc-go reports
+/// it; tonic says UNKNOWN "transport error" or CANCELLED depending on how the connection died,
+/// or INTERNAL for an HTTP/2 connection error, depending on when the call saw it. Such statuses
+/// carry the transport error as their source; statuses sent by a server have none and pass
+/// through unchanged. A stream reset by the server (RST_STREAM) keeps tonic's code.
 fn transport_is_unavailable(st: Status) -> Status {
     let local = std::error::Error::source(&st);
     match (st.code(), local) {
         (Code::Unknown | Code::Cancelled, Some(e)) => {
             Status::unavailable(format!("{}: {e}", st.message()))
         }
+        (_, Some(e)) if h2_connection_error(e) => {
+            Status::unavailable(format!("{}: {e}", st.message()))
+        }
         _ => st,
     }
+}
+
+/// Whether an HTTP/2 error in `e`'s source chain is one of the connection as a whole (a
+/// GOAWAY sent or received, the socket failing) rather than of the one stream.
+fn h2_connection_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut e = Some(e);
+    while let Some(err) = e {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() || h2.is_io();
+        }
+        e = err.source();
+    }
+    false
 }
 
 fn add_metadata(md: &mut MetadataMap, key: &str, value: &[u8]) -> Result<(), Status> {

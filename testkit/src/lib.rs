@@ -17,7 +17,8 @@
 //!
 //! Modules: `nginx` (builder and process control), `http` (blocking client and [`get_many`]),
 //! [`procfs`] (pids, rss, signals), `uds` ([`UdsEcho`], the proxy-model echo server), [`grpc`]
-//! (the `grpc-test-server` binary's services, [`GrpcServer`] to run it, [`certs()`] for TLS).
+//! (the `grpc-test-server` binary's services, [`GrpcServer`] to run it, [`certs()`] for TLS,
+//! [`RogueServer`], a misbehaving HTTP/2 peer).
 
 pub mod alloc;
 pub mod bench;
@@ -29,7 +30,7 @@ mod uds;
 
 use std::path::PathBuf;
 
-pub use grpc::{certs, GrpcServer, GrpcServerOpts, TestCerts};
+pub use grpc::{certs, GrpcServer, GrpcServerOpts, Misbehaviour, RogueServer, TestCerts};
 pub use http::{get_many, Client, Resp, TIMEOUT};
 pub use nginx::{Nginx, NginxBuilder, MODULES_DIR, NGINX_BIN};
 pub use uds::UdsEcho;

@@ -1,5 +1,5 @@
 //! gRPC test servers for the integration tests: the `grpc-test-server` binary's services, the
-//! process handle tests start it with, and test certificates.
+//! process handle tests start it with, test certificates, and a misbehaving HTTP/2 peer.
 //!
 //! ```text
 //!  test ── GrpcServer::start(opts) ──spawn──► target/release/grpc-test-server --listen 127.0.0.1:0
@@ -15,17 +15,20 @@
 //! `build.rs` with `protox`, into `OUT_DIR`), `service` (what each method does, [`serve`]),
 //! [`routeguide`] (`routeguide.RouteGuide` and its generated feature database), `echo_meta`
 //! (request `x-*` metadata echoed as response headers and trailers), `process`
-//! ([`GrpcServer`]), `certs` ([`certs()`], [`TestCerts`]).
+//! ([`GrpcServer`]), `certs` ([`certs()`], [`TestCerts`]), `rogue` ([`RogueServer`], an HTTP/2
+//! peer that breaks the protocol in the ways [`Misbehaviour`] lists).
 
 mod certs;
 mod echo_meta;
 mod process;
+mod rogue;
 pub mod routeguide;
 mod service;
 
 pub use certs::{certs, TestCerts};
 pub use echo_meta::{EchoMeta, EchoMetaLayer};
 pub use process::{GrpcServer, GrpcServerOpts};
+pub use rogue::{Misbehaviour, RogueServer, GARBAGE, REPLY};
 pub use routeguide::RouteGuideService;
 pub use service::{
     serve, Counters, Echoes, GreeterService, Limits, Listen, Replies, ServeConfig, TestService,
