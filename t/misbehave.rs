@@ -110,19 +110,18 @@ fn expected(m: Misbehaviour) -> [Want; 3] {
     use Misbehaviour as M;
     let all = |w: Want| [w, w, w];
     match m {
-        // tonic checks neither the content-type nor (while a body comes) the HTTP status: it
-        // reads "<html" as a gRPC frame, and '<' (60) is no valid compressed flag: INTERNAL.
-        // grpc-go looks at the headers first: UNKNOWN ("unexpected content-type") for a 200.
-        // We follow tonic.
-        M::NotGrpc => all(Fails(INTERNAL, 0, "invalid compression flag: 60")),
-        // No grpc-status and no body: the HTTP status mapped as the spec says
-        // (http-grpc-status-mapping.md; tonic's `infer_grpc_status`, grpc-go alike).
-        M::Http503 => all(Fails(UNAVAILABLE, 0, "mapped from HTTP status code 503")),
-        M::Http404 => all(Fails(UNIMPLEMENTED, 0, "mapped from HTTP status code 404")),
-        // A proxy's 502 page: tonic reads the HTML body as frames before it ever looks at the
-        // status (as for NotGrpc): INTERNAL. grpc-go maps the 502 from the headers:
-        // UNAVAILABLE. We follow tonic (a retry on UNAVAILABLE does not see this one).
-        M::ProxyError => all(Fails(INTERNAL, 0, "invalid compression flag: 60")),
+        // Not gRPC (the response head has no gRPC content type and no grpc-status): tonic
+        // would read "<html" as a gRPC frame ('<' (60) is no valid compressed flag: INTERNAL);
+        // grpc-go looks at the head first, and so does the runtime (src/grpc/response.rs):
+        // UNKNOWN for a 200.
+        M::NotGrpc => all(Fails(UNKNOWN, 0, "unexpected content-type \"text/html\"")),
+        // No grpc-status: the HTTP status mapped as grpc-go maps it (the spec's
+        // http-grpc-status-mapping.md; tonic's `infer_grpc_status` alike).
+        M::Http503 => all(Fails(UNAVAILABLE, 0, "status code received from server: 503")),
+        M::Http404 => all(Fails(UNIMPLEMENTED, 0, "status code received from server: 404")),
+        // A proxy's 502 page: UNAVAILABLE from the head, as grpc-go (tonic alone would read the
+        // HTML body as frames first: INTERNAL, and a retry on UNAVAILABLE would miss it).
+        M::ProxyError => all(Fails(UNAVAILABLE, 0, "502 (Bad Gateway)")),
         // Trailers (grpc-status 0) while 90 announced bytes are missing. tonic ends the
         // message stream at the trailers without looking at what it has buffered: the unary
         // call finds no message (INTERNAL, as grpc-go's "unexpected EOF" is), but a stream
@@ -175,9 +174,14 @@ fn expected(m: Misbehaviour) -> [Want; 3] {
             Fails(UNKNOWN, 1, ""),
             Fails(UNKNOWN, 1, ""),
         ],
-        // RST_STREAM INTERNAL_ERROR: INTERNAL (PROTOCOL-HTTP2.md's mapping; tonic's
-        // `code_from_h2`, grpc-go alike).
-        M::Reset => all(Fails(INTERNAL, 0, "h2 protocol error")),
+        // RST_STREAM INTERNAL_ERROR: INTERNAL (PROTOCOL-HTTP2.md's mapping, grpc-go alike;
+        // tonic maps it only when built with its `server` feature, so the runtime does it,
+        // `transport_is_unavailable`).
+        M::Reset => all(Fails(
+            INTERNAL,
+            0,
+            "stream terminated by RST_STREAM with error code: INTERNAL_ERROR",
+        )),
         // The connection goes mid-call (after a message): UNAVAILABLE, as grpc-go says for a
         // transport that closed (tonic says UNKNOWN; `transport_is_unavailable` maps it).
         M::GoAway | M::Hangup => [

@@ -7,6 +7,7 @@
 //! streams are a driver task each (`stream.rs`), addressed by a stream id.
 #![forbid(unsafe_code)]
 
+mod response;
 mod stream;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use tonic::metadata::{
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
+use self::response::CheckedChannel;
 use crate::arena::Arena;
 use crate::codec::{ArenaCodec, Inbound};
 use crate::config::CpuList;
@@ -484,8 +486,11 @@ fn too_large_to_send(payload: &Bytes, conn: &Conn) -> Status {
 }
 
 /// A tonic client for `conn`'s settings and the call's compression.
-fn client(conn: &Conn, compression: Option<&str>) -> Result<tonic::client::Grpc<Channel>, Status> {
-    let mut c = tonic::client::Grpc::new(conn.channel.clone())
+fn client(
+    conn: &Conn,
+    compression: Option<&str>,
+) -> Result<tonic::client::Grpc<CheckedChannel>, Status> {
+    let mut c = tonic::client::Grpc::new(CheckedChannel(conn.channel.clone()))
         .max_decoding_message_size(conn.max_recv)
         .max_encoding_message_size(conn.max_send)
         .accept_compressed(CompressionEncoding::Gzip);
@@ -607,36 +612,62 @@ fn local_status(st: Status) -> Status {
     transport_is_unavailable(st)
 }
 
-/// A call that failed in the local transport (a refused TLS handshake, a connection closed
-/// before any response, a peer that does not speak HTTP/2) is UNAVAILABLE, as grpc-go reports
-/// it; tonic says UNKNOWN "transport error" or CANCELLED depending on how the connection died,
-/// or INTERNAL for an HTTP/2 connection error, depending on when the call saw it. Such statuses
+/// A call that failed in the local transport is reported as grpc-go reports it. Such statuses
 /// carry the transport error as their source; statuses sent by a server have none and pass
-/// through unchanged. A stream reset by the server (RST_STREAM) keeps tonic's code.
+/// through unchanged.
+/// - A stream reset (RST_STREAM from the server, or sent by h2 over the server's protocol
+///   error): the code of the gRPC HTTP/2 spec for its reason (INTERNAL for most, UNAVAILABLE
+///   for REFUSED_STREAM, ...). tonic maps these only when built with its `server` feature.
+/// - An error of the HTTP/2 connection as a whole (a GOAWAY, the socket failing, a peer that
+///   does not speak HTTP/2), a refused TLS handshake, a connection closed before any response:
+///   UNAVAILABLE. tonic says UNKNOWN "transport error", CANCELLED or INTERNAL, depending on
+///   when the call saw it.
 fn transport_is_unavailable(st: Status) -> Status {
-    let local = std::error::Error::source(&st);
-    match (st.code(), local) {
-        (Code::Unknown | Code::Cancelled, Some(e)) => {
-            Status::unavailable(format!("{}: {e}", st.message()))
+    let Some(local) = std::error::Error::source(&st) else {
+        return st;
+    };
+    match h2_error(local) {
+        Some(h2) if h2.is_reset() => {
+            let reason = h2.reason().unwrap_or(h2::Reason::INTERNAL_ERROR);
+            return Status::new(
+                code_of_reset(reason),
+                format!("stream terminated by RST_STREAM with error code: {reason:?}"),
+            );
         }
-        (_, Some(e)) if h2_connection_error(e) => {
-            Status::unavailable(format!("{}: {e}", st.message()))
+        Some(h2) if h2.is_go_away() || h2.is_io() => {
+            return Status::unavailable(format!("{}: {local}", st.message()));
+        }
+        _ => {}
+    }
+    match st.code() {
+        Code::Unknown | Code::Cancelled => {
+            Status::unavailable(format!("{}: {local}", st.message()))
         }
         _ => st,
     }
 }
 
-/// Whether an HTTP/2 error in `e`'s source chain is one of the connection as a whole (a
-/// GOAWAY sent or received, the socket failing) rather than of the one stream.
-fn h2_connection_error(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The first HTTP/2 error in `e`'s source chain.
+fn h2_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
     let mut e = Some(e);
     while let Some(err) = e {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() || h2.is_io();
+            return Some(h2);
         }
         e = err.source();
     }
-    false
+    None
+}
+
+/// The gRPC code of an RST_STREAM reason (PROTOCOL-HTTP2.md, "Errors").
+fn code_of_reset(reason: h2::Reason) -> Code {
+    match reason {
+        h2::Reason::REFUSED_STREAM => Code::Unavailable,
+        h2::Reason::CANCEL => Code::Cancelled,
+        h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+        h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+        _ => Code::Internal,
+    }
 }
 
 fn add_metadata(md: &mut MetadataMap, key: &str, value: &[u8]) -> Result<(), Status> {
