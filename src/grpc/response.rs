@@ -4,6 +4,10 @@
 //! looks at the response head first and maps the HTTP status (`UNAVAILABLE` for 502, 503,
 //! 504 and 429, `UNIMPLEMENTED` for 404, ...). [`CheckedChannel`] does what grpc-go does, before
 //! tonic sees the response.
+//!
+//! It also watches the gRPC framing of the body ([`FrameCheck`]): trailers that come in the
+//! middle of a message end a stream cleanly in tonic, the partial message dropped without a
+//! word; grpc-go fails the call with INTERNAL, and so does this runtime.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -48,8 +52,99 @@ impl Future for CheckedResponse {
         let resp = ready!(Pin::new(&mut self.0).poll(cx))?;
         Poll::Ready(match not_grpc(resp.status(), resp.headers()) {
             Some(st) => Err(Box::new(st)),
-            None => Ok(resp),
+            None => Ok(resp.map(|inner| {
+                Body::new(FrameCheck {
+                    inner,
+                    framing: Framing::default(),
+                })
+            })),
         })
+    }
+}
+
+/// A response body that fails with INTERNAL when its trailers come in the middle of a gRPC
+/// message (length-prefixed frames: a flag byte, a 4-byte big-endian length, the bytes).
+#[derive(Debug)]
+struct FrameCheck {
+    inner: Body,
+    framing: Framing,
+}
+
+/// Where the body is in its gRPC framing.
+#[derive(Debug, Default)]
+struct Framing {
+    /// The current prefix, `seen` bytes of it so far.
+    prefix: [u8; 5],
+    seen: usize,
+    /// Bytes of the current message still to come.
+    remaining: u64,
+}
+
+impl Framing {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = data
+                    .len()
+                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                self.remaining -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = data.len().min(5 - self.seen);
+            self.prefix[self.seen..self.seen + n].copy_from_slice(&data[..n]);
+            self.seen += n;
+            data = &data[n..];
+            if self.seen == 5 {
+                let len = [
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ];
+                self.remaining = u64::from(u32::from_be_bytes(len));
+                self.seen = 0;
+            }
+        }
+    }
+
+    fn mid_message(&self) -> bool {
+        self.seen > 0 || self.remaining > 0
+    }
+}
+
+impl http_body::Body for FrameCheck {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(data) = f.data_ref() {
+                this.framing.feed(data);
+            } else if f.is_trailers() && this.framing.mid_message() {
+                let missing = match this.framing.remaining {
+                    0 => "in its length prefix".to_owned(),
+                    n => format!("{n} bytes missing"),
+                };
+                return Poll::Ready(Some(Err(Status::internal(format!(
+                    "server sent trailers in the middle of a message ({missing})"
+                )))));
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -121,6 +216,29 @@ mod tests {
             h.insert("grpc-status", "5".parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn framing_follows_messages_across_chunks() {
+        let mut f = Framing::default();
+        assert!(!f.mid_message());
+        // An empty message, then one of 3 bytes split across chunks, prefix included.
+        f.feed(&[0, 0, 0, 0, 0]);
+        assert!(!f.mid_message());
+        f.feed(&[0, 0, 0]);
+        assert!(f.mid_message());
+        f.feed(&[0, 3, b'a']);
+        assert!(f.mid_message());
+        f.feed(b"bc");
+        assert!(!f.mid_message());
+        // Two whole messages in one chunk, then half a prefix.
+        f.feed(&[1, 0, 0, 0, 1, b'x', 0, 0, 0, 0, 2, b'y', b'z', 0, 0]);
+        assert!(f.mid_message());
+        f.feed(&[0, 0, 0]);
+        assert!(!f.mid_message());
+        // A big announced length is waited for.
+        f.feed(&[0, 0x7f, 0xff, 0xff, 0xff]);
+        assert_eq!(f.remaining, 0x7fff_ffff);
     }
 
     #[test]
