@@ -12,7 +12,7 @@ LIBS := libresty_ffi.so libresty_ffi_echo.so libresty_grpc_zc.so
 # Integration tests start real nginx instances; on 2 cores two at a time keeps timings sane.
 TEST_THREADS ?= 2
 
-.PHONY: all deps nginx-tree build test lint gen gen-check demo bench fuzz install uninstall clean
+.PHONY: all deps nginx-tree build test lint gen gen-check demo bench fuzz miri install uninstall clean
 
 all: build
 
@@ -55,6 +55,13 @@ fuzz: nginx-tree
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && for t in envelope serve; do \
 	  $(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+
+# Miri on the modules whose unsafe code it can run (the arena, the wire format, the copy
+# loop; tests that spawn processes or map 64 MiB skip themselves). Nightly; not part of CI.
+miri:
+	rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^miri' \
+	  || rustup component add --toolchain nightly miri
+	$(CARGO) +nightly miri test -p resty_grpc_zc --lib -- arena wire:: copy::
 
 install: build
 	install -d $(DESTDIR)$(LIB_DIR) $(DESTDIR)$(LUA_DIR)
