@@ -808,13 +808,13 @@ fn concurrent_lease_write_verify_release() {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             // Under miri, shorter messages: it checks every byte written and read.
-            let (mid, small) = if cfg!(miri) {
-                (4096, 256)
+            let (big, mid, small) = if cfg!(miri) {
+                (max.min(8192), 4096, 256)
             } else {
-                (32768, 1024)
+                (max, 32768, 1024)
             };
             let len = match rng % 16 {
-                0 => (rng >> 8) as usize % max,
+                0 => (rng >> 8) as usize % big,
                 1..=4 => (rng >> 8) as usize % mid,
                 _ => (rng >> 8) as usize % small,
             };
