@@ -917,7 +917,11 @@ fn main() {
          \"Spins off\": a second nginx (1 worker) whose runtime is loaded with the host's\n\
          `spin_us = 0, poll_spin_us = 0` (defaults 20 and 50). Results also in\n\
          `target/bench/grpc{}.json`.\n",
-        if placement == Placement::Pinned { "GRPC_BENCH_PIN=1 " } else { "" },
+        if placement == Placement::Pinned {
+            "GRPC_BENCH_PIN=1 "
+        } else {
+            ""
+        },
         if quick { ", BENCH_QUICK=1" } else { "" },
         placement.describe(),
         elapsed,

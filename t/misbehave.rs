@@ -117,8 +117,16 @@ fn expected(m: Misbehaviour) -> [Want; 3] {
         M::NotGrpc => all(Fails(UNKNOWN, 0, "unexpected content-type \"text/html\"")),
         // No grpc-status: the HTTP status mapped as grpc-go maps it (the spec's
         // http-grpc-status-mapping.md; tonic's `infer_grpc_status` alike).
-        M::Http503 => all(Fails(UNAVAILABLE, 0, "status code received from server: 503")),
-        M::Http404 => all(Fails(UNIMPLEMENTED, 0, "status code received from server: 404")),
+        M::Http503 => all(Fails(
+            UNAVAILABLE,
+            0,
+            "status code received from server: 503",
+        )),
+        M::Http404 => all(Fails(
+            UNIMPLEMENTED,
+            0,
+            "status code received from server: 404",
+        )),
         // A proxy's 502 page: UNAVAILABLE from the head, as grpc-go (tonic alone would read the
         // HTML body as frames first: INTERNAL, and a retry on UNAVAILABLE would miss it).
         M::ProxyError => all(Fails(UNAVAILABLE, 0, "502 (Bad Gateway)")),
