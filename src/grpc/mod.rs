@@ -552,12 +552,9 @@ async fn unary(
         .await
         .map_err(local_status)?
         .ok_or_else(|| Status::internal("missing response message"))?;
-    // tonic's `trailers()` would drop further messages unseen; a unary call has one (INTERNAL,
-    // as grpc-go says and as client-streaming calls do in `stream.rs`).
+    // tonic's `trailers()` would drop further messages unseen.
     if body.message().await.map_err(local_status)?.is_some() {
-        return Err(Status::internal(
-            "cardinality violation: expected <EOF> for non server-streaming RPCs, but received another message",
-        ));
+        return Err(second_response_message());
     }
     let trailers = body.trailers().await.map_err(local_status)?;
     let want = call.want_metadata;
@@ -567,6 +564,15 @@ async fn unary(
         headers: want.then(|| metadata_list(&headers)),
         trailers: want.then(|| trailers.as_ref().map(metadata_list).unwrap_or_default()),
     })
+}
+
+/// A second response message on a call that has one (unary, client-streaming): INTERNAL, in
+/// grpc-go's words.
+fn second_response_message() -> Status {
+    Status::internal(
+        "cardinality violation: expected <EOF> for non server-streaming RPCs, but received \
+         another message",
+    )
 }
 
 /// A map's entries as (key, raw value) pairs; `-bin` values decoded (undecodable ones kept as

@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use tonic::{Response, Status, Streaming};
 
 use super::{
-    client, deadline_exceeded, local_status, lock, metadata_list, request, CallSpec, Conn, Kind,
-    OpResult, Received,
+    client, deadline_exceeded, local_status, lock, metadata_list, request, second_response_message,
+    CallSpec, Conn, Kind, OpResult, Received,
 };
 use crate::codec::{ArenaCodec, Inbound};
 
@@ -356,9 +356,7 @@ async fn drive(
                             if w.want == Want::Finish {
                                 if finish_msg.is_some() {
                                     body = None;
-                                    end = Some(Err(Status::internal(
-                                        "more than one response message for a client-streaming call",
-                                    )));
+                                    end = Some(Err(second_response_message()));
                                 } else {
                                     finish_msg = Some(msg);
                                 }
