@@ -23,10 +23,13 @@
 //! docs/benchmarks.md). `GRPC_BENCH_SPIN="spin_us,poll_spin_us"` sets the first nginx's host
 //! spins. `GRPC_BENCH_SERVE=1` measures nothing: it starts the server and nginx, prints their pids and
 //! a `curl` line for the Lua loop, and waits for Enter (for `perf`, `strace -c`, `ps -L`).
+//! `GRPC_BENCH_SERVE_B=<dir>` does the same with a second nginx that loads the
+//! `libresty_grpc_zc.so` found in `<dir>`, for A/B runs of two builds side by side
+//! (`scripts/grpc-ab.sh` drives it).
 //!
-//! Every case also runs a second nginx whose runtime is loaded with the host's spins off
-//! (`spin_us = 0, poll_spin_us = 0` instead of `grpc.init`'s 20 and 50 µs): a gRPC round trip
-//! is far longer than either spin, so they never catch the answer and only burn CPU.
+//! Every case also runs a second nginx whose runtime is loaded with every spin off
+//! (`spin_us = 0, poll_spin_us = 0, busy_poll_us = 0` instead of the defaults 20, 50 and 200 µs):
+//! what the spins buy in time and cost in CPU.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -74,14 +77,15 @@ const SIDES: [&str; 3] = [
 
 const HTTP_CONF: &str = r#"
 init_worker_by_lua_block {
-    -- GRPC_BENCH_SPIN="spin_us,poll_spin_us": load the runtime with these host spins first
-    -- (grpc.init then finds it); empty: the defaults grpc.init uses.
+    -- GRPC_BENCH_SPIN="spin_us,poll_spin_us,busy_poll_us": load the runtime with these host
+    -- spins and this busy polling first (grpc.init then finds it); empty: the defaults.
     local spin = os.getenv("GRPC_BENCH_SPIN")
     if spin and spin ~= "" then
-        local s, p = spin:match("^(%d+),(%d+)$")
-        assert(s, "GRPC_BENCH_SPIN: spin_us,poll_spin_us expected")
+        local s, p, b = spin:match("^(%d+),(%d+),(%d+)$")
+        assert(s, "GRPC_BENCH_SPIN: spin_us,poll_spin_us,busy_poll_us expected")
         require "resty_ffi"
-        assert(ngx.load_ffi("resty_grpc_zc", "instance=grpc_zc-" .. ngx.worker.pid(),
+        assert(ngx.load_ffi("resty_grpc_zc",
+                            "instance=grpc_zc-" .. ngx.worker.pid() .. ",busy_poll_us=" .. b,
                             { spin_us = tonumber(s), poll_spin_us = tonumber(p) }))
     end
     assert(require("resty.grpc_zc").init())
@@ -627,9 +631,13 @@ fn main() {
             "taskset of the server failed"
         );
     }
-    let start_nginx = |name: &str, spin: &str| {
-        NginxBuilder::new(name)
-            .workers(1)
+    // `lib_dir`: where the dynamic loader finds libresty_grpc_zc.so (None: the build's).
+    let start_nginx = |name: &str, spin: &str, lib_dir: Option<&str>| {
+        let mut b = NginxBuilder::new(name);
+        if let Some(dir) = lib_dir {
+            b = b.env("LD_LIBRARY_PATH", dir);
+        }
+        b.workers(1)
             // The runtime's threads start in init_worker, after nginx set the worker's mask,
             // and inherit it.
             .main_conf(placement.worker_conf())
@@ -648,8 +656,25 @@ fn main() {
     let nginx = start_nginx(
         "bench-grpc",
         &std::env::var("GRPC_BENCH_SPIN").unwrap_or_default(),
+        None,
     );
-    let nospin = start_nginx("bench-grpc-nospin", "0,0");
+    if let Some(dir) = std::env::var_os("GRPC_BENCH_SERVE_B") {
+        // A/B of two builds of the runtime: the second nginx loads libresty_grpc_zc.so from
+        // `dir` (the dynamic loader's search; the host stays the same) with the default spins.
+        let b = start_nginx("bench-grpc-b", "", Some(&dir.to_string_lossy()));
+        println!(
+            "server pid {}, nginx worker pids {:?} / B {:?}\n\
+             curl '{}'\ncurl B '{}'",
+            server.pid(),
+            nginx.worker_pids(),
+            b.worker_pids(),
+            nginx.url(&format!("/seq?m=hello&size=0&n=20000&t={}", server.addr())),
+            b.url(&format!("/seq?m=hello&size=0&n=20000&t={}", server.addr()))
+        );
+        let _ = std::io::stdin().read_line(&mut String::new());
+        return;
+    }
+    let nospin = start_nginx("bench-grpc-nospin", "0,0,0", None);
     if std::env::var_os("GRPC_BENCH_SERVE").is_some() {
         println!(
             "server pid {}, nginx worker pids {:?}\n\
@@ -877,7 +902,7 @@ fn main() {
         "benchmark": "grpc", "machine": machine, "quick": quick, "rounds": ROUNDS,
         "server": "grpc-test-server --threads 0 --no-gzip-replies (one tokio thread)",
         "placement": placement.describe(),
-        "spins_off": "second nginx, runtime loaded with spin_us = 0, poll_spin_us = 0",
+        "spins_off": "second nginx, runtime loaded with spin_us = 0, poll_spin_us = 0, busy_poll_us = 0",
         "ping_pong_us": { "one_vcpu": same, "two_vcpus": cross },
         "sequential_say_hello": seq_json,
         "payload_sweep": sweep.iter().map(|s| {
@@ -915,7 +940,8 @@ fn main() {
          Sides interleaved, {ROUNDS} rounds, medians of rounds; ratios and overheads are paired\n\
          by round. This run: {:.0} s.\n\
          \"Spins off\": a second nginx (1 worker) whose runtime is loaded with the host's\n\
-         `spin_us = 0, poll_spin_us = 0` (defaults 20 and 50). Results also in\n\
+         `spin_us = 0, poll_spin_us = 0` and `busy_poll_us = 0` (defaults 20, 50 and 200).\n\
+         Results also in\n\
          `target/bench/grpc{}.json`.\n",
         if placement == Placement::Pinned {
             "GRPC_BENCH_PIN=1 "

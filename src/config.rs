@@ -6,9 +6,11 @@
 //! | `arena_size` | `64m` | size of the shared arena mapping (`k`, `m`, `g` suffixes) |
 //! | `max_message` | `4m` | largest payload, at most `64m`; the arena must hold one |
 //! | `cpus` | (the worker's) | CPUs the runtime's own threads (poll thread, tokio workers) may run on: numbers and ranges separated by `:`, e.g. `1`, `2-3`, `1:3` |
+//! | `busy_poll_us` | `200` | while gRPC operations are in flight, how long after the last task the poll thread keeps polling the network (yielding its CPU to any other runnable thread between polls) before it sleeps; `0` turns it off |
 
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 /// Parsed runtime configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +20,15 @@ pub struct Config {
     pub max_message: usize,
     /// CPUs for the runtime's threads; `None`: they inherit the worker's affinity.
     pub cpus: Option<CpuList>,
+    /// How long the poll thread busy-polls for answers after its last task (see the module's
+    /// table); zero: it sleeps as soon as it has nothing to do.
+    pub busy_poll: Duration,
 }
+
+/// `busy_poll_us` default: a gRPC round trip to a server on the same host or rack fits in it.
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
+/// `busy_poll_us` ceiling (1 s).
+const MAX_BUSY_POLL_US: u64 = 1_000_000;
 
 /// A set of CPUs for `sched_setaffinity`, parsed from `1`, `2-3`, `0:2-3` (`,` separates cfg
 /// pairs, so list items are separated by `:`).
@@ -92,6 +102,7 @@ impl Default for Config {
             arena_size: 64 << 20,
             max_message: 4 << 20,
             cpus: None,
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 }
@@ -122,6 +133,15 @@ fn size(key: &str, v: &str) -> Result<usize, ConfigError> {
         .ok_or_else(bad)
 }
 
+fn busy_poll(v: &str) -> Result<Duration, ConfigError> {
+    match v.parse::<u64>() {
+        Ok(us) if us <= MAX_BUSY_POLL_US => Ok(Duration::from_micros(us)),
+        _ => Err(ConfigError(format!(
+            "busy_poll_us: bad value {v:?} (want microseconds, 0 to {MAX_BUSY_POLL_US})"
+        ))),
+    }
+}
+
 impl Config {
     /// Parses and validates a cfg string.
     pub fn parse(cfg: &str) -> Result<Config, ConfigError> {
@@ -136,6 +156,7 @@ impl Config {
                 "arena_size" => c.arena_size = size(k, v)?,
                 "max_message" => c.max_message = size(k, v)?,
                 "cpus" => c.cpus = Some(CpuList::parse(v)?),
+                "busy_poll_us" => c.busy_poll = busy_poll(v)?,
                 _ => return Err(ConfigError(format!("unknown key {k:?}"))),
             }
         }
@@ -164,6 +185,11 @@ mod tests {
         let d = Config::parse("instance=x").unwrap();
         assert_eq!((d.arena_size, d.max_message), (64 << 20, 4 << 20));
         assert_eq!(d.cpus, None);
+        assert_eq!(d.busy_poll, DEFAULT_BUSY_POLL);
+        let c = Config::parse("instance=x,busy_poll_us=0").unwrap();
+        assert_eq!(c.busy_poll, Duration::ZERO);
+        let c = Config::parse("instance=x,busy_poll_us=1000000").unwrap();
+        assert_eq!(c.busy_poll, Duration::from_secs(1));
     }
 
     #[test]
@@ -230,6 +256,9 @@ mod tests {
             "instance=x,nope=1",
             "instance=x,novalue",
             "instance=x,arena_size=99999999999999999999g",
+            "instance=x,busy_poll_us=-1",
+            "instance=x,busy_poll_us=1000001",
+            "instance=x,busy_poll_us=5ms",
         ] {
             assert!(Config::parse(bad).is_err(), "{bad:?} accepted");
         }

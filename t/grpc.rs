@@ -393,3 +393,51 @@ fn tls_mtls_and_wrong_ca() {
     );
     n.assert_log_clean(&[]);
 }
+
+/// The runtime busy-polls for answers only for `busy_poll_us` after its last task: a call that
+/// waits long on its server does not keep the poll thread spinning.
+#[test]
+fn busy_polling_stops_when_nothing_happens() {
+    let server = GrpcServer::start(GrpcServerOpts::default());
+    let conf = location(
+        "/quiet",
+        r#"
+        -- CPU seconds the runtime's poll thread has used (utime + stime, in clock ticks).
+        local function poll_cpu()
+            local dir = "/proc/" .. ngx.worker.pid() .. "/task/"
+            for tid in io.popen("ls " .. dir):lines() do
+                local f = io.open(dir .. tid .. "/comm")
+                local comm = f and f:read("*l")
+                if f then f:close() end
+                if comm == "grpc_zc-poll" then
+                    local st = assert(io.open(dir .. tid .. "/stat")):read("*a")
+                    local fields = {}
+                    for v in st:match("%) (.*)"):gmatch("%S+") do fields[#fields + 1] = v end
+                    -- fields[12], fields[13]: utime, stime (stat fields 14 and 15)
+                    return (tonumber(fields[12]) + tonumber(fields[13])) / 100
+                end
+            end
+            error("no grpc_zc-poll thread")
+        end
+        for i = 1, 50 do
+            local ok, res = conn:unary("/helloworld.Greeter/SayHello", hello_req("n" .. i))
+            assert(ok, res)
+        end
+        -- One call in flight for 1.2 s, on a server that answers late: nothing happens.
+        local slow = ngx.thread.spawn(function()
+            return conn:unary("/zctest.Test/Unary", echo_req({ sleep_ms = 1200 }))
+        end)
+        ngx.sleep(0.1)
+        local before = poll_cpu()
+        ngx.sleep(1)
+        local used = poll_cpu() - before
+        local _, ok, res = ngx.thread.wait(slow)
+        assert(ok, res)
+        ngx.say(used < 0.3 and "quiet" or ("the poll thread used " .. used .. " s of CPU"))
+        "#,
+    );
+    let n = nginx("grpc-busy-poll", 1, &conf);
+    let t = server.addr();
+    assert_eq!(n.get_ok(&format!("/quiet?t={t}")), "quiet\n");
+    n.assert_log_clean(&[]);
+}

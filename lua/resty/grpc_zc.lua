@@ -155,7 +155,8 @@ end
 -- call; call it from init_worker_by_lua to size the arena:
 --   opts.arena_size (bytes, default 64 MiB), opts.max_message (bytes, default 4 MiB),
 --   opts.cpus (CPUs for the runtime's own threads, e.g. 1, {2, 3} or "2-3"; default: the
---   worker's).
+--   worker's), opts.busy_poll_us (how long the runtime busy-polls for answers while calls are
+--   in flight, default 200; 0: off).
 function _M.init(opts)
     if inst ~= nil then
         return true
@@ -173,6 +174,13 @@ function _M.init(opts)
     end
     if opts and opts.cpus ~= nil then
         cfg = cfg .. ",cpus=" .. cpu_list(opts.cpus)
+    end
+    if opts and opts.busy_poll_us ~= nil then
+        local us = opts.busy_poll_us
+        if type(us) ~= "number" or us < 0 or us ~= math.floor(us) then
+            error("bad opts.busy_poll_us: non-negative integer expected", 2)
+        end
+        cfg = cfg .. ",busy_poll_us=" .. string.format("%d", us)
     end
     local obj, rc = ngx.load_ffi("resty_grpc_zc", cfg)
     if not obj then

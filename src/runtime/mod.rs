@@ -276,8 +276,9 @@ impl Instance {
 
     /// The poll thread as an event loop (current-thread tokio runtime): serves the queued tasks,
     /// runs the gRPC calls they start, and waits on the host's eventfd when there is nothing
-    /// to do. While no gRPC operation is in flight it first spins for the next task, as the
-    /// blocking poll does (`poll_spin_us`).
+    /// to do. Before it sleeps it spins: while no gRPC operation is in flight, for the next
+    /// task, as the blocking poll does (`poll_spin_us`); while some are, it busy-polls the
+    /// network for up to `busy_poll_us` after the last task (see [`Config::busy_poll`]).
     async fn serve_async(self: &Arc<Self>, mut queue: TaskQueue) {
         use std::os::fd::{AsRawFd, FromRawFd};
         use tokio::io::unix::AsyncFd;
@@ -308,6 +309,8 @@ impl Instance {
         };
         /// Tasks served before the calls in flight get a turn.
         const BATCH: usize = 64;
+        let busy_poll = self.config.busy_poll;
+        let mut last_task = std::time::Instant::now();
         loop {
             let mut served = 0;
             while served < BATCH {
@@ -321,10 +324,22 @@ impl Instance {
                 }
             }
             if served > 0 {
+                last_task = std::time::Instant::now();
                 tokio::task::yield_now().await;
                 continue;
             }
-            if self.idle() && queue.spin_poll() {
+            if self.idle() {
+                if queue.spin_poll() {
+                    continue;
+                }
+            } else if last_task.elapsed() < busy_poll {
+                // Busy polling: a yielded event loop polls its I/O driver without sleeping, so
+                // an answer is seen without the wake-up of a sleeping thread (35-70 µs between
+                // vCPUs here; docs/benchmarks.md). sched_yield first lets any other thread that
+                // is runnable on this CPU (the server, the nginx worker) go before us.
+                // SAFETY: sched_yield takes no arguments and touches no memory.
+                unsafe { libc::sched_yield() };
+                tokio::task::yield_now().await;
                 continue;
             }
             if !queue.arm() {
