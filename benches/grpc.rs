@@ -23,9 +23,9 @@
 //! docs/benchmarks.md). `GRPC_BENCH_SPIN="spin_us,poll_spin_us"` sets the first nginx's host
 //! spins. `GRPC_BENCH_SERVE=1` measures nothing: it starts the server and nginx, prints their pids and
 //! a `curl` line for the Lua loop, and waits for Enter (for `perf`, `strace -c`, `ps -L`).
-//! `GRPC_BENCH_SERVE_B=<dir>` does the same with a second nginx that loads the
-//! `libresty_grpc_zc.so` found in `<dir>`, for A/B runs of two builds side by side
-//! (`scripts/grpc-ab.sh` drives it).
+//! `GRPC_BENCH_SERVE_B=<dir>[:<dir>...]` does the same with one more nginx per directory, each
+//! loading the `libresty_grpc_zc.so` found there: builds side by side (`scripts/grpc-ab.sh`
+//! drives it).
 //!
 //! Every case also runs a second nginx whose runtime is loaded with every spin off
 //! (`spin_us = 0, poll_spin_us = 0, busy_poll_us = 0` instead of the defaults 20, 50 and 200 µs):
@@ -84,9 +84,11 @@ init_worker_by_lua_block {
         local s, p, b = spin:match("^(%d+),(%d+),(%d+)$")
         assert(s, "GRPC_BENCH_SPIN: spin_us,poll_spin_us,busy_poll_us expected")
         require "resty_ffi"
+        -- The cfg string grpc.init builds for these opts: the same cache key.
         assert(ngx.load_ffi("resty_grpc_zc",
                             "instance=grpc_zc-" .. ngx.worker.pid() .. ",busy_poll_us=" .. b,
                             { spin_us = tonumber(s), poll_spin_us = tonumber(p) }))
+        assert(require("resty.grpc_zc").init({ busy_poll_us = tonumber(b) }))
     end
     assert(require("resty.grpc_zc").init())
 }
@@ -658,19 +660,27 @@ fn main() {
         &std::env::var("GRPC_BENCH_SPIN").unwrap_or_default(),
         None,
     );
-    if let Some(dir) = std::env::var_os("GRPC_BENCH_SERVE_B") {
-        // A/B of two builds of the runtime: the second nginx loads libresty_grpc_zc.so from
-        // `dir` (the dynamic loader's search; the host stays the same) with the default spins.
-        let b = start_nginx("bench-grpc-b", "", Some(&dir.to_string_lossy()));
-        println!(
-            "server pid {}, nginx worker pids {:?} / B {:?}\n\
-             curl '{}'\ncurl B '{}'",
-            server.pid(),
-            nginx.worker_pids(),
-            b.worker_pids(),
-            nginx.url(&format!("/seq?m=hello&size=0&n=20000&t={}", server.addr())),
-            b.url(&format!("/seq?m=hello&size=0&n=20000&t={}", server.addr()))
-        );
+    if let Some(dirs) = std::env::var_os("GRPC_BENCH_SERVE_B") {
+        // Builds of the runtime side by side: one more nginx per directory, loading the
+        // libresty_grpc_zc.so found there (the dynamic loader's search; the host stays the
+        // same) with the default spins. Each nginx is a line "side <name> <worker pid> <url>".
+        let dirs = dirs.to_string_lossy().into_owned();
+        let others: Vec<(String, Nginx)> = dirs
+            .split(':')
+            .enumerate()
+            .map(|(i, dir)| {
+                let name = format!("B{}", i + 1);
+                let n = start_nginx(&format!("bench-grpc-{name}"), "", Some(dir));
+                (format!("{name}={dir}"), n)
+            })
+            .collect();
+        println!("server pid {}", server.pid());
+        let seq = format!("/seq?m=hello&size=0&n=20000&t={}", server.addr());
+        println!("side A {} {}", nginx.worker_pids()[0], nginx.url(&seq));
+        for (name, n) in &others {
+            println!("side {name} {} {}", n.worker_pids()[0], n.url(&seq));
+        }
+        println!("ready");
         let _ = std::io::stdin().read_line(&mut String::new());
         return;
     }
