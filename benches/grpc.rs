@@ -20,9 +20,10 @@
 //! `GRPC_BENCH_PIN=1` runs everything pinned (the nginx worker and the native clients on CPU 0,
 //! the server on CPU 1) and writes `target/bench/grpc-pinned.json` and the `grpc-pinned`
 //! section instead (not part of `make bench`: it did not change the picture, see
-//! docs/benchmarks.md). `GRPC_BENCH_SPIN="spin_us,poll_spin_us"` sets the first nginx's host
-//! spins. `GRPC_BENCH_SERVE=1` measures nothing: it starts the server and nginx, prints their pids and
-//! a `curl` line for the Lua loop, and waits for Enter (for `perf`, `strace -c`, `ps -L`).
+//! docs/benchmarks.md). `GRPC_BENCH_SPIN="spin_us,poll_spin_us,busy_poll_us"` sets the first
+//! nginx's host spins and busy polling. `GRPC_BENCH_SERVE=1` measures nothing: it starts the
+//! server and nginx, prints their pids and a `curl` line for the Lua loop, and waits for Enter
+//! (for `perf`, `strace -c`, `ps -L`).
 //! `GRPC_BENCH_SERVE_B=<dir>[:<dir>...]` does the same with one more nginx per directory, each
 //! loading the `libresty_grpc_zc.so` found there: builds side by side (`scripts/grpc-ab.sh`
 //! drives it).
