@@ -177,8 +177,8 @@ function _M.init(opts)
     end
     if opts and opts.busy_poll_us ~= nil then
         local us = opts.busy_poll_us
-        if type(us) ~= "number" or us < 0 or us ~= math.floor(us) then
-            error("bad opts.busy_poll_us: non-negative integer expected", 2)
+        if type(us) ~= "number" or not (us >= 0 and us <= 1000000) or us ~= math.floor(us) then
+            error("bad opts.busy_poll_us: an integer from 0 to 1000000 expected", 2)
         end
         cfg = cfg .. ",busy_poll_us=" .. string.format("%d", us)
     end
