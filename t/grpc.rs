@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use testkit::{get_many, GrpcServer, GrpcServerOpts};
 
 mod common;
-use common::{location, nginx, IDLE};
+use common::{location, nginx, HELPERS, IDLE};
 
 #[test]
 fn unary_calls_and_status_codes() {
@@ -439,5 +439,31 @@ fn busy_polling_stops_when_nothing_happens() {
     let n = nginx("grpc-busy-poll", 1, &conf);
     let t = server.addr();
     assert_eq!(n.get_ok(&format!("/quiet?t={t}")), "quiet\n");
+    n.assert_log_clean(&[]);
+
+    // Turned off (and bad values refused) through grpc.init.
+    let n = testkit::NginxBuilder::new("grpc-busy-poll-off")
+        .workers(1)
+        .http_conf(&format!(
+            "{HELPERS}\ninit_worker_by_lua_block {{\n\
+             local grpc = require \"resty.grpc_zc\"\n\
+             for _, bad in ipairs({{ -1, 1.5, 1000001, \"200\", 0 / 0 }}) do\n\
+                 local ok, err = pcall(grpc.init, {{ busy_poll_us = bad }})\n\
+                 assert(not ok and err:find(\"busy_poll_us\"), tostring(bad))\n\
+             end\n\
+             assert(grpc.init({{ busy_poll_us = 0 }}))\n}}"
+        ))
+        .server_conf(&location(
+            "/hello",
+            r#"
+            for i = 1, 100 do
+                local ok, res = conn:unary("/helloworld.Greeter/SayHello", hello_req("n" .. i))
+                assert(ok and field1(res) == "Hello n" .. i, tostring(res))
+            end
+            ngx.say(usage())
+            "#,
+        ))
+        .start();
+    assert_eq!(n.get_ok(&format!("/hello?t={t}")), format!("{IDLE}\n"));
     n.assert_log_clean(&[]);
 }
