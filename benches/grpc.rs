@@ -29,7 +29,7 @@
 //! drives it).
 //!
 //! Every case also runs a second nginx whose runtime is loaded with every spin off
-//! (`spin_us = 0, poll_spin_us = 0, busy_poll_us = 0` instead of the defaults 20, 50 and 200 µs):
+//! (`spin_us = 0, poll_spin_us = 0, busy_poll_us = 0` instead of the defaults 20, 50 and 500 µs):
 //! what the spins buy in time and cost in CPU.
 
 use std::fmt::Write as _;
@@ -152,6 +152,12 @@ location /seq {
         if ngx.var.arg_m == "echo" then
             req = field1(payload(size, 1))
             path, want = UNARY, #req
+            -- &sleep=ms (below 128): the server answers that late (EchoRequest.sleep_ms, a
+            -- field the reply does not echo).
+            local sleep = tonumber(ngx.var.arg_sleep)
+            if sleep then
+                req = req .. "\32" .. string.char(sleep)
+            end
         end
         calls(conn, path, req, WARMUP, want)
         local t0 = bench_now()
@@ -951,7 +957,7 @@ fn main() {
          Sides interleaved, {ROUNDS} rounds, medians of rounds; ratios and overheads are paired\n\
          by round. This run: {:.0} s.\n\
          \"Spins off\": a second nginx (1 worker) whose runtime is loaded with the host's\n\
-         `spin_us = 0, poll_spin_us = 0` and `busy_poll_us = 0` (defaults 20, 50 and 200).\n\
+         `spin_us = 0, poll_spin_us = 0` and `busy_poll_us = 0` (defaults 20, 50 and 500).\n\
          Results also in\n\
          `target/bench/grpc{}.json`.\n",
         if placement == Placement::Pinned {

@@ -6,7 +6,7 @@
 //! | `arena_size` | `64m` | size of the shared arena mapping (`k`, `m`, `g` suffixes) |
 //! | `max_message` | `4m` | largest payload, at most `64m`; the arena must hold one |
 //! | `cpus` | (the worker's) | CPUs the runtime's own threads (poll thread, tokio workers) may run on: numbers and ranges separated by `:`, e.g. `1`, `2-3`, `1:3` |
-//! | `busy_poll_us` | `200` | while gRPC operations are in flight, how long after the last task the poll thread keeps polling the network (yielding its CPU to any other runnable thread between polls) before it sleeps; `0` turns it off. Only where the poll thread is the event loop (a host with asynchronous polling, as this project's) |
+//! | `busy_poll_us` | `500` | while gRPC operations are in flight, how long after the last task the poll thread keeps polling the network (yielding its CPU to any other runnable thread between polls) before it sleeps, backing off after windows that saw no answer; `0` turns it off. Only where the poll thread is the event loop (a host with asynchronous polling, as this project's) |
 
 use std::fmt;
 use std::io;
@@ -26,7 +26,7 @@ pub struct Config {
 }
 
 /// `busy_poll_us` default: a gRPC round trip to a server on the same host or rack fits in it.
-pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(200);
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(500);
 /// `busy_poll_us` ceiling (1 s).
 const MAX_BUSY_POLL_US: u64 = 1_000_000;
 

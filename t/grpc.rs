@@ -394,14 +394,27 @@ fn tls_mtls_and_wrong_ca() {
     n.assert_log_clean(&[]);
 }
 
-/// The runtime busy-polls for answers only for `busy_poll_us` after its last task: a call that
-/// waits long on its server does not keep the poll thread spinning.
+/// Busy polling (`busy_poll_us`): it happens, a window that sees no answer is backed off from,
+/// and a call that waits long on its server does not keep the poll thread spinning.
 #[test]
-fn busy_polling_stops_when_nothing_happens() {
+fn busy_polling_backs_off_and_stops_when_nothing_happens() {
     let server = GrpcServer::start(GrpcServerOpts::default());
+    // An nginx whose worker runs `init` (Lua) in init_worker.
+    let start = |name: &str, init: &str, server_conf: &str| {
+        testkit::NginxBuilder::new(name)
+            .workers(1)
+            .http_conf(&format!(
+                "{HELPERS}\ninit_worker_by_lua_block {{\n\
+                 local grpc = require \"resty.grpc_zc\"\n{init}\n}}"
+            ))
+            .server_conf(server_conf)
+            .start()
+    };
     let conf = location(
         "/quiet",
         r#"
+        local grpc = require "resty.grpc_zc"
+        local function polled() return grpc.stats().busy_polled_us end
         -- CPU seconds the runtime's poll thread has used (utime + stime, in clock ticks).
         local function poll_cpu()
             local dir = "/proc/" .. ngx.worker.pid() .. "/task/"
@@ -419,51 +432,73 @@ fn busy_polling_stops_when_nothing_happens() {
             end
             error("no grpc_zc-poll thread")
         end
-        for i = 1, 50 do
+        -- Answers that come quickly: the poll thread busy-polls for them.
+        local p0 = polled()
+        for i = 1, 100 do
             local ok, res = conn:unary("/helloworld.Greeter/SayHello", hello_req("n" .. i))
             assert(ok, res)
         end
+        local fast = polled() - p0
+        -- 100 calls to a server that answers 5 ms late: windows of 1 ms that see no answer.
+        -- Without the back-off that is 100 ms of polling; with it, windows 1, 3, 6, 11, 20,
+        -- 37 and 70 poll (7 ms).
+        p0 = polled()
+        for _ = 1, 100 do
+            local ok, res = conn:unary("/zctest.Test/Unary", echo_req({ sleep_ms = 5 }))
+            assert(ok, res)
+        end
+        local slow = polled() - p0
         -- One call in flight for 1.2 s, on a server that answers late: nothing happens.
-        local slow = ngx.thread.spawn(function()
+        local th = ngx.thread.spawn(function()
             return conn:unary("/zctest.Test/Unary", echo_req({ sleep_ms = 1200 }))
         end)
         ngx.sleep(0.1)
         local before = poll_cpu()
         ngx.sleep(1)
         local used = poll_cpu() - before
-        local _, ok, res = ngx.thread.wait(slow)
+        local _, ok, res = ngx.thread.wait(th)
         assert(ok, res)
+        ngx.say(fast > 0 and "polled" or "fast calls polled 0 µs")
+        ngx.say(slow < 20000 and "backed off" or ("slow calls polled " .. slow .. " µs"))
         ngx.say(used < 0.3 and "quiet" or ("the poll thread used " .. used .. " s of CPU"))
         "#,
     );
-    let n = nginx("grpc-busy-poll", 1, &conf);
+    let n = start(
+        "grpc-busy-poll",
+        "assert(grpc.init({ busy_poll_us = 1000 }))",
+        &conf,
+    );
     let t = server.addr();
-    assert_eq!(n.get_ok(&format!("/quiet?t={t}")), "quiet\n");
+    assert_eq!(
+        n.get_ok(&format!("/quiet?t={t}")),
+        "polled\nbacked off\nquiet\n"
+    );
     n.assert_log_clean(&[]);
 
     // Turned off (and bad values refused) through grpc.init.
-    let n = testkit::NginxBuilder::new("grpc-busy-poll-off")
-        .workers(1)
-        .http_conf(&format!(
-            "{HELPERS}\ninit_worker_by_lua_block {{\n\
-             local grpc = require \"resty.grpc_zc\"\n\
-             for _, bad in ipairs({{ -1, 1.5, 1000001, \"200\", 0 / 0 }}) do\n\
-                 local ok, err = pcall(grpc.init, {{ busy_poll_us = bad }})\n\
-                 assert(not ok and err:find(\"busy_poll_us\"), tostring(bad))\n\
-             end\n\
-             assert(grpc.init({{ busy_poll_us = 0 }}))\n}}"
-        ))
-        .server_conf(&location(
+    let n = start(
+        "grpc-busy-poll-off",
+        r#"
+        for _, bad in ipairs({ -1, 1.5, 1000001, "200", 0 / 0 }) do
+            local ok, err = pcall(grpc.init, { busy_poll_us = bad })
+            assert(not ok and err:find("busy_poll_us"), tostring(bad))
+        end
+        assert(grpc.init({ busy_poll_us = 0 }))
+        "#,
+        &location(
             "/hello",
             r#"
             for i = 1, 100 do
                 local ok, res = conn:unary("/helloworld.Greeter/SayHello", hello_req("n" .. i))
                 assert(ok and field1(res) == "Hello n" .. i, tostring(res))
             end
-            ngx.say(usage())
+            ngx.say(usage(), " polled ", require("resty.grpc_zc").stats().busy_polled_us)
             "#,
-        ))
-        .start();
-    assert_eq!(n.get_ok(&format!("/hello?t={t}")), format!("{IDLE}\n"));
+        ),
+    );
+    assert_eq!(
+        n.get_ok(&format!("/hello?t={t}")),
+        format!("{IDLE} polled 0\n")
+    );
     n.assert_log_clean(&[]);
 }

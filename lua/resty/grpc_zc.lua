@@ -156,7 +156,7 @@ end
 --   opts.arena_size (bytes, default 64 MiB), opts.max_message (bytes, default 4 MiB),
 --   opts.cpus (CPUs for the runtime's own threads, e.g. 1, {2, 3} or "2-3"; default: the
 --   worker's), opts.busy_poll_us (how long the runtime busy-polls for answers while calls are
---   in flight, default 200; 0: off).
+--   in flight, default 500; 0: off).
 function _M.init(opts)
     if inst ~= nil then
         return true
@@ -925,6 +925,7 @@ end
 ffi.cdef [[
     int grpc_zc_stream_cancel(void *inst, uint64_t id);
     int grpc_zc_streams_open(void *inst);
+    int grpc_zc_busy_polled_us(void *inst, uint64_t *us);
     typedef struct { uint64_t id; } grpc_zc_stream_ref_t;
 ]]
 local stream_ref_t = ffi.typeof("grpc_zc_stream_ref_t")
@@ -1325,12 +1326,15 @@ function _M.readfile(path)
 end
 
 
--- grpc.stats() -> table: arena usage of this worker's instance and calls in flight.
+-- grpc.stats() -> table: arena usage of this worker's instance, calls in flight, open streams
+-- and the time its poll thread has spent busy-polling (busy_polled_us, µs since start).
+local busy_polled_buf = ffi_new("uint64_t[1]")
 function _M.stats()
     if inst == nil then
         return nil, "not initialized"
     end
     local calls = lib.grpc_zc_stats(inst, stats_buf)
+    lib.grpc_zc_busy_polled_us(inst, busy_polled_buf)
     return {
         bytes_in_use = tonumber(stats_buf.bytes_in_use),
         slots_in_use = tonumber(stats_buf.slots_in_use),
@@ -1339,6 +1343,7 @@ function _M.stats()
         leases_total = tonumber(stats_buf.leases_total),
         calls_in_flight = calls,
         streams_open = lib.grpc_zc_streams_open(inst),
+        busy_polled_us = tonumber(busy_polled_buf[0]),
         instance = inst_name,
     }
 end

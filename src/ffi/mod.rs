@@ -253,6 +253,23 @@ pub unsafe extern "C" fn grpc_zc_streams_open(inst: *const Instance) -> c_int {
     })
 }
 
+/// Writes the microseconds the instance's poll thread has spent busy-polling (`busy_poll_us`)
+/// to `*us`; returns 0, or an error code.
+///
+/// # Safety
+/// `inst` is NULL or from `grpc_zc_instance`; `us` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn grpc_zc_busy_polled_us(inst: *const Instance, us: *mut u64) -> c_int {
+    with_instance(inst, "grpc_zc_busy_polled_us", |i| {
+        if us.is_null() {
+            return E_BAD_ARGUMENT;
+        }
+        // SAFETY: non-NULL and writable per the caller.
+        unsafe { us.write(i.busy_polled_us()) };
+        0
+    })
+}
+
 /// Copies `len` bytes from `src` to `dst` like `memcpy`, avoiding its slow band on these
 /// machines (see `copy`); `resty/grpc_zc.lua` uses it for large payloads.
 ///

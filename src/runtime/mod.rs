@@ -8,6 +8,7 @@
 //!              respond(Desc of reply) ◄── calls.replied ◄───────────┘
 //! ```
 
+mod busy;
 mod calls;
 
 use std::ffi::c_int;
@@ -108,6 +109,10 @@ pub struct Instance {
     /// The poll thread's event loop, when the host can be polled asynchronously: gRPC calls run
     /// on it, so a call goes nginx → this thread → nginx with no other hand-off.
     io: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// gRPC operations finished so far (busy polling judges its windows by it).
+    finished: std::sync::atomic::AtomicU64,
+    /// Time the poll thread has spent busy-polling, in ns.
+    busy_polled_ns: std::sync::atomic::AtomicU64,
 }
 
 /// Every instance of this process, by name, for Lua to find. Instances live until the process
@@ -139,6 +144,8 @@ impl Instance {
             grpc: std::sync::OnceLock::new(),
             aborts: Mutex::new(std::collections::HashMap::new()),
             io: std::sync::OnceLock::new(),
+            finished: std::sync::atomic::AtomicU64::new(0),
+            busy_polled_ns: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -278,7 +285,8 @@ impl Instance {
     /// runs the gRPC calls they start, and waits on the host's eventfd when there is nothing
     /// to do. Before it sleeps it spins: while no gRPC operation is in flight, for the next
     /// task, as the blocking poll does (`poll_spin_us`); while some are, it busy-polls the
-    /// network for up to `busy_poll_us` after the last task (see [`Config::busy_poll`]).
+    /// network for up to `busy_poll_us` after the last task, backing off when servers answer
+    /// later than that (`busy.rs`).
     async fn serve_async(self: &Arc<Self>, mut queue: TaskQueue) {
         use std::os::fd::{AsRawFd, FromRawFd};
         use tokio::io::unix::AsyncFd;
@@ -309,8 +317,8 @@ impl Instance {
         };
         /// Tasks served before the calls in flight get a turn.
         const BATCH: usize = 64;
-        let busy_poll = self.config.busy_poll;
-        let mut last_task = std::time::Instant::now();
+        let mut busy = busy::BusyPoll::new(self.config.busy_poll);
+        let finished = || self.finished.load(std::sync::atomic::Ordering::Relaxed);
         loop {
             let mut served = 0;
             while served < BATCH {
@@ -324,22 +332,27 @@ impl Instance {
                 }
             }
             if served > 0 {
-                last_task = std::time::Instant::now();
+                busy.tasks_served(finished());
                 tokio::task::yield_now().await;
                 continue;
             }
             if self.idle() {
+                busy.all_done(finished());
                 if queue.spin_poll() {
                     continue;
                 }
-            } else if last_task.elapsed() < busy_poll {
+            } else if busy.poll_again(finished()) {
                 // Busy polling: a yielded event loop polls its I/O driver without sleeping, so
                 // an answer is seen without the wake-up of a sleeping thread (35-70 µs between
                 // vCPUs here; docs/benchmarks.md). sched_yield first lets any other thread that
                 // is runnable on this CPU (the server, the nginx worker) go before us.
+                let round = std::time::Instant::now();
                 // SAFETY: sched_yield takes no arguments and touches no memory.
                 unsafe { libc::sched_yield() };
                 tokio::task::yield_now().await;
+                let ns = u64::try_from(round.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.busy_polled_ns
+                    .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
             if !queue.arm() {
@@ -684,6 +697,8 @@ impl Instance {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&calls::key(req));
+        self.finished
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let opened = result.as_ref().map_or(0, |r| r.handle);
         let reply = match result {
             Ok(Received {
@@ -738,6 +753,13 @@ impl Instance {
     /// Cancels (and forgets) a stream; false when it is unknown.
     pub fn cancel_stream(&self, id: u64) -> bool {
         self.grpc.get().is_some_and(|g| g.cancel_stream(id))
+    }
+
+    /// Microseconds the poll thread has spent busy-polling (`busy_poll_us`) so far.
+    pub fn busy_polled_us(&self) -> u64 {
+        self.busy_polled_ns
+            .load(std::sync::atomic::Ordering::Relaxed)
+            / 1000
     }
 
     /// Streams open in this instance.
