@@ -26,7 +26,7 @@ local StreamRecv = require "resty.grpc_zc.wire.StreamRecv"
 local StreamCloseSend = require "resty.grpc_zc.wire.StreamCloseSend"
 local pb = require "resty.grpc_zc.pb"
 
-local C_ABI_VERSION = 1
+local C_ABI_VERSION = 2
 local ARENA_MAGIC = 0x5241435a43505247ULL      -- "GRPCZCAR" little-endian
 local ARENA_LAYOUT_VERSION = 1
 -- vtable offset of Reply.payload (schema/envelope.fbs; t/zerocopy.rs checks it end to end).

@@ -17,7 +17,8 @@ use crate::runtime::Instance;
 mod proto;
 
 /// Version of the C ABI below and of the descriptor layout; `resty/grpc_zc.lua` checks it.
-pub const ABI_VERSION: c_int = 1;
+/// 2: `grpc_zc_busy_polled_us`.
+pub const ABI_VERSION: c_int = 2;
 
 /// A NULL instance or handle pointer, or another unusable argument.
 pub const E_BAD_ARGUMENT: c_int = -100;
