@@ -36,7 +36,11 @@ bench=$!
 exec 3>"$fifo"
 cleanup() { exec 3>&-; wait "$bench" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-for _ in $(seq 600); do grep -q '^ready' "$work/serve.log" && break; sleep 1; done
+for _ in $(seq 600); do
+  grep -q '^ready' "$work/serve.log" && break
+  kill -0 "$bench" 2>/dev/null || break  # the bench failed (its log follows)
+  sleep 1
+done
 grep -q '^ready' "$work/serve.log" || { cat "$work/serve.log" >&2; exit 1; }
 
 names=(); workers=(); bases=()
