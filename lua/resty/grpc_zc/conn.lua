@@ -23,24 +23,7 @@ local getmetatable = getmetatable
 local floor = math.floor
 local min = math.min
 local builder = call.builder
-local begin_build = call.begin_build
-local finish = call.finish
-local finish_request = call.finish_request
-local roundtrip = call.roundtrip
-local status_of = reply.status_of
-local metadata_of = reply.metadata_of
-local local_failure = reply.local_failure
-local types_of = tables.types_of
-local message_of = tables.message_of
-local ms = rpc.ms
-local check_path = rpc.check_path
-local check_call_opts = rpc.check_call_opts
-local post_call = rpc.post_call
-local open_stream = stream.open
-local ensure = instance.ensure
 local S = instance.state
-local RESOURCE_EXHAUSTED = reply.RESOURCE_EXHAUSTED
-local INTERNAL = reply.INTERNAL
 
 local _M = { version = "0.1.0" }
 
@@ -69,8 +52,8 @@ end
 --   target: "host:port", "[::1]:port", "http://host:port", "https://host:port", "unix:/path".
 --   opts: host (authority and TLS server name), ca, cert, priv_key (PEM contents: TLS with
 --   `ca` or for https targets, mTLS with cert + priv_key), insecure (plaintext regardless),
---   connect_timeout, timeout (default deadline of calls, ms), keepalive_interval,
---   keepalive_timeout (ms), max_send_msg_size, max_recv_msg_size (bytes; default: the arena's
+--   connect_timeout, timeout (default deadline of calls, rpc.ms), keepalive_interval,
+--   keepalive_timeout (rpc.ms), max_send_msg_size, max_recv_msg_size (bytes; default: the arena's
 --   max_message and 4 MiB), compression ("gzip").
 function _M.connect(target, opts)
     if type(target) ~= "string" or target == "" then
@@ -80,7 +63,7 @@ function _M.connect(target, opts)
         error("bad opts: table expected", 2)
     end
     opts = opts or {}
-    local ok, err = ensure()
+    local ok, err = instance.ensure()
     if not ok then
         return false, err
     end
@@ -90,10 +73,10 @@ function _M.connect(target, opts)
         end
     end
     local h
-    h, err = begin_build(#target + #(opts.host or "") + #(opts.ca or "") + #(opts.cert or "")
+    h, err = call.begin_build(#target + #(opts.host or "") + #(opts.ca or "") + #(opts.cert or "")
                          + #(opts.priv_key or "") + 320)
     if not h then
-        return local_failure(RESOURCE_EXHAUSTED, err)
+        return reply.local_failure(reply.RESOURCE_EXHAUSTED, err)
     end
     local t = builder:CreateString(target)
     local a = opts.host and builder:CreateString(opts.host)
@@ -121,21 +104,21 @@ function _M.connect(target, opts)
     if opts.insecure then
         Connect.AddInsecure(builder, true)
     end
-    Connect.AddConnectTimeoutMs(builder, ms(opts.connect_timeout, "connect_timeout"))
-    Connect.AddDefaultTimeoutMs(builder, ms(opts.timeout, "timeout"))
-    Connect.AddKeepaliveIntervalMs(builder, ms(opts.keepalive_interval, "keepalive_interval"))
-    Connect.AddKeepaliveTimeoutMs(builder, ms(opts.keepalive_timeout, "keepalive_timeout"))
+    Connect.AddConnectTimeoutMs(builder, rpc.ms(opts.connect_timeout, "connect_timeout"))
+    Connect.AddDefaultTimeoutMs(builder, rpc.ms(opts.timeout, "timeout"))
+    Connect.AddKeepaliveIntervalMs(builder, rpc.ms(opts.keepalive_interval, "keepalive_interval"))
+    Connect.AddKeepaliveTimeoutMs(builder, rpc.ms(opts.keepalive_timeout, "keepalive_timeout"))
     Connect.AddMaxSendMsgSize(builder, size_opt(opts.max_send_msg_size, "max_send_msg_size"))
     Connect.AddMaxRecvMsgSize(builder, size_opt(opts.max_recv_msg_size, "max_recv_msg_size"))
-    finish_request(Command.Connect, Connect.End(builder))
+    call.finish_request(Command.Connect, Connect.End(builder))
 
-    local r, rerr = roundtrip(h, nil)
+    local r, rerr = call.roundtrip(h, nil)
     if not r then
         return false, rerr
     end
-    local serr, status = status_of(r)
+    local serr, status = reply.status_of(r)
     local id = reply.id_of(r)
-    finish(h, 1, 0)
+    call.finish(h, 1, 0)
     if serr then
         return false, serr, status
     end
@@ -150,84 +133,84 @@ end
 
 -- conn:unary(path, req, call_opts?) -> true, res[, meta] | false, err, status
 --   req: the protobuf-encoded request (string) or a table (types from grpc.load_proto);
---   res: the encoded response (string) or a table. call_opts: timeout (ms, sent as
+--   res: the encoded response (string) or a table. call_opts: timeout (rpc.ms, sent as
 --   grpc-timeout), metadata (table; "-bin" keys carry bytes), compression ("gzip" or
 --   "identity"), response_metadata (true: a third value { headers = {...}, trailers = {...} }).
 function Conn:unary(path, req, call_opts)
-    check_path(path)
+    rpc.check_path(path)
     local types, terr
     if type(req) == "table" then
-        types, terr = types_of(path)
+        types, terr = tables.types_of(path)
         if types == nil then
-            return local_failure(INTERNAL, terr)
+            return reply.local_failure(reply.INTERNAL, terr)
         end
     elseif type(req) ~= "string" then
         error("bad request: string or table expected, got " .. type(req), 2)
     end
-    local timeout, md, need = check_call_opts(self, call_opts)
-    local r, h, status = post_call(self, CallKind.Unary, path, req, call_opts, timeout, md,
+    local timeout, md, need = rpc.check_call_opts(self, call_opts)
+    local r, h, status = rpc.post_call(self, CallKind.Unary, path, req, call_opts, timeout, md,
                                    need, types)
     if not r then
         return false, h, status
     end
     local res
-    res, terr = message_of(types, r)
+    res, terr = tables.message_of(types, r)
     if res == nil then
-        finish(h, 1, 0)
-        return local_failure(INTERNAL, terr)
+        call.finish(h, 1, 0)
+        return reply.local_failure(reply.INTERNAL, terr)
     end
     local meta
     if call_opts and call_opts.response_metadata then
-        meta = { headers = metadata_of(r) or {}, trailers = metadata_of(r, true) or {} }
+        meta = { headers = reply.metadata_of(r) or {}, trailers = reply.metadata_of(r, true) or {} }
     end
-    finish(h, 1, 0)
+    call.finish(h, 1, 0)
     return true, res, meta
 end
 
 
 -- conn:new_stream(path, call_opts?) -> true, stream | false, err, status   (bidi streaming)
 function Conn:new_stream(path, call_opts)
-    check_path(path)
-    return open_stream(self, CallKind.Bidi, path, nil, call_opts)
+    rpc.check_path(path)
+    return stream.open(self, CallKind.Bidi, path, nil, call_opts)
 end
 
 
 -- conn:server_stream(path, req, call_opts?) -> true, stream | false, err, status
 function Conn:server_stream(path, req, call_opts)
-    check_path(path)
+    rpc.check_path(path)
     if type(req) ~= "string" and type(req) ~= "table" then
         error("bad request: string or table expected, got " .. type(req), 2)
     end
-    return open_stream(self, CallKind.ServerStreaming, path, req, call_opts)
+    return stream.open(self, CallKind.ServerStreaming, path, req, call_opts)
 end
 
 
 -- conn:client_stream(path, call_opts?) -> true, stream | false, err, status
 function Conn:client_stream(path, call_opts)
-    check_path(path)
-    return open_stream(self, CallKind.ClientStreaming, path, nil, call_opts)
+    rpc.check_path(path)
+    return stream.open(self, CallKind.ClientStreaming, path, nil, call_opts)
 end
 
 
--- conn:close(): forgets the connection (calls in flight finish).
+-- conn:close(): forgets the connection (calls in flight call.finish).
 function Conn:close()
-    local ok, err = ensure()
+    local ok, err = instance.ensure()
     if not ok then
         return false, err
     end
     local h
-    h, err = begin_build(64)
+    h, err = call.begin_build(64)
     if not h then
         return false, err
     end
     Close.Start(builder)
     Close.AddConn(builder, self.id)
-    finish_request(Command.Close, Close.End(builder))
-    local r, rerr = roundtrip(h, nil)
+    call.finish_request(Command.Close, Close.End(builder))
+    local r, rerr = call.roundtrip(h, nil)
     if not r then
         return false, rerr
     end
-    finish(h, 1, 0)
+    call.finish(h, 1, 0)
     return true
 end
 

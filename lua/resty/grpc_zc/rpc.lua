@@ -16,16 +16,6 @@ local error = error
 local pairs = pairs
 local floor = math.floor
 local builder = call.builder
-local begin_build = call.begin_build
-local finish = call.finish
-local finish_request = call.finish_request
-local roundtrip = call.roundtrip
-local status_of = reply.status_of
-local local_failure = reply.local_failure
-local encode_size = tables.encode_size
-local put_message = tables.put_message
-local RESOURCE_EXHAUSTED = reply.RESOURCE_EXHAUSTED
-local INTERNAL = reply.INTERNAL
 
 local _M = { version = "0.1.0" }
 
@@ -114,23 +104,23 @@ end
 function _M.post_call(conn, kind, path, req, call_opts, timeout, md, need, types)
     local n, err
     if type(req) == "table" then
-        req, n, err = encode_size(types.input, req)
+        req, n, err = tables.encode_size(types.input, req)
         if req == nil then
-            return local_failure(INTERNAL, err)
+            return reply.local_failure(reply.INTERNAL, err)
         end
     else
         n = req and #req or 0
     end
     if n > conn.max_send then
-        return local_failure(RESOURCE_EXHAUSTED, "trying to send message larger than max ("
+        return reply.local_failure(reply.RESOURCE_EXHAUSTED, "trying to send message larger than max ("
                              .. n .. " vs. " .. conn.max_send .. ")")
     end
     local h
-    h, err = begin_build(n + #path + need + 256)
+    h, err = call.begin_build(n + #path + need + 256)
     if not h then
-        return local_failure(RESOURCE_EXHAUSTED, err)
+        return reply.local_failure(reply.RESOURCE_EXHAUSTED, err)
     end
-    local pv = req and put_message(types, req, n)
+    local pv = req and tables.put_message(types, req, n)
     local pathv = builder:CreateString(path)
     local comp = call_opts and call_opts.compression
     comp = comp and builder:CreateString(comp)
@@ -154,16 +144,16 @@ function _M.post_call(conn, kind, path, req, call_opts, timeout, md, need, types
     if call_opts and call_opts.response_metadata then
         Call.AddWantMetadata(builder, true)
     end
-    finish_request(Command.Call, Call.End(builder))
+    call.finish_request(Command.Call, Call.End(builder))
 
     local wait = timeout and { timeout = timeout + DEADLINE_GRACE_MS } or nil
-    local r, rerr = roundtrip(h, wait)
+    local r, rerr = call.roundtrip(h, wait)
     if not r then
         return false, rerr
     end
-    local serr, status = status_of(r)
+    local serr, status = reply.status_of(r)
     if serr then
-        finish(h, 1, 0)
+        call.finish(h, 1, 0)
         return false, serr, status
     end
     return r, h

@@ -26,22 +26,6 @@ local error = error
 local setmetatable = setmetatable
 local stream_cancel = C.grpc_zc_stream_cancel
 local builder = call.builder
-local begin_build = call.begin_build
-local finish = call.finish
-local finish_request = call.finish_request
-local roundtrip = call.roundtrip
-local status_of = reply.status_of
-local metadata_of = reply.metadata_of
-local local_failure = reply.local_failure
-local types_of = tables.types_of
-local encode_size = tables.encode_size
-local put_message = tables.put_message
-local message_of = tables.message_of
-local check_call_opts = rpc.check_call_opts
-local post_call = rpc.post_call
-local DEADLINE_GRACE_MS = rpc.DEADLINE_GRACE_MS
-local RESOURCE_EXHAUSTED = reply.RESOURCE_EXHAUSTED
-local INTERNAL = reply.INTERNAL
 local S = instance.state
 
 local stream_ref_t = ffi.typeof("grpc_zc_stream_ref_t")
@@ -60,22 +44,22 @@ local Stream_mt = { __index = Stream }
 -- Opens a stream of `kind` on connection `conn` (`req`: the request of a server stream, else
 -- nil). Returns true, stream or false, err, status.
 function _M.open(conn, kind, path, req, call_opts)
-    local timeout, md, need = check_call_opts(conn, call_opts)
+    local timeout, md, need = rpc.check_call_opts(conn, call_opts)
     -- Tables when the method's types are loaded (unless call_opts.raw, or a string request).
     local types
     if not (call_opts and call_opts.raw) and type(req) ~= "string" then
         local terr
-        types, terr = types_of(path)
+        types, terr = tables.types_of(path)
         if types == nil and type(req) == "table" then
-            return local_failure(INTERNAL, terr)
+            return reply.local_failure(reply.INTERNAL, terr)
         end
     end
-    local r, h, status = post_call(conn, kind, path, req, call_opts, timeout, md, need, types)
+    local r, h, status = rpc.post_call(conn, kind, path, req, call_opts, timeout, md, need, types)
     if not r then
         return false, h, status
     end
     local id = reply.id_of(r)
-    finish(h, 1, 0)
+    call.finish(h, 1, 0)
     local deadline = timeout and timeout > 0 and ngx.now() * 1000 + timeout or nil
     return true, setmetatable({
         id = id,
@@ -128,9 +112,9 @@ local function begin_op(self, need)
         return ok, err, status
     end
     local h
-    h, err = begin_build(need)
+    h, err = call.begin_build(need)
     if not h then
-        return local_failure(RESOURCE_EXHAUSTED, err)
+        return reply.local_failure(reply.RESOURCE_EXHAUSTED, err)
     end
     return h
 end
@@ -139,23 +123,23 @@ end
 -- Posts the stream operation built in the builder; returns the reply and its call, or
 -- false, err, status (the stream has then failed).
 local function stream_op(self, h, ctype, command)
-    finish_request(ctype, command)
+    call.finish_request(ctype, command)
     local wait
     if self.deadline then
         local left = self.deadline - ngx.now() * 1000
-        wait = { timeout = (left > 0 and left or 0) + DEADLINE_GRACE_MS }
+        wait = { timeout = (left > 0 and left or 0) + rpc.DEADLINE_GRACE_MS }
     end
-    local r, rerr = roundtrip(h, wait)
+    local r, rerr = call.roundtrip(h, wait)
     if not r then
         return fail(self, rerr)
     end
-    local serr, status = status_of(r)
+    local serr, status = reply.status_of(r)
     if serr then
-        finish(h, 1, 0)
+        call.finish(h, 1, 0)
         return fail(self, serr, status)
     end
     if self.hdrs == nil then
-        self.hdrs = metadata_of(r)
+        self.hdrs = reply.metadata_of(r)
     end
     return r, h
 end
@@ -168,15 +152,15 @@ function Stream:send(msg)
     if type(msg) == "table" then
         if types == nil then
             local terr
-            types, terr = types_of(self.path)
+            types, terr = tables.types_of(self.path)
             if types == nil then
-                return local_failure(INTERNAL, terr)
+                return reply.local_failure(reply.INTERNAL, terr)
             end
         end
         local err
-        msg, n, err = encode_size(types.input, msg)
+        msg, n, err = tables.encode_size(types.input, msg)
         if msg == nil then
-            return local_failure(INTERNAL, err)
+            return reply.local_failure(reply.INTERNAL, err)
         end
     elseif type(msg) == "string" then
         n = #msg
@@ -189,15 +173,15 @@ function Stream:send(msg)
     end
     if n > self.max_send then
         -- The stream goes on, as in grpc-go: nothing was sent.
-        return local_failure(RESOURCE_EXHAUSTED, "trying to send message larger than max ("
+        return reply.local_failure(reply.RESOURCE_EXHAUSTED, "trying to send message larger than max ("
                              .. n .. " vs. " .. self.max_send .. ")")
     end
     local h
-    h, err = begin_build(n + 128)
+    h, err = call.begin_build(n + 128)
     if not h then
-        return local_failure(RESOURCE_EXHAUSTED, err)
+        return reply.local_failure(reply.RESOURCE_EXHAUSTED, err)
     end
-    local pv = put_message(types, msg, n)
+    local pv = tables.put_message(types, msg, n)
     StreamSend.Start(builder)
     StreamSend.AddStream(builder, self.id)
     StreamSend.AddPayload(builder, pv)
@@ -205,7 +189,7 @@ function Stream:send(msg)
     if not r then
         return false, rh, rstatus
     end
-    finish(rh, 1, 0)
+    call.finish(rh, 1, 0)
     return true
 end
 
@@ -244,15 +228,15 @@ end
 
 -- The stream ended normally with reply `r` (its trailers); `rh` is the reply's call.
 local function ended(self, r, rh)
-    self.trls = metadata_of(r, true) or {}
+    self.trls = reply.metadata_of(r, true) or {}
     self.ended = true
-    finish(rh, 1, 0)
+    call.finish(rh, 1, 0)
     forget(self)
 end
 
 
 local function undecodable(self, err)
-    local _, msg, status = local_failure(INTERNAL, err)
+    local _, msg, status = reply.local_failure(reply.INTERNAL, err)
     return fail(self, msg, status)
 end
 
@@ -270,8 +254,8 @@ function Stream:recv()
         ended(self, r, rh)
         return true, nil
     end
-    local msg, err = message_of(self.types, r)
-    finish(rh, 1, 0)
+    local msg, err = tables.message_of(self.types, r)
+    call.finish(rh, 1, 0)
     if msg == nil then
         return undecodable(self, err)
     end
@@ -285,7 +269,7 @@ function Stream:close_send()
     if not r then
         return false, rh, status
     end
-    finish(rh, 1, 0)
+    call.finish(rh, 1, 0)
     return true
 end
 
@@ -297,7 +281,7 @@ function Stream:finish()
     if not r then
         return false, rh, status
     end
-    local res, err = message_of(self.types, r)
+    local res, err = tables.message_of(self.types, r)
     ended(self, r, rh)
     if res == nil then
         return undecodable(self, err)
@@ -316,7 +300,7 @@ function Stream:headers()
         return nil, rh
     end
     self.hdrs = self.hdrs or {}
-    finish(rh, 1, 0)
+    call.finish(rh, 1, 0)
     return self.hdrs
 end
 

@@ -9,18 +9,11 @@ local ffi = require "ffi"
 local bit = require "bit"
 local wire = require "resty.grpc_zc.pb.wire"
 
-local ffi_cast = ffi.cast
-local ffi_string = ffi.string
-local ffi_istype = ffi.istype
+local type, tostring, tonumber, error = type, tostring, tonumber, error
+local ffi_cast, ffi_string, ffi_istype = ffi.cast, ffi.string, ffi.istype
 local band = bit.band
-local floor = math.floor
-local huge = math.huge
-local type = type
-local tostring = tostring
-local tonumber = tonumber
-local error = error
-local sub = string.sub
-local format = string.format
+local floor, huge = math.floor, math.huge
+local sub, format = string.sub, string.format
 
 local T_DOUBLE, T_FLOAT, T_INT64, T_UINT64, T_INT32, T_FIXED64, T_FIXED32, T_BOOL, T_STRING,
       T_GROUP, T_MESSAGE, T_BYTES, T_UINT32, T_ENUM, T_SFIXED32, T_SFIXED64, T_SINT32, T_SINT64 =
