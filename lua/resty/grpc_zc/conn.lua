@@ -1,0 +1,218 @@
+-- resty.grpc_zc.conn: connections (grpc.connect) and their methods: unary calls, opening
+-- streams (resty.grpc_zc.stream), close.
+--
+-- A connection is an id in the runtime's channel table plus the settings Lua applies itself
+-- (default deadline, largest message to send).
+
+local Command = require "resty.grpc_zc.wire.Command"
+local Connect = require "resty.grpc_zc.wire.Connect"
+local CallKind = require "resty.grpc_zc.wire.CallKind"
+local Close = require "resty.grpc_zc.wire.Close"
+local instance = require "resty.grpc_zc.instance"
+local reply = require "resty.grpc_zc.reply"
+local call = require "resty.grpc_zc.call"
+local tables = require "resty.grpc_zc.tables"
+local rpc = require "resty.grpc_zc.rpc"
+local stream = require "resty.grpc_zc.stream"
+
+local type = type
+local error = error
+local ipairs = ipairs
+local setmetatable = setmetatable
+local getmetatable = getmetatable
+local floor = math.floor
+local min = math.min
+local builder = call.builder
+local S = instance.state
+
+local _M = { version = "0.1.0" }
+
+local Conn = {}
+local Conn_mt = { __index = Conn }
+
+
+-- Whether `v` is a connection from connect().
+function _M.is_conn(v)
+    return type(v) == "table" and getmetatable(v) == Conn_mt
+end
+
+
+local function size_opt(v, name)
+    if v == nil then
+        return 0
+    end
+    if type(v) ~= "number" or v < 1 then
+        error("bad option " .. name .. ": positive number of bytes expected", 3)
+    end
+    return min(floor(v), 0xffffffff)
+end
+
+
+-- grpc.connect(target, opts?) -> true, conn | false, err, status
+--   target: "host:port", "[::1]:port", "http://host:port", "https://host:port", "unix:/path".
+--   opts: host (authority and TLS server name), ca, cert, priv_key (PEM contents: TLS with
+--   `ca` or for https targets, mTLS with cert + priv_key), insecure (plaintext regardless),
+--   connect_timeout, timeout (default deadline of calls, rpc.ms), keepalive_interval,
+--   keepalive_timeout (rpc.ms), max_send_msg_size, max_recv_msg_size (bytes; default: the arena's
+--   max_message and 4 MiB), compression ("gzip").
+function _M.connect(target, opts)
+    if type(target) ~= "string" or target == "" then
+        error("bad target: non-empty string expected", 2)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("bad opts: table expected", 2)
+    end
+    opts = opts or {}
+    local ok, err = instance.ensure()
+    if not ok then
+        return false, err
+    end
+    for _, k in ipairs({ "host", "ca", "cert", "priv_key", "compression" }) do
+        if opts[k] ~= nil and type(opts[k]) ~= "string" then
+            error("bad option " .. k .. ": string expected", 2)
+        end
+    end
+    local h
+    h, err = call.begin_build(#target + #(opts.host or "") + #(opts.ca or "") + #(opts.cert or "")
+                         + #(opts.priv_key or "") + 320)
+    if not h then
+        return reply.local_failure(reply.RESOURCE_EXHAUSTED, err)
+    end
+    local t = builder:CreateString(target)
+    local a = opts.host and builder:CreateString(opts.host)
+    local ca = opts.ca and builder:CreateByteVector(opts.ca)
+    local cert = opts.cert and builder:CreateByteVector(opts.cert)
+    local key = opts.priv_key and builder:CreateByteVector(opts.priv_key)
+    local comp = opts.compression and builder:CreateString(opts.compression)
+    Connect.Start(builder)
+    Connect.AddTarget(builder, t)
+    if a then
+        Connect.AddAuthority(builder, a)
+    end
+    if ca then
+        Connect.AddCaPem(builder, ca)
+    end
+    if cert then
+        Connect.AddCertPem(builder, cert)
+    end
+    if key then
+        Connect.AddKeyPem(builder, key)
+    end
+    if comp then
+        Connect.AddCompression(builder, comp)
+    end
+    if opts.insecure then
+        Connect.AddInsecure(builder, true)
+    end
+    Connect.AddConnectTimeoutMs(builder, rpc.ms(opts.connect_timeout, "connect_timeout"))
+    Connect.AddDefaultTimeoutMs(builder, rpc.ms(opts.timeout, "timeout"))
+    Connect.AddKeepaliveIntervalMs(builder, rpc.ms(opts.keepalive_interval, "keepalive_interval"))
+    Connect.AddKeepaliveTimeoutMs(builder, rpc.ms(opts.keepalive_timeout, "keepalive_timeout"))
+    Connect.AddMaxSendMsgSize(builder, size_opt(opts.max_send_msg_size, "max_send_msg_size"))
+    Connect.AddMaxRecvMsgSize(builder, size_opt(opts.max_recv_msg_size, "max_recv_msg_size"))
+    call.finish_request(Command.Connect, Connect.End(builder))
+
+    local r, rerr = call.roundtrip(h, nil)
+    if not r then
+        return false, rerr
+    end
+    local serr, status = reply.status_of(r)
+    local id = reply.id_of(r)
+    call.finish(h, 1, 0)
+    if serr then
+        return false, serr, status
+    end
+    local max_send = S.max_payload
+    if opts.max_send_msg_size and opts.max_send_msg_size < max_send then
+        max_send = floor(opts.max_send_msg_size)
+    end
+    return true, setmetatable({ id = id, target = target, timeout = opts.timeout,
+                                max_send = max_send }, Conn_mt)
+end
+
+
+-- conn:unary(path, req, call_opts?) -> true, res[, meta] | false, err, status
+--   req: the protobuf-encoded request (string) or a table (types from grpc.load_proto);
+--   res: the encoded response (string) or a table. call_opts: timeout (rpc.ms, sent as
+--   grpc-timeout), metadata (table; "-bin" keys carry bytes), compression ("gzip" or
+--   "identity"), response_metadata (true: a third value { headers = {...}, trailers = {...} }).
+function Conn:unary(path, req, call_opts)
+    rpc.check_path(path)
+    local types, terr
+    if type(req) == "table" then
+        types, terr = tables.types_of(path)
+        if types == nil then
+            return reply.local_failure(reply.INTERNAL, terr)
+        end
+    elseif type(req) ~= "string" then
+        error("bad request: string or table expected, got " .. type(req), 2)
+    end
+    local timeout, md, need = rpc.check_call_opts(self, call_opts)
+    local r, h, status = rpc.post_call(self, CallKind.Unary, path, req, call_opts, timeout, md,
+                                   need, types)
+    if not r then
+        return false, h, status
+    end
+    local res
+    res, terr = tables.message_of(types, r)
+    if res == nil then
+        call.finish(h, 1, 0)
+        return reply.local_failure(reply.INTERNAL, terr)
+    end
+    local meta
+    if call_opts and call_opts.response_metadata then
+        meta = { headers = reply.metadata_of(r) or {}, trailers = reply.metadata_of(r, true) or {} }
+    end
+    call.finish(h, 1, 0)
+    return true, res, meta
+end
+
+
+-- conn:new_stream(path, call_opts?) -> true, stream | false, err, status   (bidi streaming)
+function Conn:new_stream(path, call_opts)
+    rpc.check_path(path)
+    return stream.open(self, CallKind.Bidi, path, nil, call_opts)
+end
+
+
+-- conn:server_stream(path, req, call_opts?) -> true, stream | false, err, status
+function Conn:server_stream(path, req, call_opts)
+    rpc.check_path(path)
+    if type(req) ~= "string" and type(req) ~= "table" then
+        error("bad request: string or table expected, got " .. type(req), 2)
+    end
+    return stream.open(self, CallKind.ServerStreaming, path, req, call_opts)
+end
+
+
+-- conn:client_stream(path, call_opts?) -> true, stream | false, err, status
+function Conn:client_stream(path, call_opts)
+    rpc.check_path(path)
+    return stream.open(self, CallKind.ClientStreaming, path, nil, call_opts)
+end
+
+
+-- conn:close(): forgets the connection (calls in flight call.finish).
+function Conn:close()
+    local ok, err = instance.ensure()
+    if not ok then
+        return false, err
+    end
+    local h
+    h, err = call.begin_build(64)
+    if not h then
+        return false, err
+    end
+    Close.Start(builder)
+    Close.AddConn(builder, self.id)
+    call.finish_request(Command.Close, Close.End(builder))
+    local r, rerr = call.roundtrip(h, nil)
+    if not r then
+        return false, rerr
+    end
+    call.finish(h, 1, 0)
+    return true
+end
+
+
+return _M
