@@ -9,9 +9,10 @@
 --                      same clib); the functions and the arena types are declared from then on
 --     lib.big_copy(dst, src, n)   copy of a message of at least lib.BIG_COPY bytes
 --
--- Search rule: lib.path when set, else libresty_grpc_zc.so found through package.cpath
--- (lua_package_cpath, as resty_ffi finds the host), else the dynamic loader's own search
--- (LD_LIBRARY_PATH, ld.so.cache after `make install`).
+-- Search rule: lib.path when set, else the dynamic loader's search for "resty_grpc_zc"
+-- (LD_LIBRARY_PATH, ld.so.cache after `make install`), the very name ngx.load_ffi opens, so
+-- both always get the same library; only when the loader finds none, libresty_grpc_zc.so
+-- through package.cpath (plain LuaJIT, a library next to the Lua modules).
 --
 -- Loading is lazy so that resty.grpc_zc.pb works without the library (plain LuaJIT, no
 -- load_proto); resty.grpc_zc loads it when it is required and raises if it cannot.
@@ -76,13 +77,21 @@ local CDEF_WITH_LIB_TYPES = [[
 
 local clib
 
-local function find()
-    local path = _M.path
-    if path then
-        return path
+-- The library by the search rule above, or nil, err.
+local function open()
+    if _M.path then
+        return pcall(ffi.load, _M.path)
     end
-    return package.searchpath("libresty_grpc_zc", package.cpath)
-           or package.searchpath("resty_grpc_zc", package.cpath) or "resty_grpc_zc"
+    local ok, l = pcall(ffi.load, "resty_grpc_zc")
+    if ok then
+        return ok, l
+    end
+    local path = package.searchpath("libresty_grpc_zc", package.cpath)
+                 or package.searchpath("resty_grpc_zc", package.cpath)
+    if not path then
+        return false, l
+    end
+    return pcall(ffi.load, path)
 end
 
 function _M.load()
@@ -94,7 +103,7 @@ function _M.load()
     if ngx ~= nil and package.loaded.resty_ffi == nil then
         pcall(require, "resty_ffi")
     end
-    local ok, l = pcall(ffi.load, find())
+    local ok, l = open()
     if not ok then
         return nil, "cannot load libresty_grpc_zc: " .. tostring(l)
     end
