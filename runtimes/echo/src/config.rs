@@ -2,7 +2,7 @@
 //! its CPU list to a thread.
 //!
 //! This module knows nothing about the host; its only unsafe code is the `sched_setaffinity`
-//! call of [`pin_current_thread`].
+//! call of `pin_current_thread`.
 
 use std::fmt;
 use std::io;
