@@ -44,6 +44,25 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_v
     })
 }
 
+/// Runs `f` on the queue `tq` under the guard; `fallback` when `tq` is NULL (or `f` panicked).
+///
+/// # Safety
+/// `tq` is NULL or a queue the caller holds a reference to for the duration of the call.
+unsafe fn with_queue<T: Copy>(
+    what: &str,
+    tq: *mut c_void,
+    fallback: T,
+    f: impl FnOnce(&Queue) -> T,
+) -> T {
+    guard(what, fallback, || {
+        if tq.is_null() {
+            return fallback;
+        }
+        // SAFETY: the caller's reference keeps the queue alive during this call.
+        f(unsafe { &*(tq as *const Queue) })
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Asynchronous polling (this host's addition, for runtimes whose thread runs an event loop).
 // Runtimes find these with dlsym and fall back to `ngx_http_lua_ffi_task_poll` without them.
@@ -56,13 +75,8 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_v
 /// `tq` is the queue handed to `libffi_init`, not yet finished (see `resty_ffi_task_try_poll`).
 #[no_mangle]
 pub unsafe extern "C" fn resty_ffi_task_poll_fd(tq: *mut c_void) -> c_int {
-    guard("task_poll_fd", -1, || {
-        if tq.is_null() {
-            return -1;
-        }
-        // SAFETY: the runtime's reference keeps the queue alive.
-        unsafe { &*(tq as *const Queue) }.poll_fd()
-    })
+    // SAFETY: `tq` is NULL or the runtime's live queue (the caller's contract).
+    unsafe { with_queue("task_poll_fd", tq, -1, Queue::poll_fd) }
 }
 
 /// The next task without waiting, or NULL: then `*finished` is 1 if the finish marker was
@@ -107,13 +121,8 @@ pub unsafe extern "C" fn resty_ffi_task_try_poll(
 /// As `resty_ffi_task_poll_fd`.
 #[no_mangle]
 pub unsafe extern "C" fn resty_ffi_task_arm(tq: *mut c_void) -> c_int {
-    guard("task_arm", 0, || {
-        if tq.is_null() {
-            return 0;
-        }
-        // SAFETY: as above.
-        c_int::from(unsafe { &*(tq as *const Queue) }.arm())
-    })
+    // SAFETY: as above.
+    unsafe { with_queue("task_arm", tq, 0, |q| c_int::from(q.arm())) }
 }
 
 /// Spins (or yields, when the poster shares the CPU) up to the queue's `poll_spin_us` for an
@@ -123,13 +132,8 @@ pub unsafe extern "C" fn resty_ffi_task_arm(tq: *mut c_void) -> c_int {
 /// As `resty_ffi_task_poll_fd`.
 #[no_mangle]
 pub unsafe extern "C" fn resty_ffi_task_spin_poll(tq: *mut c_void) -> c_int {
-    guard("task_spin_poll", 0, || {
-        if tq.is_null() {
-            return 0;
-        }
-        // SAFETY: as above.
-        c_int::from(unsafe { &*(tq as *const Queue) }.spin_for_item())
-    })
+    // SAFETY: as above.
+    unsafe { with_queue("task_spin_poll", tq, 0, |q| c_int::from(q.spin_for_item())) }
 }
 
 /// The request of a polled task: a NUL-terminated copy, or NULL with length 0 for a nil request.
