@@ -21,9 +21,8 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::process::Command;
 
-use testkit::bench::{machine, median, replace_section};
+use testkit::bench::{machine, median, pin_process, replace_section, LUA_BENCH_NOW};
 use testkit::{repo_root, NginxBuilder, UdsEcho};
 
 const SIZES: &[usize] = &[512, 4096, 10240, 102_400, 1_048_576];
@@ -94,24 +93,10 @@ fn lua_conf(setting: Setting) -> String {
     };
     format!(
         "init_worker_by_lua_block {{\n    require \"resty_ffi\"\n    ECHO_CFG = {echo_cfg}\n    \
-         assert(require(\"resty.grpc_zc\").init({{ max_message = 2 * 1048576{cpus} }}))\n}}\n{LUA}"
+         assert(require(\"resty.grpc_zc\").init({{ max_message = 2 * 1048576{cpus} }}))\n}}\n\
+         init_by_lua_block {{{LUA_BENCH_NOW}}}\n"
     )
 }
-
-const LUA: &str = r#"
-init_by_lua_block {
-    local ffi = require "ffi"
-    ffi.cdef [[
-        typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
-        int clock_gettime(int clk, bench_timespec *ts);
-    ]]
-    local ts = ffi.new("bench_timespec")
-    function bench_now()
-        ffi.C.clock_gettime(1, ts)
-        return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
-    end
-}
-"#;
 
 const LOCATION: &str = r#"
 location /bench {
@@ -257,9 +242,7 @@ fn run(setting: Setting, quick: bool) -> Vec<Row> {
 }
 
 fn pin(pid: i32, cpu: usize) {
-    let _ = Command::new("taskset")
-        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
-        .output();
+    let _ = pin_process(pid, &cpu.to_string());
 }
 
 fn human(size: usize) -> String {

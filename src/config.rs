@@ -55,6 +55,18 @@ impl CpuList {
             }
             cpus.extend(lo..=hi);
         }
+        CpuList::new(cpus)
+    }
+
+    /// A list of `cpus` (in any order, repeats allowed); every CPU must be below `CPU_SETSIZE`.
+    pub fn new(cpus: impl IntoIterator<Item = usize>) -> Result<CpuList, ConfigError> {
+        let mut cpus: Vec<usize> = cpus.into_iter().collect();
+        if let Some(c) = cpus.iter().find(|&&c| c >= libc::CPU_SETSIZE as usize) {
+            return Err(ConfigError(format!(
+                "cpus: CPU {c} is not below {}",
+                libc::CPU_SETSIZE
+            )));
+        }
         cpus.sort_unstable();
         cpus.dedup();
         Ok(CpuList(cpus))
@@ -70,7 +82,7 @@ impl CpuList {
         // SAFETY: an all-zero `cpu_set_t` is a valid empty set.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         for &cpu in &self.0 {
-            // SAFETY: `parse` keeps every CPU below CPU_SETSIZE, so CPU_SET stays inside `set`.
+            // SAFETY: `new` keeps every CPU below CPU_SETSIZE, so CPU_SET stays inside `set`.
             unsafe { libc::CPU_SET(cpu, &mut set) };
         }
         // SAFETY: `set` is an initialized cpu_set_t of the size passed; pid 0 is the calling
@@ -213,6 +225,16 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn cpu_list_from_numbers() {
+        assert_eq!(CpuList::new([3, 1, 1]).unwrap().cpus(), [1, 3]);
+        assert_eq!(
+            CpuList::new([3, 1]).unwrap(),
+            CpuList::parse("1:3").unwrap()
+        );
+        assert!(CpuList::new([libc::CPU_SETSIZE as usize]).is_err());
     }
 
     #[test]

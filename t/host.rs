@@ -531,3 +531,123 @@ fn rss_is_flat_over_a_million_calls() {
     );
     n.assert_log_clean(&[]);
 }
+
+/// `resty_ffi_log` bound from Lua on the host library, and a location calling it with
+/// `?level=&text=` (`&len=` cuts the text; `&null=1` passes NULL), saying its return value.
+const LOG_LOCATION: &str = r#"
+        location /log {
+            content_by_lua_block {
+                local ffi = require "ffi"
+                pcall(ffi.cdef, "int resty_ffi_log(int, const char *, size_t);")
+                local host = ffi.load(package.searchpath("resty_ffi", package.cpath))
+                if ngx.var.arg_init == "1" then
+                    assert(ngx.load_ffi("resty_ffi_echo"))   -- attaches the host
+                end
+                local text = ngx.unescape_uri(ngx.var.arg_text or "")
+                local len = tonumber(ngx.var.arg_len) or #text
+                local msg = text
+                if ngx.var.arg_null == "1" then
+                    msg = nil
+                end
+                ngx.say(host.resty_ffi_log(tonumber(ngx.var.arg_level), msg, len))
+            }
+        }
+"#;
+
+/// The error.log line that ends with `text`.
+fn log_line(log: &str, text: &str) -> Option<String> {
+    log.lines().find(|l| l.ends_with(text)).map(str::to_owned)
+}
+
+/// Checks `YYYY/MM/DD HH:MM:SS [level] PID#TID: text`, nginx's own format, with the worker's
+/// pid and its main thread's id.
+fn assert_nginx_format(line: &str, level: &str, pid: i32, text: &str) {
+    let (stamp, rest) = line.split_at(19.min(line.len()));
+    let shape: String = stamp
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect();
+    assert_eq!(shape, "9999/99/99 99:99:99", "time stamp of {line:?}");
+    assert_eq!(rest, format!(" [{level}] {pid}#{pid}: {text}"), "{line:?}");
+}
+
+#[test]
+fn log_export_writes_nginx_lines_on_the_main_thread() {
+    let n = NginxBuilder::new("log")
+        .workers(1)
+        .error_log_level("notice")
+        .http_conf(INIT)
+        .server_conf(LOG_LOCATION)
+        .start();
+    let pid = n.worker_pids()[0];
+    let say = |query: &str| body(&n, &format!("/log?init=1&{query}"));
+    assert_eq!(say("level=4&text=log%20test%3A%20an%20error"), "0\n");
+    assert_eq!(say("level=5&text=log%20test%3A%20a%20warning"), "0\n");
+    assert_eq!(say("level=6&text=log%20test%3A%20a%20notice"), "0\n");
+    assert_eq!(say("level=7&text=log%20test%3A%20an%20info%20line"), "0\n");
+    assert_eq!(
+        say("level=99&text=log%20test%3A%20clamped%20to%20debug"),
+        "0\n"
+    );
+    assert_eq!(say("level=5&text=log%20test%3A%20cut%20here&len=13"), "0\n");
+    assert_eq!(say("level=4&null=1&len=5"), "-1\n");
+    let log = n.error_log();
+    let find =
+        |text: &str| log_line(&log, text).unwrap_or_else(|| panic!("no line {text:?} in:\n{log}"));
+    assert_nginx_format(
+        &find("log test: an error"),
+        "error",
+        pid,
+        "log test: an error",
+    );
+    assert_nginx_format(
+        &find("log test: a warning"),
+        "warn",
+        pid,
+        "log test: a warning",
+    );
+    assert_nginx_format(
+        &find("log test: a notice"),
+        "notice",
+        pid,
+        "log test: a notice",
+    );
+    assert_nginx_format(&find("log test: cut"), "warn", pid, "log test: cut");
+    assert!(
+        !log.contains("an info line") && !log.contains("clamped to debug"),
+        "lines below the error_log level (notice) are left out:\n{log}"
+    );
+    assert!(
+        !log.contains("cut here"),
+        "only len bytes are written:\n{log}"
+    );
+    n.assert_log_clean(&["log test: an error"]);
+}
+
+#[test]
+fn log_export_before_the_host_is_attached_writes_stderr() {
+    let n = NginxBuilder::new("log-early")
+        .workers(1)
+        .http_conf(INIT)
+        .server_conf(LOG_LOCATION)
+        .start();
+    // No `ngx.load_ffi` yet in this worker: the host has no eventfd, the line goes to stderr,
+    // which nginx points at error.log.
+    assert_eq!(body(&n, "/log?level=5&text=log%20test%3A%20early"), "0\n");
+    let (found, log) = n.wait_log_contains("log test: early", Duration::from_secs(5));
+    assert!(found, "{log}");
+    assert_eq!(
+        log_line(&log, "log test: early").as_deref(),
+        Some("[warn] log test: early")
+    );
+    // Attached: the same export now writes through nginx's logger.
+    assert_eq!(
+        body(&n, "/log?init=1&level=5&text=log%20test%3A%20late"),
+        "0\n"
+    );
+    let pid = n.worker_pids()[0];
+    let log = n.error_log();
+    let late = log_line(&log, "log test: late").unwrap_or_else(|| panic!("{log}"));
+    assert_nginx_format(&late, "warn", pid, "log test: late");
+    n.assert_log_clean(&[]);
+}

@@ -1,32 +1,18 @@
-//! The host's only door to C: the lua-resty-ffi contract for runtimes, and the functions
-//! `resty_ffi.lua` binds. Every export runs its body under [`guard`], so a panic is logged and
-//! turned into an error value instead of unwinding into nginx.
+//! The host's only door to C: the lua-resty-ffi contract for runtimes, the host's additions
+//! for runtimes (asynchronous polling, logging), and the functions `resty_ffi.lua` binds. Every
+//! export runs its body under [`guard`], so a panic is logged and turned into an error value
+//! instead of unwinding into nginx.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::guard::guard;
+use crate::log::{self, Level};
 use crate::nginx;
 use crate::queue::{PostError, Queue, TryPoll};
 use crate::task::{Release, Task};
-
-/// Runs `f`, turning a panic into a logged alert and `on_panic`.
-pub(crate) fn guard<T>(what: &str, on_panic: T, f: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(v) => v,
-        Err(e) => {
-            let msg = e
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| e.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_owned());
-            nginx::log(nginx::Level::Alert, &format!("panic in {what}: {msg}"));
-            on_panic
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The lua-resty-ffi contract, for runtimes (any thread).
@@ -58,6 +44,25 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_v
     })
 }
 
+/// Runs `f` on the queue `tq` under the guard; `fallback` when `tq` is NULL (or `f` panicked).
+///
+/// # Safety
+/// `tq` is NULL or a queue the caller holds a reference to for the duration of the call.
+unsafe fn with_queue<T: Copy>(
+    what: &str,
+    tq: *mut c_void,
+    fallback: T,
+    f: impl FnOnce(&Queue) -> T,
+) -> T {
+    guard(what, fallback, || {
+        if tq.is_null() {
+            return fallback;
+        }
+        // SAFETY: the caller's reference keeps the queue alive during this call.
+        f(unsafe { &*(tq as *const Queue) })
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Asynchronous polling (this host's addition, for runtimes whose thread runs an event loop).
 // Runtimes find these with dlsym and fall back to `ngx_http_lua_ffi_task_poll` without them.
@@ -70,13 +75,8 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_task_poll(tq: *mut c_void) -> *mut c_v
 /// `tq` is the queue handed to `libffi_init`, not yet finished (see `resty_ffi_task_try_poll`).
 #[no_mangle]
 pub unsafe extern "C" fn resty_ffi_task_poll_fd(tq: *mut c_void) -> c_int {
-    guard("task_poll_fd", -1, || {
-        if tq.is_null() {
-            return -1;
-        }
-        // SAFETY: the runtime's reference keeps the queue alive.
-        unsafe { &*(tq as *const Queue) }.poll_fd()
-    })
+    // SAFETY: `tq` is NULL or the runtime's live queue (the caller's contract).
+    unsafe { with_queue("task_poll_fd", tq, -1, Queue::poll_fd) }
 }
 
 /// The next task without waiting, or NULL: then `*finished` is 1 if the finish marker was
@@ -121,13 +121,8 @@ pub unsafe extern "C" fn resty_ffi_task_try_poll(
 /// As `resty_ffi_task_poll_fd`.
 #[no_mangle]
 pub unsafe extern "C" fn resty_ffi_task_arm(tq: *mut c_void) -> c_int {
-    guard("task_arm", 0, || {
-        if tq.is_null() {
-            return 0;
-        }
-        // SAFETY: as above.
-        c_int::from(unsafe { &*(tq as *const Queue) }.arm())
-    })
+    // SAFETY: as above.
+    unsafe { with_queue("task_arm", tq, 0, |q| c_int::from(q.arm())) }
 }
 
 /// Spins (or yields, when the poster shares the CPU) up to the queue's `poll_spin_us` for an
@@ -137,13 +132,8 @@ pub unsafe extern "C" fn resty_ffi_task_arm(tq: *mut c_void) -> c_int {
 /// As `resty_ffi_task_poll_fd`.
 #[no_mangle]
 pub unsafe extern "C" fn resty_ffi_task_spin_poll(tq: *mut c_void) -> c_int {
-    guard("task_spin_poll", 0, || {
-        if tq.is_null() {
-            return 0;
-        }
-        // SAFETY: as above.
-        c_int::from(unsafe { &*(tq as *const Queue) }.spin_for_item())
-    })
+    // SAFETY: as above.
+    unsafe { with_queue("task_spin_poll", tq, 0, |q| c_int::from(q.spin_for_item())) }
 }
 
 /// The request of a polled task: a NUL-terminated copy, or NULL with length 0 for a nil request.
@@ -195,8 +185,8 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_respond(
             0 => (rsp, unsafe { libc::strlen(rsp) }),
             n if n > 0 => (rsp, n as usize),
             n => {
-                nginx::log(
-                    nginx::Level::Error,
+                log::host(
+                    Level::ERROR,
                     &format!("runtime answered with negative rsp_len {n}; response dropped"),
                 );
                 // SAFETY: ownership of the malloc'd buffer passed to us.
@@ -222,6 +212,39 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_task_cancelled(task: *mut c_void) -> c
         }
         // SAFETY: the runtime holds a polled, unanswered task.
         c_int::from(unsafe { (*(task as *const Task)).is_cancelled() })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logging (this host's addition, for runtimes; any thread). Runtimes find it with dlsym and
+// fall back to stderr without it.
+// ---------------------------------------------------------------------------------------------
+
+/// Writes one line to nginx's error log in nginx's format, obeying the `error_log` level.
+/// `level` is nginx's number (`NGX_LOG_ALERT` 2, `NGX_LOG_ERR` 4, `NGX_LOG_WARN` 5,
+/// `NGX_LOG_NOTICE` 6, `NGX_LOG_INFO` 7; others are clamped into 2..=8); `msg` is `len` bytes,
+/// copied, without a newline. On the main thread the line is written at once; from any other
+/// thread it is queued (at most 1024 lines; beyond that it is dropped and counted) and written by
+/// the host's eventfd handler. Before `resty_ffi_init` and after the worker-exit cleanup it goes
+/// to stderr as `[level] msg`. Never blocks beyond a short uncontended mutex.
+///
+/// Returns 0 when the line was written or queued, -1 when it was dropped or `msg` is NULL.
+///
+/// # Safety
+/// `msg` is NULL or points to `len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn resty_ffi_log(level: c_int, msg: *const c_char, len: usize) -> c_int {
+    guard("log", -1, || {
+        if msg.is_null() {
+            return -1;
+        }
+        // SAFETY: the caller passes `len` readable bytes.
+        let text = unsafe { std::slice::from_raw_parts(msg as *const u8, len) };
+        if log::write(Level::from_raw(level), text) {
+            0
+        } else {
+            -1
+        }
     })
 }
 

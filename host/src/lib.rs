@@ -14,11 +14,22 @@
 //!
 //! - `task`: one call's state machine (who owns the task when).
 //! - `queue`: the bounded queue and its spinning poll.
-//! - `nginx`: the eventfd in nginx's event loop, the done list, semaphores, worker exit.
-//! - `ffi`: every `extern "C"` export, each behind a panic guard.
+//! - `wake`: the eventfd any thread signals to wake the main thread (a leaf).
+//! - `log`: lines for nginx's error log from any thread, in nginx's format (on `wake`).
+//! - `guard`: the panic guard every callback from C runs under (on `log`).
+//! - `nginx`: the eventfd in nginx's event loop and its handler, the done list, semaphores,
+//!   worker exit.
+//! - `ffi`: every `extern "C"` export, each behind the guard.
+//!
+//! Imports go one way (no two files import each other): `ffi` uses `nginx`; both use `queue`,
+//! `task`, `guard` and `log`; `queue` uses `task`; `guard` uses `log`; `log` and `nginx` use
+//! `wake`.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod ffi;
+mod guard;
+mod log;
 mod nginx;
 mod queue;
 mod task;
+mod wake;

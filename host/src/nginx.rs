@@ -1,19 +1,21 @@
-//! Everything that touches nginx: the eventfd registered in the worker's event loop, the done
-//! list it drains, the semaphores of lua-nginx-module, the worker-exit hook and logging.
+//! Everything that touches nginx's event loop and lua-nginx-module: the host's eventfd
+//! registered in the worker's event loop and its handler (which drains the done list and the
+//! queued log lines), the semaphores, the worker-exit hook.
 //!
-//! All functions here except [`complete`] and [`log`] run on the nginx main thread.
+//! All functions here except [`complete`] run on the nginx main thread.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nginx_sys as ngx;
 
+use crate::guard::guard;
 use crate::queue::Queue;
 use crate::task::{Answered, Delivery, Task};
+use crate::{log, wake};
 
 // lua-nginx-module's semaphore API (exported by ngx_http_lua_module.so, which nginx loads with
 // RTLD_GLOBAL); the same functions lua-resty-core's `ngx.semaphore` binds.
@@ -35,10 +37,6 @@ const NGX_USE_EPOLL_EVENT: ngx::ngx_uint_t = 0x0000_0040;
 /// How long worker exit waits for runtimes' poll threads to take their finish markers.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 
-/// The eventfd runtime threads write to wake the main thread; -1 until [`init`].
-static EVENT_FD: AtomicI32 = AtomicI32::new(-1);
-/// An eventfd write is pending that the handler has not consumed yet (folds wake-ups).
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
 /// Answered tasks waiting for the main thread.
 static DONE: Mutex<Vec<TaskPtr>> = Mutex::new(Vec::new());
 /// Every queue created in this worker, to finish them at worker exit.
@@ -64,15 +62,15 @@ impl std::fmt::Display for InitError {
 }
 
 fn cycle() -> *mut ngx::ngx_cycle_t {
-    // SAFETY: `ngx_cycle` is set by nginx before any Lua code runs and only changes on the main
-    // thread during a reload in the master, never in a running worker.
+    // SAFETY: `ngx_cycle` is set by nginx before any Lua code runs and changes only on the main
+    // thread: during a reload in the master, and to the exit cycle when a worker exits.
     unsafe { ptr::read_volatile(ptr::addr_of!(ngx::ngx_cycle)) }
 }
 
 /// Attaches the host to this worker's event loop (once per process): an eventfd watched by
 /// nginx, and a hook that finishes every queue when the worker exits.
 pub(crate) fn init() -> Result<(), InitError> {
-    if EVENT_FD.load(Ordering::Acquire) >= 0 {
+    if wake::fd() >= 0 {
         return Ok(());
     }
     let cycle = cycle();
@@ -123,8 +121,30 @@ pub(crate) fn init() -> Result<(), InitError> {
             (*cln).data = ptr::null_mut();
         }
     }
-    EVENT_FD.store(fd, Ordering::Release);
+    wake::set_fd(fd);
+    log::open(write_log);
     Ok(())
+}
+
+/// Main thread: one line through nginx's logger (`ngx_cycle->log`, so nginx's format), if the
+/// `error_log` level lets it through. The writer [`log`] uses from [`init`] on.
+fn write_log(level: log::Level, text: &[u8]) {
+    let cycle = cycle();
+    if cycle.is_null() {
+        return;
+    }
+    // SAFETY: a non-NULL cycle is live on the main thread; during the worker-exit cleanup it is
+    // nginx's exit cycle, whose log stays valid until the process exits.
+    let log = unsafe { (*cycle).log };
+    let level = ngx::ngx_uint_t::from(level.raw());
+    // SAFETY: `log` is the cycle's live log (checked for NULL first); reading its level is what
+    // nginx's own `ngx_log_error` macro does before it calls the logger.
+    if log.is_null() || unsafe { (*log).log_level } < level {
+        return;
+    }
+    // SAFETY: main thread; `%*s` reads a size_t length and a pointer to that many bytes, which
+    // `text` provides for the duration of the call.
+    unsafe { ngx::ngx_log_error_core(level, log, 0, c"%*s".as_ptr(), text.len(), text.as_ptr()) };
 }
 
 /// Registers a queue so worker exit finishes it.
@@ -145,23 +165,15 @@ pub(crate) unsafe fn complete(task: *mut Task, rc: c_int, rsp: *mut c_char, rsp_
     DONE.lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(TaskPtr(task));
-    if !SIGNALLED.swap(true, Ordering::AcqRel) {
-        let fd = EVENT_FD.load(Ordering::Acquire);
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a live u64 to our eventfd; EAGAIN (counter overflow) is
-        // impossible with one pending write at a time.
-        unsafe { libc::write(fd, &one as *const u64 as *const c_void, 8) };
-    }
+    wake::signal();
 }
 
-/// The eventfd's read handler, on the main thread: delivers answered tasks.
+/// The eventfd's read handler, on the main thread: writes queued log lines and delivers
+/// answered tasks.
 unsafe extern "C" fn on_event(_ev: *mut ngx::ngx_event_t) {
-    crate::ffi::guard("event handler", (), || {
-        let fd = EVENT_FD.load(Ordering::Acquire);
-        let mut counter: u64 = 0;
-        // SAFETY: reading 8 bytes into a live u64 from our non-blocking eventfd.
-        unsafe { libc::read(fd, &mut counter as *mut u64 as *mut c_void, 8) };
-        SIGNALLED.store(false, Ordering::Release);
+    guard("event handler", (), || {
+        wake::acknowledge();
+        log::drain();
         BATCH.with(|batch| {
             let mut batch = batch.borrow_mut();
             std::mem::swap(
@@ -226,7 +238,7 @@ pub(crate) fn free_sema(sem: *mut c_void) {
 /// Pool cleanup of the worker's cycle: runs when the worker exits (after modules' exit hooks,
 /// before the Lua VM is closed). Gives every runtime its finish marker and a moment to take it.
 unsafe extern "C" fn on_worker_exit(_data: *mut c_void) {
-    crate::ffi::guard("worker exit", (), || {
+    guard("worker exit", (), || {
         let queues = std::mem::take(&mut *QUEUES.lock().unwrap_or_else(|e| e.into_inner()));
         for q in &queues {
             q.finish();
@@ -238,23 +250,7 @@ unsafe extern "C" fn on_worker_exit(_data: *mut c_void) {
         // Keep the queues alive: runtime threads may still be answering earlier tasks while the
         // process exits.
         std::mem::forget(queues);
+        // Lines runtimes logged up to here reach the log; later ones go to stderr.
+        log::close();
     })
-}
-
-/// Severity of a host log line.
-#[derive(Clone, Copy)]
-pub(crate) enum Level {
-    Alert,
-    Error,
-}
-
-/// Logs a line to stderr, which nginx points at its error log in workers. Any thread may call
-/// it (nginx's own logger is for the main thread only). The level is written in nginx's
-/// `[alert]` / `[error]` form so log checks (and the tests' `assert_log_clean`) see it.
-pub(crate) fn log(level: Level, msg: &str) {
-    let tag = match level {
-        Level::Alert => "alert",
-        Level::Error => "error",
-    };
-    eprintln!("[{tag}] resty_ffi: {msg}");
 }

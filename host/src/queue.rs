@@ -102,14 +102,20 @@ impl Queue {
     /// Appends a task. On error the caller keeps ownership of `task`.
     pub(crate) fn post(&self, task: *mut Task) -> Result<(), PostError> {
         self.poster_cpu.store(current_cpu(), Ordering::Relaxed);
-        let mut inner = self.lock();
+        let inner = self.lock();
         if inner.finishing {
             return Err(PostError::Finished);
         }
         if inner.items.len() >= self.max {
             return Err(PostError::Full);
         }
-        inner.items.push_back(Item::Task(task));
+        self.push_and_wake(inner, Item::Task(task));
+        Ok(())
+    }
+
+    /// Appends `item`, releases the lock and wakes the poll thread (parked or asynchronous).
+    fn push_and_wake(&self, mut inner: MutexGuard<'_, Inner>, item: Item) {
+        inner.items.push_back(item);
         self.len.store(inner.items.len(), Ordering::Release);
         let parked = inner.parked;
         drop(inner);
@@ -117,7 +123,6 @@ impl Queue {
             self.cv.notify_one();
         }
         self.notify_async();
-        Ok(())
     }
 
     /// Wakes an asynchronous poller that armed its eventfd (after an item was queued).
@@ -203,14 +208,7 @@ impl Queue {
             return;
         }
         inner.finishing = true;
-        inner.items.push_back(Item::Finish);
-        self.len.store(inner.items.len(), Ordering::Release);
-        let parked = inner.parked;
-        drop(inner);
-        if parked {
-            self.cv.notify_one();
-        }
-        self.notify_async();
+        self.push_and_wake(inner, Item::Finish);
     }
 
     /// Blocks until a task arrives; `None` once the finish marker is consumed.

@@ -13,7 +13,7 @@
 # Steps: drift check; Python (official flatbuffers 25.12.19) builds every case and Lua reads the
 # files through FFI pointers; Lua builds every case into caller memory and Python checks it; the
 # Lua unit/bounds/fuzz tests; the jit.v test; the protobuf codec's unit, jit.v and benchmark
-# scripts (lua/t/test_pb*.lua; its conformance test against prost is tests/pb_conformance.rs).
+# scripts (lua/t/test_pb*.lua; its conformance test against prost is t/pb_conformance.rs).
 # Installs flatc and the Python package if missing.
 set -uo pipefail
 

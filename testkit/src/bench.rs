@@ -1,5 +1,6 @@
 //! Helpers shared by the benchmarks in `benches/`: medians, the machine line, CPU time and
-//! page faults of a process, and rewriting one section of `docs/benchmarks.md`.
+//! page faults of a process, pinning a process, Lua's monotonic clock, and rewriting one section
+//! of `docs/benchmarks.md`.
 
 use std::fs;
 use std::path::Path;
@@ -28,6 +29,30 @@ pub fn machine() -> String {
         .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
         .unwrap_or_default();
     format!("{cpu}, {cores} vCPU, {nginx}, lua-nginx-module 0.10.23 (Debian 12)")
+}
+
+/// Lua defining `bench_now()`: seconds of `CLOCK_MONOTONIC`, through the FFI (for an
+/// `init_by_lua_block`, like [`crate::LUA_PAYLOAD`]).
+pub const LUA_BENCH_NOW: &str = r#"
+    local ffi = require "ffi"
+    ffi.cdef [[
+        typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+        int clock_gettime(int clk, bench_timespec *ts);
+    ]]
+    local ts = ffi.new("bench_timespec")
+    function bench_now()
+        ffi.C.clock_gettime(1, ts)
+        return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) * 1e-9
+    end
+"#;
+
+/// Restricts every thread of process `pid` to `cpus` (a `taskset -c` list); true on success.
+pub fn pin_process(pid: i32, cpus: &str) -> bool {
+    Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Replaces the text between `<!-- BEGIN name -->` and `<!-- END name -->` in `path`

@@ -1,8 +1,11 @@
-//! The `cfg` string given to `libffi_init`: `key=value` pairs separated by `,`.
+//! The `cfg` string given to `libffi_init`: `key=value` pairs separated by `,`, and applying
+//! its CPU list to a thread.
 //!
-//! Safe Rust only: this module knows nothing about the host.
+//! This module knows nothing about the host; its only unsafe code is the `sched_setaffinity`
+//! call of `pin_current_thread`.
 
 use std::fmt;
+use std::io;
 use std::os::raw::c_int;
 use std::time::Duration;
 
@@ -134,6 +137,27 @@ fn cpu_list(v: &str) -> Option<Vec<usize>> {
     Some(cpus)
 }
 
+/// Restricts the calling thread to `cpus`, a list from [`Config::parse`] (nothing to do when
+/// empty).
+pub(crate) fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: an all-zero `cpu_set_t` is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: the cfg parser keeps CPUs below MAX_CPUS (CPU_SETSIZE): inside `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is an initialized cpu_set_t of the size passed; pid 0 is the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,27 +212,15 @@ mod tests {
             Config::parse("rc"),
             Err(ConfigError::Malformed("rc".into()))
         );
-        assert!(matches!(
-            Config::parse("delay_ms=-1"),
-            Err(ConfigError::BadValue { .. })
-        ));
-        assert!(matches!(
-            Config::parse("rc=abc"),
-            Err(ConfigError::BadValue { .. })
-        ));
-        assert!(matches!(
-            Config::parse("rsp=json"),
-            Err(ConfigError::BadValue { .. })
-        ));
-        assert!(matches!(
-            Config::parse("check_cancel=yes"),
-            Err(ConfigError::BadValue { .. })
-        ));
-        assert!(matches!(
-            Config::parse("poll_delay_ms=x"),
-            Err(ConfigError::BadValue { .. })
-        ));
-        for bad in ["cpus=", "cpus=a", "cpus=2-1", "cpus=1024", "cpus=1:"] {
+        let bad_values = [
+            "delay_ms=-1",
+            "rc=abc",
+            "rsp=json",
+            "check_cancel=yes",
+            "poll_delay_ms=x",
+        ];
+        let bad_cpus = ["cpus=", "cpus=a", "cpus=2-1", "cpus=1024", "cpus=1:"];
+        for bad in bad_values.into_iter().chain(bad_cpus) {
             assert!(
                 matches!(Config::parse(bad), Err(ConfigError::BadValue { .. })),
                 "{bad:?}"

@@ -11,9 +11,10 @@
 //!                                         (delay_ms) echo-timer: BinaryHeap ◄──┘──► respond
 //! ```
 //!
-//! Modules: [`config`] parses the cfg string; `host` is the only code that calls the host's C
-//! functions and enforces the ownership rules (malloc'd responses, respond exactly once);
-//! `timer` is the delayed-answer thread; `runtime` runs the threads. The C export is below.
+//! Modules: [`config`] parses the cfg string and pins threads to its CPU list; `host` is the
+//! only code that calls the host's C functions and enforces the ownership rules (malloc'd
+//! responses, respond exactly once); `timer` is the delayed-answer thread; `runtime` runs the
+//! threads. The C export is below.
 
 pub mod config;
 mod host;

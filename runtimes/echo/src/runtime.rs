@@ -7,7 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread;
 use std::time::Instant;
 
-use crate::config::{Config, RspMode};
+use crate::config::{pin_current_thread, Config, RspMode};
 use crate::host::{self, CancelledFn, Queue, Response, Task, RC_NO_MEMORY};
 use crate::timer::Timer;
 
@@ -104,26 +104,6 @@ pub fn start(cfg_text: String, config: Config, queue: Queue) -> io::Result<()> {
             format!("cpus: sched_setaffinity: {e}"),
         )),
         _ => Ok(()),
-    }
-}
-
-/// Restricts the calling thread to `cpus` (nothing to do when empty).
-pub(crate) fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
-    if cpus.is_empty() {
-        return Ok(());
-    }
-    // SAFETY: an all-zero `cpu_set_t` is a valid empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &cpu in cpus {
-        // SAFETY: the cfg parser keeps CPUs below MAX_CPUS (CPU_SETSIZE): inside `set`.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-    }
-    // SAFETY: `set` is an initialized cpu_set_t of the size passed; pid 0 is the calling thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

@@ -85,7 +85,7 @@ impl<T: Send + 'static> Timer<T> {
         let handle = thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
-                if let Err(e) = crate::runtime::pin_current_thread(&cpus) {
+                if let Err(e) = crate::config::pin_current_thread(&cpus) {
                     eprintln!("resty_ffi_echo: timer thread: sched_setaffinity: {e}");
                 }
                 run(&thread_shared, &mut fire)

@@ -1,0 +1,184 @@
+//! The nginx side: the Lua of the benchmark's locations, starting an nginx with it, and one timed
+//! Lua request.
+
+use std::path::Path;
+
+use testkit::bench::LUA_BENCH_NOW;
+use testkit::{GrpcServer, Nginx, NginxBuilder, LUA_PAYLOAD};
+
+use crate::placement::Placement;
+use crate::WARMUP;
+
+const HTTP_CONF: &str = r#"
+init_worker_by_lua_block {
+    -- GRPC_BENCH_SPIN="spin_us,poll_spin_us,busy_poll_us": load the runtime with these host
+    -- spins and this busy polling first (grpc.init then finds it); empty: the defaults.
+    local spin = os.getenv("GRPC_BENCH_SPIN")
+    if spin and spin ~= "" then
+        local s, p, b = spin:match("^(%d+),(%d+),(%d+)$")
+        assert(s, "GRPC_BENCH_SPIN: spin_us,poll_spin_us,busy_poll_us expected")
+        require "resty_ffi"
+        -- The cfg string grpc.init builds for these opts: the same cache key.
+        assert(ngx.load_ffi("resty_grpc_zc",
+                            "instance=grpc_zc-" .. ngx.worker.pid() .. ",busy_poll_us=" .. b,
+                            { spin_us = tonumber(s), poll_spin_us = tonumber(p) }))
+        assert(require("resty.grpc_zc").init({ busy_poll_us = tonumber(b) }))
+    end
+    assert(require("resty.grpc_zc").init())
+}
+init_by_lua_block {
+    @BENCH_NOW@
+    local function varint(n)
+        local t = {}
+        repeat
+            local b = n % 128
+            n = math.floor(n / 128)
+            t[#t + 1] = string.char(n > 0 and b + 128 or b)
+        until n == 0
+        return table.concat(t)
+    end
+    -- A message whose field 1 (string or bytes) is s; proto3 leaves an empty one out.
+    function field1(s)
+        if #s == 0 then return "" end
+        return "\10" .. varint(#s) .. s
+    end
+    @PAYLOAD@
+    WARMUP = @WARMUP@
+    HELLO = "/helloworld.Greeter/SayHello"
+    UNARY = "/zctest.Test/Unary"
+    -- n calls; every reply must be want_len bytes (nil: any length).
+    function calls(conn, path, req, n, want_len)
+        for _ = 1, n do
+            local ok, res = conn:unary(path, req)
+            if not ok then error(res) end
+            if want_len and #res ~= want_len then
+                error("reply of " .. #res .. " bytes, want " .. want_len)
+            end
+        end
+    end
+    function connect()
+        local ok, conn = require("resty.grpc_zc").connect(ngx.var.arg_t)
+        assert(ok, conn)
+        return conn
+    end
+    -- Message types for the table path (issue 5).
+    assert(require("resty.grpc_zc").load_proto({ "helloworld.proto", "zctest.proto" },
+                                                { import_paths = { "@PROTO@" } }))
+}
+"#;
+
+const SERVER_CONF: &str = r#"
+location /seq {
+    content_by_lua_block {
+        local conn = connect()
+        local size, n = tonumber(ngx.var.arg_size), tonumber(ngx.var.arg_n)
+        local path, req, want = HELLO, "", nil
+        if ngx.var.arg_m == "echo" then
+            req = field1(payload(size, 1))
+            path, want = UNARY, #req
+            -- &sleep=ms (below 128): the server answers that late (EchoRequest.sleep_ms, a
+            -- field the reply does not echo).
+            local sleep = tonumber(ngx.var.arg_sleep)
+            if sleep then
+                req = req .. "\32" .. string.char(sleep)
+            end
+        end
+        calls(conn, path, req, WARMUP, want)
+        local t0 = bench_now()
+        calls(conn, path, req, n, want)
+        ngx.say(bench_now() - t0)
+    }
+}
+location /tables {
+    content_by_lua_block {
+        -- The same calls with Lua tables (encoded into the arena, replies decoded from it) or
+        -- with pre-encoded strings.
+        local conn = connect()
+        local size, n = tonumber(ngx.var.arg_size), tonumber(ngx.var.arg_n)
+        local tables = ngx.var.arg_mode == "table"
+        local path, req, want
+        if ngx.var.arg_m == "echo" then
+            local p = payload(size, 1)
+            path, want = UNARY, size
+            req = tables and { payload = p } or field1(p)
+        else
+            path = HELLO
+            req = tables and { name = "world" } or field1("world")
+        end
+        local function run(k)
+            for _ = 1, k do
+                local ok, res = conn:unary(path, req)
+                if not ok then error(res) end
+                if want and #(tables and res.payload or res) < want then
+                    error("short reply")
+                end
+            end
+        end
+        run(WARMUP)
+        local t0 = bench_now()
+        run(n)
+        ngx.say(bench_now() - t0)
+    }
+}
+location /conc {
+    content_by_lua_block {
+        local conn = connect()
+        local c, n = tonumber(ngx.var.arg_c), tonumber(ngx.var.arg_n)
+        local function run(each, extra)
+            local threads = {}
+            for i = 1, c do
+                threads[i] = ngx.thread.spawn(calls, conn, HELLO, "",
+                                              each + (i <= extra and 1 or 0))
+            end
+            for i = 1, c do
+                local ok, err = ngx.thread.wait(threads[i])
+                if not ok then error(err) end
+            end
+        end
+        run(math.ceil(WARMUP / c), 0)
+        local t0 = bench_now()
+        run(math.floor(n / c), n % c)
+        ngx.say(bench_now() - t0)
+    }
+}
+"#;
+
+/// Starts an nginx (one worker) serving the benchmark's locations. `spin` is
+/// `GRPC_BENCH_SPIN` for its init (empty: the defaults); `lib_dir` is where the dynamic loader
+/// finds `libresty_grpc_zc.so` (`None`: the build's).
+pub fn start(
+    name: &str,
+    spin: &str,
+    lib_dir: Option<&str>,
+    placement: Placement,
+    root: &Path,
+) -> Nginx {
+    let mut b = NginxBuilder::new(name);
+    if let Some(dir) = lib_dir {
+        b = b.env("LD_LIBRARY_PATH", dir);
+    }
+    b.workers(1)
+        // The runtime's threads start in init_worker, after nginx set the worker's mask, and
+        // inherit it.
+        .main_conf(placement.worker_conf())
+        .env("GRPC_BENCH_SPIN", spin)
+        .error_log_level("warn")
+        .http_conf(
+            &HTTP_CONF
+                .replace("@BENCH_NOW@", LUA_BENCH_NOW)
+                .replace("@PAYLOAD@", LUA_PAYLOAD)
+                .replace("@WARMUP@", &WARMUP.to_string())
+                .replace("@PROTO@", &root.join("testkit/proto").to_string_lossy()),
+        )
+        .server_conf(SERVER_CONF)
+        .start()
+}
+
+/// Seconds for a Lua request (`/seq`, `/conc` or `/tables`), as Lua measured it.
+pub fn timed(nginx: &Nginx, server: &GrpcServer, query: &str) -> f64 {
+    let url = format!("{query}&t={}", server.addr());
+    let text = nginx.get_ok(&url);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{url}: {text}"))
+}
