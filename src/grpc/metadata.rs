@@ -12,7 +12,7 @@ use tonic::metadata::{
 };
 use tonic::Status;
 
-use super::CallSpec;
+use super::op::CallSpec;
 
 /// The request of a call: its messages, `grpc-timeout` and metadata.
 pub(super) fn request<S>(

@@ -7,8 +7,9 @@
 //! streams are a driver task each, addressed by a stream id.
 //!
 //! ```text
-//! Grpc (this file: the types the runtime uses, ops dispatched)
+//! Grpc (this file: the facade, operations dispatched)
 //!  ├─ channel.rs   ConnectOpts, the connection table, channels (TCP, TLS/mTLS, unix:)
+//!  ├─ op.rs        Op, CallSpec, Received: what the runtime posts and gets back
 //!  ├─ unary.rs     the unary call
 //!  ├─ stream.rs    streams: driver tasks, send / recv / close_send
 //!  ├─ response.rs  CheckedChannel: responses that are not gRPC, messages cut short
@@ -22,6 +23,7 @@
 
 mod channel;
 mod metadata;
+mod op;
 mod response;
 mod status;
 mod stream;
@@ -29,70 +31,18 @@ mod unary;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use bytes::Bytes;
 use tonic::Status;
 
 use self::channel::Connections;
 use self::status::too_large_to_send;
 use self::stream::Streams;
 use crate::arena::Arena;
-use crate::codec::{ArenaCodec, Inbound};
+use crate::codec::ArenaCodec;
 use crate::config::CpuList;
 pub use channel::{ConnectOpts, DEFAULT_MAX_RECV};
 pub use metadata::metadata_list;
-
-/// The shape of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Unary,
-    ClientStreaming,
-    ServerStreaming,
-    Bidi,
-}
-
-/// A call to start (owned: it runs after the poll thread moved on).
-pub struct CallSpec {
-    pub conn: u64,
-    pub kind: Kind,
-    pub path: String,
-    pub timeout: Option<Duration>,
-    pub metadata: Vec<(String, Vec<u8>)>,
-    /// The request of unary and server-streaming calls.
-    pub payload: Bytes,
-    /// Unary: report response headers and trailers.
-    pub want_metadata: bool,
-    /// "gzip", "identity" (none) or `None` (the connection's setting).
-    pub compression: Option<String>,
-}
-
-/// One operation Lua posted.
-pub enum Op {
-    /// Start a call: a unary call runs to its end; a stream answers with its id at once.
-    Call(Box<CallSpec>),
-    /// Queue a message on a stream (answered once the stream took it).
-    Send { stream: u64, payload: Bytes },
-    /// The next message of a stream (or, with `headers_only`, its response headers).
-    Recv { stream: u64, headers_only: bool },
-    /// Half-close; with `finish`, wait for the one response and the end of the call.
-    CloseSend { stream: u64, finish: bool },
-}
-
-/// What an operation produced.
-#[derive(Default)]
-pub struct Received {
-    /// The message, in its arena slot.
-    pub message: Option<Inbound>,
-    /// A new stream's id.
-    pub handle: u64,
-    pub headers: Option<Vec<(String, Vec<u8>)>>,
-    pub trailers: Option<Vec<(String, Vec<u8>)>>,
-}
-
-/// The result handed to an operation's callback: an error status carries the trailers as its
-/// metadata and `grpc-status-details-bin` as its details, as tonic reports them.
-pub type OpResult = Result<Received, Status>;
+pub use op::{CallSpec, Kind, Op, OpResult, Received};
 
 /// The instance's gRPC side: a small tokio runtime, its connections and its streams.
 pub struct Grpc {

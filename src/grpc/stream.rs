@@ -27,8 +27,8 @@ use tonic::{Response, Status, Streaming};
 
 use super::channel::Conn;
 use super::metadata::{metadata_list, request};
+use super::op::{CallSpec, Kind, OpResult, Received};
 use super::status::{deadline_exceeded, local_status, second_response_message, too_large_to_send};
-use super::{CallSpec, Kind, OpResult, Received};
 use crate::codec::{ArenaCodec, Inbound};
 
 /// Messages queued between a `send` and tonic (a send is answered once queued).

@@ -8,8 +8,8 @@ use tonic::{Code, Status};
 
 use super::channel::Conn;
 use super::metadata::{metadata_list, request};
+use super::op::{CallSpec, OpResult, Received};
 use super::status::{deadline_exceeded, local_status, second_response_message};
-use super::{CallSpec, OpResult, Received};
 use crate::codec::ArenaCodec;
 
 /// Runs the unary `call` on `conn` to its end, or to its deadline `timeout` from the first
