@@ -79,7 +79,7 @@ impl Grpc {
             .thread_name("grpc_zc-io")
             .on_thread_start(move || {
                 if let Some(Err(e)) = cpus.as_ref().map(CpuList::pin_current_thread) {
-                    // TODO(log)
+                    // TODO(log): through the runtime's logging helper once it exists.
                     eprintln!("resty_grpc_zc: grpc_zc-io thread: sched_setaffinity: {e}");
                 }
             })

@@ -218,17 +218,20 @@ impl Streams {
         id: u64,
         finish: bool,
     ) -> impl Future<Output = OpResult> + Send + 'static {
-        let waiters = self.map().get_mut(&id).map(|e| {
-            // Dropping the sender ends tonic's request body: END_STREAM after queued messages.
-            e.outbound = None;
-            e.waiters.clone()
-        });
-        async move {
-            let waiters = waiters.ok_or_else(|| unknown(id))?;
-            if !finish {
-                return Ok(Received::default());
+        let finishing = match self.map().get_mut(&id) {
+            None => Err(unknown(id)),
+            Some(e) => {
+                // Dropping the sender ends tonic's request body: END_STREAM after queued
+                // messages.
+                e.outbound = None;
+                Ok(finish.then(|| e.waiters.clone()))
             }
-            ask(&waiters, Want::Finish).await
+        };
+        async move {
+            match finishing? {
+                Some(waiters) => ask(&waiters, Want::Finish).await,
+                None => Ok(Received::default()),
+            }
         }
     }
 
