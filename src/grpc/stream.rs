@@ -13,8 +13,9 @@
 //! the wire) and every later operation reports DEADLINE_EXCEEDED.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,10 +25,10 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tonic::{Response, Status, Streaming};
 
-use super::{
-    client, deadline_exceeded, local_status, lock, metadata_list, request, second_response_message,
-    CallSpec, Conn, Kind, OpResult, Received,
-};
+use super::channel::Conn;
+use super::metadata::{metadata_list, request};
+use super::op::{CallSpec, Kind, OpResult, Received};
+use super::status::{deadline_exceeded, local_status, second_response_message, too_large_to_send};
 use crate::codec::{ArenaCodec, Inbound};
 
 /// Messages queued between a `send` and tonic (a send is answered once queued).
@@ -64,20 +65,12 @@ struct Entry {
 
 /// The open streams of an instance, by id.
 #[derive(Default)]
-pub struct Streams {
+pub(super) struct Streams {
     map: Mutex<HashMap<u64, Entry>>,
 }
 
 fn unknown(id: u64) -> Status {
     Status::failed_precondition(format!("unknown or closed stream {id}"))
-}
-
-fn spawn_done(
-    rt: &Handle,
-    done: impl FnOnce(OpResult) + Send + 'static,
-    r: OpResult,
-) -> AbortHandle {
-    rt.spawn(async move { done(r) }).abort_handle()
 }
 
 /// Hands `want` to the driver and waits for its answer.
@@ -91,17 +84,16 @@ async fn ask(waiters: &mpsc::UnboundedSender<Waiter>, want: Want) -> OpResult {
 }
 
 impl Streams {
+    fn map(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Streams registered.
-    pub fn len(&self) -> usize {
-        lock(&self.map).len()
+    pub(super) fn len(&self) -> usize {
+        self.map().len()
     }
 
-    /// Whether no stream is registered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Starts a stream under `id`: its driver opens the call on the wire at once.
+    /// Starts a stream under `id`: its driver opens the call on the wire at once (on `rt`).
     pub(super) fn open(
         &self,
         rt: &Handle,
@@ -111,7 +103,7 @@ impl Streams {
         mut call: CallSpec,
         timeout: Option<Duration>,
     ) -> Result<(), Status> {
-        let mut grpc = client(&conn, call.compression.as_deref())?;
+        let mut grpc = conn.client(call.compression.as_deref())?;
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let outbound = if call.kind == Kind::ServerStreaming {
             // The one request goes in now; the channel closes with the sender.
@@ -139,7 +131,7 @@ impl Streams {
         let driver = rt
             .spawn(drive(opening, wrx, deadline, Arc::clone(&ended)))
             .abort_handle();
-        lock(&self.map).insert(
+        self.map().insert(
             id,
             Entry {
                 outbound,
@@ -153,15 +145,14 @@ impl Streams {
         Ok(())
     }
 
-    /// Queues a message on stream `id`.
+    /// Queues a message on stream `id`. The stream is looked up now; the returned future
+    /// (run on the runtime) waits for room in the outbound queue.
     pub(super) fn send(
         &self,
-        rt: &Handle,
         id: u64,
         payload: Bytes,
-        done: impl FnOnce(OpResult) + Send + 'static,
-    ) -> AbortHandle {
-        let found = lock(&self.map).get(&id).map(|e| {
+    ) -> impl Future<Output = OpResult> + Send + 'static {
+        let found = self.map().get(&id).map(|e| {
             let ended = Arc::clone(&e.ended);
             (
                 e.outbound.clone(),
@@ -171,89 +162,83 @@ impl Streams {
                 ended,
             )
         });
-        let Some((outbound, waiters, deadline, max_send, ended)) = found else {
-            return spawn_done(rt, done, Err(unknown(id)));
+        let checked = match found {
+            None => Err(unknown(id)),
+            Some((None, ..)) => Err(Status::failed_precondition("send after close_send")),
+            Some((Some(_), _, _, max_send, _)) if payload.len() > max_send => {
+                Err(too_large_to_send(payload.len(), max_send))
+            }
+            Some((Some(tx), waiters, deadline, _, ended)) => {
+                Ok((tx, waiters, deadline, ended, payload))
+            }
         };
-        let Some(tx) = outbound else {
-            let st = Status::failed_precondition("send after close_send");
-            return spawn_done(rt, done, Err(st));
-        };
-        if payload.len() > max_send {
-            let st = Status::resource_exhausted(format!(
-                "trying to send message larger than max ({} vs. {max_send})",
-                payload.len()
-            ));
-            return spawn_done(rt, done, Err(st));
-        }
-        rt.spawn(async move {
+        // A refused payload is dropped here, its slot freed at once.
+        async move {
+            let (tx, waiters, deadline, ended, payload) = checked?;
             if ended.load(Ordering::Acquire) {
-                return done(ask(&waiters, Want::Final).await);
+                return ask(&waiters, Want::Final).await;
             }
             let sent = match deadline {
                 Some(d) => match tokio::time::timeout_at(d, tx.send(payload)).await {
                     Ok(r) => r.map_err(|_| ()),
-                    Err(_) => return done(Err(deadline_exceeded())),
+                    Err(_) => return Err(deadline_exceeded()),
                 },
                 None => tx.send(payload).await.map_err(|_| ()),
             };
-            done(match sent {
+            match sent {
                 Ok(()) => Ok(Received::default()),
                 // tonic dropped the request body: the call is over; report how it ended.
                 Err(()) => ask(&waiters, Want::Final).await,
-            })
-        })
-        .abort_handle()
+            }
+        }
     }
 
     /// The next message of stream `id` (or its headers).
     pub(super) fn recv(
         &self,
-        rt: &Handle,
         id: u64,
         headers_only: bool,
-        done: impl FnOnce(OpResult) + Send + 'static,
-    ) -> AbortHandle {
-        let Some(waiters) = lock(&self.map).get(&id).map(|e| e.waiters.clone()) else {
-            return spawn_done(rt, done, Err(unknown(id)));
-        };
+    ) -> impl Future<Output = OpResult> + Send + 'static {
+        let waiters = self.map().get(&id).map(|e| e.waiters.clone());
         let want = if headers_only {
             Want::Headers
         } else {
             Want::Message
         };
-        rt.spawn(async move { done(ask(&waiters, want).await) })
-            .abort_handle()
+        async move {
+            let waiters = waiters.ok_or_else(|| unknown(id))?;
+            ask(&waiters, want).await
+        }
     }
 
-    /// Half-closes stream `id`; with `finish`, answers with the response once the call ended.
+    /// Half-closes stream `id` now; with `finish`, the returned future answers with the
+    /// response once the call ended.
     pub(super) fn close_send(
         &self,
-        rt: &Handle,
         id: u64,
         finish: bool,
-        done: impl FnOnce(OpResult) + Send + 'static,
-    ) -> AbortHandle {
-        let waiters = {
-            let mut map = lock(&self.map);
-            let Some(e) = map.get_mut(&id) else {
-                drop(map);
-                return spawn_done(rt, done, Err(unknown(id)));
-            };
-            // Dropping the sender ends tonic's request body: END_STREAM after queued messages.
-            e.outbound = None;
-            e.waiters.clone()
+    ) -> impl Future<Output = OpResult> + Send + 'static {
+        let finishing = match self.map().get_mut(&id) {
+            None => Err(unknown(id)),
+            Some(e) => {
+                // Dropping the sender ends tonic's request body: END_STREAM after queued
+                // messages.
+                e.outbound = None;
+                Ok(finish.then(|| e.waiters.clone()))
+            }
         };
-        if !finish {
-            return spawn_done(rt, done, Ok(Received::default()));
+        async move {
+            match finishing? {
+                Some(waiters) => ask(&waiters, Want::Finish).await,
+                None => Ok(Received::default()),
+            }
         }
-        rt.spawn(async move { done(ask(&waiters, Want::Finish).await) })
-            .abort_handle()
     }
 
     /// Forgets stream `id`; if it is still on the wire, cancels it (RST_STREAM CANCEL), and
     /// operations waiting on it end with CANCELLED.
-    pub fn cancel(&self, id: u64) -> bool {
-        let entry = lock(&self.map).remove(&id);
+    pub(super) fn cancel(&self, id: u64) -> bool {
+        let entry = self.map().remove(&id);
         match entry {
             Some(e) => {
                 e.driver.abort();

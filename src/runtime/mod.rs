@@ -683,10 +683,16 @@ impl Instance {
         if let Some(g) = self.grpc.get() {
             return Ok(g);
         }
+        let max_message = self.arena.max_message() - ENVELOPE_SLACK;
         let g = match self.io.get() {
-            Some(rt) => Grpc::with_handle(self.arena.clone(), rt.clone()),
-            None => Grpc::new(self.arena.clone(), GRPC_THREADS, self.config.cpus.clone())
-                .map_err(|e| Answer::Error(RC_EXHAUSTED, format!("cannot start tokio: {e}")))?,
+            Some(rt) => Grpc::with_handle(self.arena.clone(), max_message, rt.clone()),
+            None => Grpc::new(
+                self.arena.clone(),
+                max_message,
+                GRPC_THREADS,
+                self.config.cpus.clone(),
+            )
+            .map_err(|e| Answer::Error(RC_EXHAUSTED, format!("cannot start tokio: {e}")))?,
         };
         Ok(self.grpc.get_or_init(|| g))
     }
