@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Builds of the runtime side by side on the gRPC path, in one run (the machines are noisy: only
 # a paired comparison means anything). Side A is the tree's release build; B1, B2, ... are the
-# libresty_grpc_zc.so in the directories given. Every round runs each case on every side, in
+# builds in the directories given: each directory's libresty_grpc_zc.so, and, when it has
+# them, its libresty_ffi.so (the host) and its lua/ tree, so a whole old build can be paired
+# against the new one. Every round runs each case on every side, in
 # an order that rotates from round to round, and prints µs per call and the CPU µs per call of
 # the nginx worker's main thread and of its runtime poll thread (`perf stat --per-thread`); the
 # end prints each side's median.
 #
 #   cp target/release/libresty_grpc_zc.so /tmp/base/      # the build to compare against
+#   cp target/release/libresty_ffi.so /tmp/base/ && cp -r lua /tmp/base/   # optional: all of it
 #   ...change, cargo build --release --workspace --lib --bins...
 #   scripts/grpc-ab.sh [-r rounds] /tmp/base [/tmp/other ...]
 #

@@ -144,8 +144,9 @@ location /conc {
 "#;
 
 /// Starts an nginx (one worker) serving the benchmark's locations. `spin` is
-/// `GRPC_BENCH_SPIN` for its init (empty: the defaults); `lib_dir` is where the dynamic loader
-/// finds `libresty_grpc_zc.so` (`None`: the build's).
+/// `GRPC_BENCH_SPIN` for its init (empty: the defaults); `lib_dir` is another build to run
+/// (`None`: this tree's): its `libresty_grpc_zc.so`, and its host library and `lua/` tree when it
+/// has them ([`NginxBuilder::build_dir`]).
 pub fn start(
     name: &str,
     spin: &str,
@@ -155,7 +156,7 @@ pub fn start(
 ) -> Nginx {
     let mut b = NginxBuilder::new(name);
     if let Some(dir) = lib_dir {
-        b = b.env("LD_LIBRARY_PATH", dir);
+        b = b.build_dir(Path::new(dir));
     }
     b.workers(1)
         // The runtime's threads start in init_worker, after nginx set the worker's mask, and

@@ -35,6 +35,9 @@ pub struct NginxBuilder {
     server_conf: String,
     env: Vec<(String, String)>,
     error_log_level: String,
+    /// Another build to run instead of this tree's: its libraries and, when it has one, its
+    /// `lua/` tree (`None`: [`crate::lib_dir`] and `<repo>/lua`).
+    build_dir: Option<PathBuf>,
 }
 
 impl NginxBuilder {
@@ -56,6 +59,7 @@ impl NginxBuilder {
             server_conf: String::new(),
             env: Vec::new(),
             error_log_level: "notice".to_owned(),
+            build_dir: None,
         }
     }
 
@@ -92,6 +96,14 @@ impl NginxBuilder {
         self
     }
 
+    /// Runs another build: the libraries in `dir` (the host's through `lua_package_cpath`, the
+    /// runtimes' through `LD_LIBRARY_PATH`) and the Lua modules of `dir/lua` when it exists, so a
+    /// benchmark can pair an old build against this one (`scripts/grpc-ab.sh`).
+    pub fn build_dir(mut self, dir: &Path) -> Self {
+        self.build_dir = Some(dir.to_owned());
+        self.env("LD_LIBRARY_PATH", &dir.to_string_lossy())
+    }
+
     /// `error_log` level (default `notice`, which shows every `[warn]` and worse line plus
     /// nginx's start, signal and exit notices).
     pub fn error_log_level(mut self, level: &str) -> Self {
@@ -101,8 +113,26 @@ impl NginxBuilder {
 
     /// The nginx.conf this builder writes for `port`.
     pub fn config_text(&self, prefix: &Path, port: u16) -> String {
-        let repo = crate::repo_root();
-        let lib_dir = crate::lib_dir();
+        // Another build's directory goes first on the cpath, this tree's libraries after it
+        // (a directory with only libresty_grpc_zc.so still finds this tree's host).
+        let (lua_root, cpath) = match &self.build_dir {
+            Some(d) => (
+                if d.join("lua").is_dir() {
+                    d.clone()
+                } else {
+                    crate::repo_root()
+                },
+                format!(
+                    "{}/lib?.so;{}/lib?.so",
+                    d.display(),
+                    crate::lib_dir().display()
+                ),
+            ),
+            None => (
+                crate::repo_root(),
+                format!("{}/lib?.so", crate::lib_dir().display()),
+            ),
+        };
         let tmp = prefix.join("tmp");
         let mut c = String::new();
         let _ = writeln!(c, "load_module {MODULES_DIR}/ndk_http_module.so;");
@@ -133,13 +163,9 @@ impl NginxBuilder {
         let _ = writeln!(
             c,
             "    lua_package_path \"{}/lua/?.lua;;\";",
-            repo.display()
+            lua_root.display()
         );
-        let _ = writeln!(
-            c,
-            "    lua_package_cpath \"{}/lib?.so;;\";",
-            lib_dir.display()
-        );
+        let _ = writeln!(c, "    lua_package_cpath \"{cpath};;\";");
         // User text goes in verbatim: indenting it would change Lua long strings.
         c.push_str(&self.http_conf);
         let _ = writeln!(c, "    server {{\n        listen 127.0.0.1:{port};");
