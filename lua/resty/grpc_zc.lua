@@ -678,7 +678,7 @@ function _M.connect(target, opts)
         return false, rerr
     end
     local serr, status = status_of(reply)
-    local id = tonumber(reply:Handle())
+    local id = tonumber(reply:Id())
     finish(h, 1, 0)
     if serr then
         return false, serr, status
@@ -955,7 +955,7 @@ local function open_stream(self, kind, path, req, call_opts)
     if not reply then
         return false, h, status
     end
-    local id = tonumber(reply:Handle())
+    local id = tonumber(reply:Id())
     finish(h, 1, 0)
     local deadline = timeout and timeout > 0 and ngx.now() * 1000 + timeout or nil
     return true, setmetatable({
