@@ -20,10 +20,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tonic::Status;
 
-use super::reply::{status_parts, Answer};
-use super::serve::Claimed;
-use super::{Instance, RC_BAD_REQUEST};
-use crate::arena::Lease;
+use super::answer::{Answer, RC_BAD_REQUEST};
+use super::reply::status_parts;
+use super::Instance;
+use crate::arena::{Handle, Lease};
 use crate::grpc::{CallSpec, ConnectOpts, Kind, Op};
 use crate::queue::Desc;
 use crate::wire::{self, CallKind, Command, ReplyParts, Request};
@@ -37,6 +37,14 @@ pub(super) enum Run {
     /// The echo test hook (`Echo.delay_ms`) asked for a delay: run the request again after it,
     /// with [`Delays::Ignore`].
     Later(Duration, Claimed),
+}
+
+/// A request whose slot the runtime owns now.
+pub(super) struct Claimed {
+    pub(super) lease: Lease,
+    pub(super) desc: Desc,
+    /// The request slot's handle as Lua posted it: the call's key.
+    pub(super) req: Handle,
 }
 
 /// Whether [`Instance::run`] honours the echo test hook's delay.
@@ -133,6 +141,11 @@ fn bad(msg: impl Into<String>) -> Answer {
     Answer::Error(RC_BAD_REQUEST, msg.into())
 }
 
+/// A command's table, or a refusal when the envelope names the command without one.
+fn table<T>(t: Option<T>, command: &str) -> Result<T, Answer> {
+    t.ok_or_else(|| bad(format!("{command} without a table")))
+}
+
 /// Milliseconds as an optional duration (0: none).
 fn ms(v: u32) -> Option<Duration> {
     (v > 0).then(|| Duration::from_millis(u64::from(v)))
@@ -208,9 +221,7 @@ impl Instance {
                 }
             }
             Command::Connect => {
-                let Some(c) = req.command_as_connect() else {
-                    return Err(bad("Connect without a table"));
-                };
+                let c = table(req.command_as_connect(), "Connect")?;
                 let opts = ConnectOpts {
                     target: c.target().to_owned(),
                     authority: c.authority().map(str::to_owned),
@@ -245,9 +256,7 @@ impl Instance {
                 replied(ReplyParts::default())
             }
             Command::Call => {
-                let Some(c) = req.command_as_call() else {
-                    return Err(bad("Call without a table"));
-                };
+                let c = table(req.command_as_call(), "Call")?;
                 let kind = match c.kind() {
                     CallKind::Unary => Kind::Unary,
                     CallKind::ClientStreaming => Kind::ClientStreaming,
@@ -281,27 +290,21 @@ impl Instance {
                 }))))
             }
             Command::StreamSend => {
-                let Some(c) = req.command_as_stream_send() else {
-                    return Err(bad("StreamSend without a table"));
-                };
+                let c = table(req.command_as_stream_send(), "StreamSend")?;
                 Ok(Read::Grpc(GrpcRead::Send {
                     stream_id: c.stream(),
                     message: message(c.payload())?,
                 }))
             }
             Command::StreamRecv => {
-                let Some(c) = req.command_as_stream_recv() else {
-                    return Err(bad("StreamRecv without a table"));
-                };
+                let c = table(req.command_as_stream_recv(), "StreamRecv")?;
                 Ok(Read::Grpc(GrpcRead::Recv {
                     stream_id: c.stream(),
                     headers_only: c.headers_only(),
                 }))
             }
             Command::StreamCloseSend => {
-                let Some(c) = req.command_as_stream_close_send() else {
-                    return Err(bad("StreamCloseSend without a table"));
-                };
+                let c = table(req.command_as_stream_close_send(), "StreamCloseSend")?;
                 Ok(Read::Grpc(GrpcRead::CloseSend {
                     stream_id: c.stream(),
                     finish: c.finish(),

@@ -7,7 +7,8 @@
 //! |---|---|
 //! | `serve.rs` | the poll thread's two loops; one task: take → claim → run → answer / launch |
 //! | `command.rs` | wire command → operation (the message `Bytes` over the request slot) |
-//! | `reply.rs` | replies written into arena slots, handed to the call, the task answered |
+//! | `reply.rs` | replies written into arena slots and handed to the call; a gRPC result's reply |
+//! | `answer.rs` | how a task is answered: the rc codes and [`Answer`] |
 //! | `calls.rs` | the call table: which slots a call holds, and who frees them |
 //! | `busy.rs` | when the event loop busy-polls the network instead of sleeping |
 //!
@@ -19,6 +20,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod answer;
 mod busy;
 mod calls;
 mod command;
@@ -26,7 +28,6 @@ mod reply;
 mod serve;
 
 use std::collections::HashMap;
-use std::ffi::c_int;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
@@ -37,16 +38,9 @@ use crate::grpc::Grpc;
 use crate::log::{self, Origin};
 use crate::queue::TaskQueue;
 
+pub use answer::{Answer, RC_ABANDONED, RC_BAD_REQUEST, RC_EXHAUSTED};
 use calls::Calls;
 pub(crate) use calls::Finished;
-pub use reply::Answer;
-
-/// rc of a request the runtime could not use (bad descriptor, stale slot, invalid envelope).
-pub const RC_BAD_REQUEST: c_int = 2;
-/// rc when the arena has no room for the reply.
-pub const RC_EXHAUSTED: c_int = 3;
-/// rc of a call that Lua abandoned before the runtime saw it (nobody reads it).
-pub const RC_ABANDONED: c_int = 4;
 
 /// Room for the envelope around a message of `max_message` bytes: the arena's largest slot is
 /// this much bigger, so a payload of exactly `max_message` fits (except at the 64 MiB limit,

@@ -9,41 +9,18 @@
 //!                                                         gave up  ─► slot freed, RC_ABANDONED
 //! ```
 
-use std::ffi::c_int;
 use std::sync::atomic::Ordering;
 
 use tonic::Status;
 
+use super::answer::{Answer, RC_ABANDONED, RC_BAD_REQUEST, RC_EXHAUSTED};
 use super::calls::{self, Deliver};
-use super::command::Run;
-use super::{Instance, RC_ABANDONED, RC_BAD_REQUEST, RC_EXHAUSTED};
+use super::Instance;
 use crate::arena::{Handle, Lease};
 use crate::codec::{Inbound, INBOUND_VECTOR_AT};
 use crate::grpc::{OpResult, Received};
 use crate::queue::{Desc, Task};
 use crate::wire::{self, ReplyParts};
-
-/// How a task is answered.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Answer {
-    /// rc 0 and the reply's descriptor.
-    Reply(Desc),
-    /// rc and an error text.
-    Error(c_int, String),
-    /// rc and no response.
-    Empty(c_int),
-}
-
-impl Answer {
-    /// Answers the task (consumes it: a task is answered exactly once).
-    pub(super) fn send(self, task: Task) {
-        match self {
-            Answer::Reply(d) => task.respond(0, Some(&d.encode())),
-            Answer::Error(rc, msg) => task.respond_error(rc, &msg),
-            Answer::Empty(rc) => task.respond(rc, None),
-        }
-    }
-}
 
 /// A gRPC status as reply parts (the message with its code name first, as Lua reports it).
 pub(super) fn status_parts(st: &Status) -> ReplyParts<'_> {
@@ -59,15 +36,11 @@ fn exhausted(e: impl std::fmt::Display) -> Answer {
 }
 
 impl Instance {
-    /// The answer to a request that ran: its reply handed to the call, or its failure (the call
-    /// is forgotten then). Operations that need the host queue (gRPC, delays) fail here.
-    pub(super) fn answer(&self, req: &Handle, ran: Result<Run, Answer>) -> Answer {
-        match ran {
-            Ok(Run::Reply(lease, len)) => self.deliver(req, lease, len),
-            Ok(Run::Grpc(_) | Run::Later(..)) => {
-                self.calls.failed(req);
-                Answer::Error(RC_BAD_REQUEST, "calls need the host queue".into())
-            }
+    /// The answer to a request whose reply is written (handed to the call), or that failed
+    /// (the call is forgotten then).
+    pub(super) fn delivered(&self, req: &Handle, reply: Result<(Lease, u32), Answer>) -> Answer {
+        match reply {
+            Ok((lease, len)) => self.deliver(req, lease, len),
             Err(answer) => {
                 self.calls.failed(req);
                 answer
@@ -117,7 +90,7 @@ impl Instance {
                 })
             }
         };
-        let answer = self.answer(req, reply.map(|(lease, len)| Run::Reply(lease, len)));
+        let answer = self.delivered(req, reply);
         if opened != 0 && answer == Answer::Empty(RC_ABANDONED) {
             // Nobody will learn this stream's id.
             self.cancel_stream(opened);

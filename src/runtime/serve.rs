@@ -19,12 +19,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::answer::{Answer, RC_ABANDONED, RC_BAD_REQUEST};
 use super::busy::BusyPoll;
 use super::calls;
-use super::command::{Delays, Run};
-use super::reply::Answer;
-use super::{Instance, RC_ABANDONED, RC_BAD_REQUEST};
-use crate::arena::{Handle, Lease};
+use super::command::{Claimed, Delays, Run};
+use super::Instance;
+use crate::arena::Handle;
 use crate::grpc::Op;
 use crate::guard::guard;
 use crate::log;
@@ -32,14 +32,6 @@ use crate::queue::{Desc, Task, TaskQueue, TryPoll};
 
 /// Tasks served before the calls in flight get a turn.
 const BATCH: usize = 64;
-
-/// A request whose slot the runtime owns now.
-pub(super) struct Claimed {
-    pub(super) lease: Lease,
-    pub(super) desc: Desc,
-    /// The request slot's handle as Lua posted it: the call's key.
-    pub(super) req: Handle,
-}
 
 impl Instance {
     /// The poll thread's body: the event loop when the host can be polled asynchronously, else
@@ -158,6 +150,22 @@ impl Instance {
                 self.answer(&req, self.run(claimed, Delays::Ignore))
             }
             Err(answer) => answer,
+        }
+    }
+
+    /// The answer to a request that ran: its reply handed to the call, or its failure.
+    /// Operations that need the host queue (gRPC, delays) fail here.
+    fn answer(&self, req: &Handle, ran: Result<Run, Answer>) -> Answer {
+        match ran {
+            Ok(Run::Reply(lease, len)) => self.delivered(req, Ok((lease, len))),
+            Ok(Run::Grpc(_) | Run::Later(..)) => self.delivered(
+                req,
+                Err(Answer::Error(
+                    RC_BAD_REQUEST,
+                    "calls need the host queue".into(),
+                )),
+            ),
+            Err(answer) => self.delivered(req, Err(answer)),
         }
     }
 
