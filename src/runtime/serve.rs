@@ -1,8 +1,8 @@
 //! The poll thread: its two loops, and one task's way through the runtime.
 //!
 //! ```text
-//! take (a loop)  ─► claim  ─► run (command.rs)  ─► answer (reply.rs)   echo, Connect, errors
-//!   host queue      Desc,      verify envelope,  │
+//! take (a loop)  ─► claim  ─► run (command.rs)  ─► answer: reply delivered (reply.rs), or the
+//!   host queue      Desc,      verify envelope,  │    failure; echo, Connect, errors
 //!                   request    read command      ├─► launch: gRPC operation on the event loop;
 //!                   slot R                       │     grpc_done answers (reply.rs)
 //!                                                └─► later: echo test hook's delay thread
