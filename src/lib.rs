@@ -16,7 +16,8 @@
 //! Modules: `arena` (the shared mapping), `wire` (the FlatBuffers envelope), `queue` (the
 //! lua-resty-ffi task queue), `runtime` (an instance and its poll thread), `grpc` and `codec`
 //! (tonic over arena bytes), `proto` (.proto compilation for the Lua codec), `copy` (payload
-//! copies that avoid a slow `memcpy` band), `ffi` (the C door).
+//! copies that avoid a slow `memcpy` band), `ffi` (the C door), `log` (the one logging path:
+//! nginx's levels, to the host's log or stderr) and `guard` (the one panic guard).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 /// Version of this crate, as Cargo knows it.
@@ -27,6 +28,8 @@ pub mod config;
 pub mod copy;
 pub mod ffi;
 pub mod grpc;
+mod guard;
+pub mod log;
 pub mod proto;
 pub mod queue;
 pub mod runtime;

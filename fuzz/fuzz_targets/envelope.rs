@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
         let parts = ReplyParts {
             status: (data[5] & 1 == 1).then_some((code, msg.as_ref())),
             details: (data[5] & 4 == 4).then_some(payload),
-            handle: u64::from(data[5]),
+            id: u64::from(data[5]),
             payload: (data[5] & 2 == 2).then_some(payload),
             headers: (data[5] & 8 == 8).then_some(&md[..]),
             trailers: (data[5] & 16 == 16).then_some(&md[..]),
@@ -63,6 +63,6 @@ fuzz_target!(|data: &[u8]| {
         let r = wire::parse_reply(&bytes[..n]).expect("our own reply verifies");
         assert_eq!(r.payload().map(|p| p.bytes()), parts.payload);
         assert_eq!(r.status().map(|s| s.code()), parts.status.map(|s| s.0));
-        assert_eq!(r.handle(), parts.handle);
+        assert_eq!(r.id(), parts.id);
     }
 });

@@ -111,6 +111,7 @@ mod tests;
 
 use std::fmt;
 use std::mem::size_of;
+use std::ops::Range;
 use std::ptr;
 use std::slice;
 
@@ -442,6 +443,22 @@ impl Lease {
 
     fn ptr(&self) -> *mut u8 {
         self.inner.base().wrapping_add(self.slot.offset as usize)
+    }
+
+    /// Where `part` lies in the committed bytes, as offsets from the slot's start: `Some` only
+    /// when `part` is a sub-slice of [`as_slice`](Self::as_slice) (for instance a field of a
+    /// FlatBuffer read from this slot). Compares addresses only; reads nothing.
+    pub fn range_of(&self, part: &[u8]) -> Option<Range<usize>> {
+        let start = (part.as_ptr() as usize).checked_sub(self.ptr() as usize)?;
+        let end = start.checked_add(part.len())?;
+        (end <= self.len()).then_some(start..end)
+    }
+
+    /// The little-endian `u32` at byte `at` of the committed bytes (a FlatBuffers vector's
+    /// length prefix), or `None` when the four bytes are not all inside them.
+    pub fn u32_at(&self, at: usize) -> Option<u32> {
+        let b = self.as_slice().get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// The committed bytes.

@@ -938,3 +938,34 @@ fn latency() {
         println!("lease(100) + drop, {threads} threads contending      {ns:>7.1} ns (wall / op)");
     }
 }
+
+#[test]
+fn range_of_finds_sub_slices_of_the_lease_and_nothing_else() {
+    let arena = arena_with(4, 1);
+    let mut lease = arena.lease(64).unwrap();
+    lease.as_mut_slice()[8..12].copy_from_slice(&5u32.to_le_bytes());
+    let other = arena.lease(64).unwrap();
+    let b = lease.as_slice();
+    assert_eq!(lease.range_of(&b[12..20]), Some(12..20));
+    assert_eq!(lease.range_of(b), Some(0..64));
+    assert_eq!(lease.range_of(&b[64..]), Some(64..64));
+    assert_eq!(lease.range_of(&other.as_slice()[..4]), None);
+    assert_eq!(lease.range_of(&[1, 2, 3]), None);
+    assert_eq!(lease.u32_at(8), Some(5));
+    assert_eq!(lease.u32_at(60), Some(0));
+    assert_eq!(lease.u32_at(61), None);
+    assert_eq!(lease.u32_at(usize::MAX), None);
+}
+
+#[test]
+fn range_of_refuses_a_slice_that_runs_past_the_committed_length() {
+    let arena = arena_with(4, 1);
+    let mut lease = arena.lease(256).unwrap();
+    let slot = lease.as_mut_capacity_slice().as_ptr();
+    lease.set_len(16).unwrap();
+    // SAFETY: `slot` is the start of the lease's slot, whose 256-byte capacity is initialized
+    // mapping memory kept alive by `lease`; nothing writes it while `past` is read.
+    let past = unsafe { std::slice::from_raw_parts(slot, 32) };
+    assert_eq!(lease.range_of(&past[8..16]), Some(8..16));
+    assert_eq!(lease.range_of(&past[8..17]), None);
+}

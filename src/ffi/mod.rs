@@ -6,11 +6,12 @@
 //! [`E_BAD_ARGUMENT`].
 
 use std::ffi::{c_char, c_int, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 
 use crate::arena::{Handle, Stats};
 use crate::config::Config;
+use crate::log;
+use crate::log::Origin;
 use crate::queue::TaskQueue;
 use crate::runtime::Instance;
 
@@ -25,22 +26,13 @@ pub const E_BAD_ARGUMENT: c_int = -100;
 /// A panic was caught (a bug): the operation did nothing.
 pub const E_PANIC: c_int = -101;
 
-/// Runs `f`, turning a panic into a logged message and `on_panic`.
+/// [`crate::guard::guard`] for exports that run before (or without) an instance.
 fn guard<T>(what: &str, on_panic: T, f: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|e| {
-        let msg = e
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| e.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        eprintln!("[alert] resty_grpc_zc: panic in {what}: {msg}");
-        on_panic
-    })
+    crate::guard::guard(&Origin::unknown(), what, on_panic, f)
 }
 
 /// lua-resty-ffi entry point: parses `cfg`, creates the instance (arena, poll thread).
-/// Returns 0, or 1 for a bad cfg, 2 when the instance cannot start (logged to stderr, which
-/// nginx sends to its error log).
+/// Returns 0, or 1 for a bad cfg, 2 when the instance cannot start (logged: `src/log.rs`).
 ///
 /// # Safety
 /// `cfg` is NULL or a NUL-terminated string; `tq` is the host's task queue.
@@ -58,20 +50,21 @@ pub unsafe extern "C" fn libffi_init(cfg: *const c_char, tq: *mut std::ffi::c_vo
         let config = match Config::parse(&text) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("{e}");
+                log!(Error, Origin::unknown(), "{e}");
                 return 1;
             }
         };
         // SAFETY: `tq` is the host's queue, polled only by the instance's poll thread.
         let Some(queue) = (unsafe { TaskQueue::new(tq) }) else {
-            eprintln!("resty_grpc_zc: NULL task queue");
+            log!(Error, Origin::instance(&config.instance), "NULL task queue");
             return 2;
         };
         tune_malloc();
+        let name = config.instance.clone();
         match Instance::start(config, queue) {
             Ok(_) => 0,
             Err(e) => {
-                eprintln!("resty_grpc_zc: {e}");
+                log!(Error, Origin::instance(&name), "{e}");
                 2
             }
         }
@@ -138,15 +131,15 @@ pub unsafe extern "C" fn grpc_zc_instance(name: *const c_char) -> *const Instanc
 }
 
 /// Runs `f` on the instance behind `inst`, or returns [`E_BAD_ARGUMENT`] for NULL.
+/// A panic in `f` is logged with the instance's name and becomes [`E_PANIC`].
 fn with_instance(inst: *const Instance, what: &str, f: impl FnOnce(&Instance) -> c_int) -> c_int {
-    guard(what, E_PANIC, || {
-        if inst.is_null() {
-            return E_BAD_ARGUMENT;
-        }
-        // SAFETY: non-NULL instance pointers come from `grpc_zc_instance`, and instances live
-        // until the process exits.
-        f(unsafe { &*inst })
-    })
+    if inst.is_null() {
+        return E_BAD_ARGUMENT;
+    }
+    // SAFETY: non-NULL instance pointers come from `grpc_zc_instance`, and instances live
+    // until the process exits.
+    let inst = unsafe { &*inst };
+    crate::guard::guard(&inst.origin(), what, E_PANIC, || f(inst))
 }
 
 /// Base address of the instance's arena mapping (the `ArenaHeader` is at offset 0), or NULL.

@@ -79,8 +79,11 @@ impl Grpc {
             .thread_name("grpc_zc-io")
             .on_thread_start(move || {
                 if let Some(Err(e)) = cpus.as_ref().map(CpuList::pin_current_thread) {
-                    // TODO(log): through the runtime's logging helper once it exists.
-                    eprintln!("resty_grpc_zc: grpc_zc-io thread: sched_setaffinity: {e}");
+                    crate::log!(
+                        Warn,
+                        crate::log::Origin::unknown(),
+                        "grpc_zc-io thread: sched_setaffinity: {e}"
+                    );
                 }
             })
             .enable_all()
@@ -150,7 +153,7 @@ impl Grpc {
                     match started? {
                         Started::Unary(work) => work.await,
                         Started::Stream(id) => Ok(Received {
-                            handle: id,
+                            stream_id: id,
                             ..Default::default()
                         }),
                     }

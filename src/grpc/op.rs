@@ -49,8 +49,8 @@ pub enum Op {
 pub struct Received {
     /// The message, in its arena slot.
     pub message: Option<Inbound>,
-    /// A new stream's id.
-    pub handle: u64,
+    /// A new stream's id (0: none).
+    pub stream_id: u64,
     pub headers: Option<Vec<(String, Vec<u8>)>>,
     pub trailers: Option<Vec<(String, Vec<u8>)>>,
 }

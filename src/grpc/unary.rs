@@ -65,7 +65,7 @@ async fn exchange(
     let want = call.want_metadata;
     Ok(Received {
         message: Some(message),
-        handle: 0,
+        stream_id: 0,
         headers: want.then(|| metadata_list(&headers)),
         trailers: want.then(|| trailers.as_ref().map(metadata_list).unwrap_or_default()),
     })

@@ -8,6 +8,15 @@
 //! - the request bytes are borrowed from the task and cannot outlive it.
 //!
 //! Requests and responses of this runtime are 16-byte [`Desc`]riptors pointing into the arena.
+//!
+//! - `host.rs`: the exports of this project's host that lua-resty-ffi's lacks (asynchronous
+//!   polling, the log), found with `dlsym` once;
+//! - `ready.rs`: the queue's eventfd as an awaitable "readable" for the poll thread's event loop.
+
+pub(crate) mod host;
+mod ready;
+
+pub use ready::Readable;
 
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr::{self, NonNull};
@@ -53,52 +62,6 @@ impl TaskQueue {
     }
 }
 
-/// The host's asynchronous poll functions (this project's host has them, lua-resty-ffi's does
-/// not): found with `dlsym` once, so the runtime works on either host.
-#[derive(Clone, Copy)]
-struct AsyncPoll {
-    poll_fd: unsafe extern "C" fn(*mut c_void) -> c_int,
-    try_poll: unsafe extern "C" fn(*mut c_void, *mut c_int) -> *mut c_void,
-    arm: unsafe extern "C" fn(*mut c_void) -> c_int,
-    spin_poll: unsafe extern "C" fn(*mut c_void) -> c_int,
-}
-
-fn async_poll() -> Option<AsyncPoll> {
-    static FOUND: std::sync::OnceLock<Option<AsyncPoll>> = std::sync::OnceLock::new();
-    *FOUND.get_or_init(|| {
-        let find = |name: &std::ffi::CStr| {
-            // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only looks up a symbol.
-            let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-            (!p.is_null()).then_some(p)
-        };
-        let poll_fd = find(c"resty_ffi_task_poll_fd")?;
-        let try_poll = find(c"resty_ffi_task_try_poll")?;
-        let arm = find(c"resty_ffi_task_arm")?;
-        let spin_poll = find(c"resty_ffi_task_spin_poll")?;
-        // SAFETY: the host (host/src/ffi.rs) defines these symbols with exactly these
-        // signatures.
-        unsafe {
-            Some(AsyncPoll {
-                poll_fd: std::mem::transmute::<
-                    *mut c_void,
-                    unsafe extern "C" fn(*mut c_void) -> c_int,
-                >(poll_fd),
-                try_poll: std::mem::transmute::<
-                    *mut c_void,
-                    unsafe extern "C" fn(*mut c_void, *mut c_int) -> *mut c_void,
-                >(try_poll),
-                arm: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut c_void) -> c_int>(
-                    arm,
-                ),
-                spin_poll: std::mem::transmute::<
-                    *mut c_void,
-                    unsafe extern "C" fn(*mut c_void) -> c_int,
-                >(spin_poll),
-            })
-        }
-    })
-}
-
 /// What [`TaskQueue::try_poll`] found.
 pub enum TryPoll {
     Task(Task),
@@ -112,7 +75,7 @@ impl TaskQueue {
     /// `resty_ffi_task_poll_fd` in host/src/ffi.rs): readable after [`TaskQueue::arm`] returned
     /// true and a task was posted. The host owns it.
     pub fn poll_fd(&self) -> Option<std::os::fd::RawFd> {
-        let ops = async_poll()?;
+        let ops = host::async_poll()?;
         if self.tq.is_null() {
             return None;
         }
@@ -124,7 +87,7 @@ impl TaskQueue {
     /// The next task without waiting (asynchronous protocol; only after `poll_fd` returned
     /// `Some`).
     pub fn try_poll(&mut self) -> TryPoll {
-        let (Some(ops), false) = (async_poll(), self.tq.is_null()) else {
+        let (Some(ops), false) = (host::async_poll(), self.tq.is_null()) else {
             return TryPoll::Finished;
         };
         let mut finished: c_int = 0;
@@ -142,7 +105,7 @@ impl TaskQueue {
 
     /// About to wait on the eventfd: true means wait, false means a task is already queued.
     pub fn arm(&self) -> bool {
-        let (Some(ops), false) = (async_poll(), self.tq.is_null()) else {
+        let (Some(ops), false) = (host::async_poll(), self.tq.is_null()) else {
             return false;
         };
         // SAFETY: the queue is live.
@@ -151,7 +114,7 @@ impl TaskQueue {
 
     /// Spins up to the queue's poll spin for a task; true if one is queued.
     pub fn spin_poll(&self) -> bool {
-        let (Some(ops), false) = (async_poll(), self.tq.is_null()) else {
+        let (Some(ops), false) = (host::async_poll(), self.tq.is_null()) else {
             return false;
         };
         // SAFETY: the queue is live.

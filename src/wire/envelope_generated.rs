@@ -2053,7 +2053,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Reply<'a> {
 impl<'a> Reply<'a> {
   pub const VT_VERSION: ::flatbuffers::VOffsetT = 4;
   pub const VT_STATUS: ::flatbuffers::VOffsetT = 6;
-  pub const VT_HANDLE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_ID: ::flatbuffers::VOffsetT = 8;
   pub const VT_HAS_MESSAGE: ::flatbuffers::VOffsetT = 10;
   pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 12;
   pub const VT_HEADERS: ::flatbuffers::VOffsetT = 14;
@@ -2069,7 +2069,7 @@ impl<'a> Reply<'a> {
     args: &'args ReplyArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Reply<'bldr>> {
     let mut builder = ReplyBuilder::new(_fbb);
-    builder.add_handle(args.handle);
+    builder.add_id(args.id);
     if let Some(x) = args.trailers { builder.add_trailers(x); }
     if let Some(x) = args.headers { builder.add_headers(x); }
     if let Some(x) = args.payload { builder.add_payload(x); }
@@ -2095,11 +2095,11 @@ impl<'a> Reply<'a> {
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Status>>(Reply::VT_STATUS, None)}
   }
   #[inline]
-  pub fn handle(&self) -> u64 {
+  pub fn id(&self) -> u64 {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
-    unsafe { self._tab.get::<u64>(Reply::VT_HANDLE, Some(0)).unwrap()}
+    unsafe { self._tab.get::<u64>(Reply::VT_ID, Some(0)).unwrap()}
   }
   #[inline]
   pub fn has_message(&self) -> bool {
@@ -2139,7 +2139,7 @@ impl ::flatbuffers::Verifiable for Reply<'_> {
     v.visit_table(pos)?
      .visit_field::<WireVersion>("version", Self::VT_VERSION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<Status>>("status", Self::VT_STATUS, false)?
-     .visit_field::<u64>("handle", Self::VT_HANDLE, false)?
+     .visit_field::<u64>("id", Self::VT_ID, false)?
      .visit_field::<bool>("has_message", Self::VT_HAS_MESSAGE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Metadata>>>>("headers", Self::VT_HEADERS, false)?
@@ -2151,7 +2151,7 @@ impl ::flatbuffers::Verifiable for Reply<'_> {
 pub struct ReplyArgs<'a> {
     pub version: WireVersion,
     pub status: Option<::flatbuffers::WIPOffset<Status<'a>>>,
-    pub handle: u64,
+    pub id: u64,
     pub has_message: bool,
     pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub headers: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Metadata<'a>>>>>,
@@ -2163,7 +2163,7 @@ impl<'a> Default for ReplyArgs<'a> {
     ReplyArgs {
       version: WireVersion::Current,
       status: None,
-      handle: 0,
+      id: 0,
       has_message: false,
       payload: None,
       headers: None,
@@ -2186,8 +2186,8 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplyBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Status>>(Reply::VT_STATUS, status);
   }
   #[inline]
-  pub fn add_handle(&mut self, handle: u64) {
-    self.fbb_.push_slot::<u64>(Reply::VT_HANDLE, handle, 0);
+  pub fn add_id(&mut self, id: u64) {
+    self.fbb_.push_slot::<u64>(Reply::VT_ID, id, 0);
   }
   #[inline]
   pub fn add_has_message(&mut self, has_message: bool) {
@@ -2225,7 +2225,7 @@ impl ::core::fmt::Debug for Reply<'_> {
     let mut ds = f.debug_struct("Reply");
       ds.field("version", &self.version());
       ds.field("status", &self.status());
-      ds.field("handle", &self.handle());
+      ds.field("id", &self.id());
       ds.field("has_message", &self.has_message());
       ds.field("payload", &self.payload());
       ds.field("headers", &self.headers());

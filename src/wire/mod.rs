@@ -5,7 +5,7 @@
 //!   field is read.
 //! - Replies are written by the runtime straight into an arena slot by [`write_reply`]: the
 //!   `flatbuffers` builder owns its buffer and allocates per build, and its `reset` zeroes the
-//!   previous output (which by then belongs to Lua), so for the one hot shape (status, handle,
+//!   previous output (which by then belongs to Lua), so for the one hot shape (status, id,
 //!   one payload) the runtime lays the table out itself. The layout is checked against the
 //!   generated reader and the verifier in the tests below.
 
@@ -112,7 +112,7 @@ pub struct ReplyParts<'a> {
     /// `grpc-status-details-bin`, with a status.
     pub details: Option<&'a [u8]>,
     /// Connection or stream id (0: none).
-    pub handle: u64,
+    pub id: u64,
     /// The message, when there is one (an empty slice is a zero-length message).
     pub payload: Option<&'a [u8]>,
     /// Response headers.
@@ -130,7 +130,7 @@ const REPLY_TABLE_LEN: usize = 32;
 const PAYLOAD_VECTOR: usize = REPLY_TABLE + REPLY_TABLE_LEN;
 // Field slots inside the Reply table.
 const AT_STATUS: usize = 4;
-const AT_HANDLE: usize = 8;
+const AT_ID: usize = 8;
 const AT_PAYLOAD: usize = 16;
 const AT_HEADERS: usize = 20;
 const AT_TRAILERS: usize = 24;
@@ -188,13 +188,13 @@ pub fn reply_len(parts: &ReplyParts<'_>) -> usize {
 }
 
 /// Writes a `Reply` FlatBuffer at the start of `buf` and returns its length. `buf` must start
-/// 8-byte aligned (arena slots do), so the `handle` field is naturally aligned.
+/// 8-byte aligned (arena slots do), so the `id` field is naturally aligned.
 ///
 /// ```text
 /// 0   u32 root → 24
 /// 4   Reply vtable: size 18, table size 29, field offsets (version absent, status 4,
-///     handle 8, has_message 28, payload 16, headers 20, trailers 24; absent ones 0)
-/// 24  Reply table: soffset 20 (vtable at 4) | status uoffset | handle u64 | payload uoffset
+///     id 8, has_message 28, payload 16, headers 20, trailers 24; absent ones 0)
+/// 24  Reply table: soffset 20 (vtable at 4) | status uoffset | id u64 | payload uoffset
 ///     | headers uoffset | trailers uoffset | has_message u8 | pad
 /// 56  payload vector: u32 len, bytes, pad to 4
 /// ..  Status vtable (size 10, table size 16, code 4, message 8, details 12), Status table
@@ -214,7 +214,7 @@ pub fn write_reply(buf: &mut [u8], parts: &ReplyParts<'_>) -> Result<usize, Wire
         });
     }
     let buf = &mut buf[..need];
-    put_reply_table(buf, parts.handle, parts.payload.is_some());
+    put_reply_table(buf, parts.id, parts.payload.is_some());
     let t = REPLY_TABLE;
     let mut pos = PAYLOAD_VECTOR;
     if let Some(p) = parts.payload {
@@ -311,15 +311,15 @@ fn metadata_chunk(md: &MetadataList) -> Vec<u8> {
 
 /// Writes the fixed part of the layout (root offset, Reply vtable and table) into
 /// `buf[..PAYLOAD_VECTOR]`; the other offsets are filled in as their parts are written.
-fn put_reply_table(buf: &mut [u8], handle: u64, payload: bool) {
+fn put_reply_table(buf: &mut [u8], id: u64, payload: bool) {
     buf[..PAYLOAD_VECTOR].fill(0);
     put_u32(buf, 0, REPLY_TABLE as u32);
     let vt = REPLY_VTABLE;
     put_u16(buf, vt, REPLY_VTABLE_LEN as u16);
     put_u16(buf, vt + 2, (AT_HAS_MESSAGE + 1) as u16);
     // field 0 version: absent (default Current); 1 status, 5 headers, 6 trailers: by write_tail.
-    if handle != 0 {
-        put_u16(buf, vt + 4 + 2 * 2, AT_HANDLE as u16);
+    if id != 0 {
+        put_u16(buf, vt + 4 + 2 * 2, AT_ID as u16);
     }
     put_u16(buf, vt + 4 + 2 * 3, AT_HAS_MESSAGE as u16);
     if payload {
@@ -327,7 +327,7 @@ fn put_reply_table(buf: &mut [u8], handle: u64, payload: bool) {
     }
     let t = REPLY_TABLE;
     put_u32(buf, t, (t - vt) as u32); // soffset: vtable = table - soffset
-    put_u64(buf, t + AT_HANDLE, handle);
+    put_u64(buf, t + AT_ID, id);
     buf[t + AT_HAS_MESSAGE] = u8::from(payload);
 }
 
@@ -342,7 +342,7 @@ pub fn write_reply_around(buf: &mut [u8], vector_at: usize) -> Result<usize, Wir
     write_reply_around_with(buf, vector_at, &ReplyParts::default())
 }
 
-/// [`write_reply_around`] plus the handle, status and metadata of `parts` (its payload is
+/// [`write_reply_around`] plus the id, status and metadata of `parts` (its payload is
 /// ignored), written after the vector.
 pub fn write_reply_around_with(
     buf: &mut [u8],
@@ -357,7 +357,7 @@ pub fn write_reply_around_with(
             have: buf.len(),
         });
     }
-    put_reply_table(buf, parts.handle, true);
+    put_reply_table(buf, parts.id, true);
     let t = REPLY_TABLE;
     put_u32(buf, t + AT_PAYLOAD, (vector_at - (t + AT_PAYLOAD)) as u32);
     if tail_len(parts) == 0 {
@@ -431,7 +431,7 @@ mod tests {
         assert!(n <= reply_len(&parts));
         let r = parse_reply(&buf[..n]).unwrap();
         assert_eq!(r.version().0, WIRE_VERSION);
-        assert_eq!(r.handle(), parts.handle);
+        assert_eq!(r.id(), parts.id);
         assert_eq!(r.has_message(), parts.payload.is_some());
         assert_eq!(r.payload().map(|v| v.bytes()), parts.payload);
         check_tail(&r, &parts);
@@ -479,7 +479,7 @@ mod tests {
                         let parts = ReplyParts {
                             status,
                             details: status.and(details),
-                            handle: 77,
+                            id: 77,
                             payload,
                             headers: (h > 0).then_some(&hs[..]),
                             trailers: (t > 0).then_some(&ts[..]),
@@ -497,7 +497,7 @@ mod tests {
         let parts = ReplyParts {
             status: Some((2, "trailing")),
             details: Some(b"d"),
-            handle: 5,
+            id: 5,
             headers: Some(&hs),
             trailers: Some(&ts),
             ..Default::default()
@@ -514,7 +514,7 @@ mod tests {
             assert!(len <= need);
             let r = parse_reply(&buf[..len]).unwrap();
             assert_eq!(r.payload().unwrap().bytes(), &p[..]);
-            assert_eq!(r.handle(), 5);
+            assert_eq!(r.id(), 5);
             check_tail(&r, &parts);
             let mut small = slot(need - 64);
             let small = bytes(&mut small);
@@ -534,7 +534,7 @@ mod tests {
             let p: Vec<u8> = (0..n).map(|i| i as u8).collect();
             roundtrip(ReplyParts {
                 payload: Some(&p),
-                handle: n as u64 * 0x1_0000_0001,
+                id: n as u64 * 0x1_0000_0001,
                 ..Default::default()
             });
         }
@@ -552,7 +552,7 @@ mod tests {
             roundtrip(ReplyParts {
                 status: Some((-7, msg)),
                 payload: Some(b"abc"),
-                handle: 9,
+                id: 9,
                 ..Default::default()
             });
         }

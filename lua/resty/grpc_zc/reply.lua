@@ -57,7 +57,7 @@ end
 
 -- The id the runtime gave what the request created (a connection, a stream).
 function _M.id_of(reply)
-    return tonumber(reply:Handle())
+    return tonumber(reply:Id())
 end
 
 

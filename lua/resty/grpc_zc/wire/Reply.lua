@@ -45,7 +45,7 @@ function mt:Status()
   end
 end
 
-function mt:Handle()
+function mt:Id()
   local o = self.view:Offset(8)
   if o ~= 0 then
     return self.view:Get(flatbuffers.N.Uint64, self.view.pos + o)
@@ -134,8 +134,8 @@ function Reply.AddStatus(builder, status)
   builder:PrependStructSlot(1, status, 0)
 end
 
-function Reply.AddHandle(builder, handle)
-  builder:PrependUint64Slot(2, handle, 0)
+function Reply.AddId(builder, id)
+  builder:PrependUint64Slot(2, id, 0)
 end
 
 function Reply.AddHasMessage(builder, hasMessage)
