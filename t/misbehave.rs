@@ -9,7 +9,7 @@
 //! (no `[alert]`: no panic was caught on the way).
 //!
 //! The expected codes are tonic's (the transport this runtime is built on) after the runtime's
-//! own mapping (`local_status` in src/grpc/mod.rs); where grpc-go says otherwise the case says
+//! own mapping (`local_status` in src/grpc/status.rs); where grpc-go says otherwise the case says
 //! so and which one is followed.
 
 use testkit::{GrpcServer, GrpcServerOpts, Misbehaviour, RogueServer};

@@ -1,4 +1,4 @@
--- Lua half of tests/pb_conformance.rs (not run by run.sh: it needs the cases the Rust test
+-- Lua half of t/pb_conformance.rs (not run by run.sh: it needs the cases the Rust test
 -- generates). One process for all cases:
 --
 --   luajit lua/t/test_pb_conformance.lua DESCRIPTOR_SET CASES OUT

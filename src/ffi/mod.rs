@@ -1,5 +1,5 @@
 //! The runtime's only door to C: `libffi_init` (the lua-resty-ffi entry point) and the functions
-//! `resty/grpc_zc.lua` binds with LuaJIT FFI. Every export runs under `guard`: a panic is
+//! `lua/resty/grpc_zc/lib.lua` binds with LuaJIT FFI. Every export runs under `guard`: a panic is
 //! logged and becomes an error code, never an unwind into nginx.
 //!
 //! Error codes (negative; see `grpc_zc_strerror`): arena errors as `ArenaError::code`, plus
@@ -17,7 +17,7 @@ use crate::runtime::Instance;
 
 mod proto;
 
-/// Version of the C ABI below and of the descriptor layout; `resty/grpc_zc.lua` checks it.
+/// Version of the C ABI below and of the descriptor layout; `lua/resty/grpc_zc/lib.lua` checks it.
 /// 2: `grpc_zc_busy_polled_us`.
 pub const ABI_VERSION: c_int = 2;
 
@@ -265,7 +265,7 @@ pub unsafe extern "C" fn grpc_zc_busy_polled_us(inst: *const Instance, us: *mut 
 }
 
 /// Copies `len` bytes from `src` to `dst` like `memcpy`, avoiding its slow band on these
-/// machines (see `copy`); `resty/grpc_zc.lua` uses it for large payloads.
+/// machines (see `copy`); `lua/resty/grpc_zc/lib.lua` uses it for large payloads.
 ///
 /// # Safety
 /// `src` is readable and `dst` writable for `len` bytes, and the ranges do not overlap.

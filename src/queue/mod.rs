@@ -190,7 +190,7 @@ fn malloc_copy(bytes: &[u8]) -> Option<*mut c_char> {
 
 /// The 16-byte descriptor that travels through the host queue in both directions: an arena slot
 /// (`slot_offset`, `slot_gen`) and the FlatBuffer inside it (`buf_offset` from the slot start,
-/// `buf_len`). Little-endian `u32`s, in this order; `resty/grpc_zc.lua` declares the same
+/// `buf_len`). Little-endian `u32`s, in this order; `lua/resty/grpc_zc/lib.lua` declares the same
 /// layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Desc {

@@ -44,8 +44,8 @@ pub(crate) use calls::Finished;
 
 /// Room for the envelope around a message of `max_message` bytes: the arena's largest slot is
 /// this much bigger, so a payload of exactly `max_message` fits (except at the 64 MiB limit,
-/// where the largest payload is 64 MiB - 4 KiB). `resty/grpc_zc.lua` subtracts the same amount
-/// from the arena header's `max_message`.
+/// where the largest payload is 64 MiB - 4 KiB). `lua/resty/grpc_zc/lib.lua` has the same
+/// `ENVELOPE_SLACK` and subtracts it from the arena header's `max_message`.
 pub const ENVELOPE_SLACK: usize = 4096;
 
 /// tokio worker threads per instance (network I/O; the poll thread stays separate).
