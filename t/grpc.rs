@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use testkit::{get_many, GrpcServer, GrpcServerOpts};
 
 mod common;
-use common::{location, nginx, HELPERS, IDLE};
+use common::{helpers, location, nginx, IDLE};
 
 #[test]
 fn unary_calls_and_status_codes() {
@@ -400,11 +400,12 @@ fn tls_mtls_and_wrong_ca() {
 fn busy_polling_backs_off_and_stops_when_nothing_happens() {
     let server = GrpcServer::start(GrpcServerOpts::default());
     // An nginx whose worker runs `init` (Lua) in init_worker.
+    let helpers = helpers();
     let start = |name: &str, init: &str, server_conf: &str| {
         testkit::NginxBuilder::new(name)
             .workers(1)
             .http_conf(&format!(
-                "{HELPERS}\ninit_worker_by_lua_block {{\n\
+                "{helpers}\ninit_worker_by_lua_block {{\n\
                  local grpc = require \"resty.grpc_zc\"\n{init}\n}}"
             ))
             .server_conf(server_conf)

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use testkit::bench::LUA_BENCH_NOW;
-use testkit::{GrpcServer, Nginx, NginxBuilder, LUA_PAYLOAD};
+use testkit::{GrpcServer, Nginx, NginxBuilder, LUA_PAYLOAD, LUA_VARINT};
 
 use crate::placement::Placement;
 use crate::WARMUP;
@@ -28,15 +28,7 @@ init_worker_by_lua_block {
 }
 init_by_lua_block {
     @BENCH_NOW@
-    local function varint(n)
-        local t = {}
-        repeat
-            local b = n % 128
-            n = math.floor(n / 128)
-            t[#t + 1] = string.char(n > 0 and b + 128 or b)
-        until n == 0
-        return table.concat(t)
-    end
+    @VARINT@
     -- A message whose field 1 (string or bytes) is s; proto3 leaves an empty one out.
     function field1(s)
         if #s == 0 then return "" end
@@ -167,6 +159,7 @@ pub fn start(
         .http_conf(
             &HTTP_CONF
                 .replace("@BENCH_NOW@", LUA_BENCH_NOW)
+                .replace("@VARINT@", LUA_VARINT)
                 .replace("@PAYLOAD@", LUA_PAYLOAD)
                 .replace("@WARMUP@", &WARMUP.to_string())
                 .replace("@PROTO@", &root.join("testkit/proto").to_string_lossy()),

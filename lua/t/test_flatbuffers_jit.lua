@@ -134,16 +134,8 @@ end
 
 jv.off()
 
-local passed, failed = 0, 0
-local function result(ok, name, detail)
-    if ok then
-        passed = passed + 1
-        print("ok - " .. name)
-    else
-        failed = failed + 1
-        print("not ok - " .. name .. (detail and ("\n  " .. detail) or ""))
-    end
-end
+local tap = require "t.tap"
+local result = tap.result
 
 print(string.format("# build %.2f us, read %.2f us per message (%d bytes, under jit.v)",
                     t_build / N * 1e6, t_read / N * 1e6, n))
@@ -210,5 +202,4 @@ result(traces > 0 and module_traces > 0, "traces were compiled")
 result(#bad == 0, "no NYI, no blacklisting, no other trace abort in the module",
        table.concat(bad, "\n  "))
 
-print(string.format("%d passed, %d failed", passed, failed))
-os.exit(failed == 0 and 0 or 1)
+tap.done()

@@ -10,15 +10,8 @@ local dir = (arg and arg[0] or ""):match("^(.*)/t/[^/]*$") or "lua"
 package.path = dir .. "/?.lua;" .. package.path
 
 local ffi = require "ffi"
-local pb = require "resty.grpc_zc.pb"
-
-local repo = dir == "lua" and "." or dir:match("^(.*)/lua$") or "."
-if arg[2] and arg[2] ~= "" then
-    _G.PB_TEST_PRELOAD = ffi.load(arg[2], true) -- kept: a collected clib is dlclosed
-end
-pb.libpath = arg[1] or (repo .. "/target/release/libresty_grpc_zc.so")
-assert(pb.load_proto({ "pbtest.proto", "pbtest2.proto", "helloworld.proto" },
-                     { import_paths = { repo .. "/t/proto", repo .. "/testkit/proto" } }))
+local tap = require "t.tap"
+local pb = tap.pb_with_protos(arg, dir)
 
 local clock = os.clock
 local function bench(n, fn)
@@ -80,7 +73,6 @@ local function string_loop(p, len, k)
     end
 end
 
-local passed, failed = 0, 0
 print(string.format("# %-32s %6s %10s %10s %10s %10s", "message", "bytes", "encode us",
                     "decode us", "copy in us", "string us"))
 for _, c in ipairs(cases) do
@@ -97,13 +89,6 @@ for _, c in ipairs(cases) do
     print(string.format("# %-32s %6d %10.3f %10.3f %10.3f %10.3f", label, len, enc, dec,
                         copy_in, to_string))
     local back = decode(md, p, len)
-    if back and pb.encode(md, back) == s then
-        passed = passed + 1
-        print("ok - " .. label .. " round trip")
-    else
-        failed = failed + 1
-        print("not ok - " .. label .. " round trip")
-    end
+    tap.result(back and pb.encode(md, back) == s, label .. " round trip")
 end
-print(string.format("%d passed, %d failed", passed, failed))
-os.exit(failed == 0 and 0 or 1)
+tap.done()

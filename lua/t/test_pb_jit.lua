@@ -18,15 +18,8 @@ local dir = (arg and arg[0] or ""):match("^(.*)/t/[^/]*$") or "lua"
 package.path = dir .. "/?.lua;" .. package.path
 
 local ffi = require "ffi"
-local pb = require "resty.grpc_zc.pb"
-
-local repo = dir == "lua" and "." or dir:match("^(.*)/lua$") or "."
-if arg[2] and arg[2] ~= "" then
-    _G.PB_TEST_PRELOAD = ffi.load(arg[2], true) -- kept: a collected clib is dlclosed
-end
-pb.libpath = arg[1] or (repo .. "/target/release/libresty_grpc_zc.so")
-assert(pb.load_proto({ "pbtest.proto", "pbtest2.proto", "helloworld.proto" },
-                     { import_paths = { repo .. "/t/proto", repo .. "/testkit/proto" } }))
+local tap = require "t.tap"
+local pb = tap.pb_with_protos(arg, dir)
 local f
 local log = arg[3] or os.tmpname()
 
@@ -79,16 +72,7 @@ for k = 1, #msgs do
 end
 jv.off()
 
-local passed, failed = 0, 0
-local function result(ok, name, detail)
-    if ok then
-        passed = passed + 1
-        print("ok - " .. name)
-    else
-        failed = failed + 1
-        print("not ok - " .. name .. (detail and ("\n  " .. detail) or ""))
-    end
-end
+local result = tap.result
 result(sum == K * #msgs and total > 0, "loops ran")
 
 f = assert(io.open(log, "r"))
@@ -138,5 +122,4 @@ print(string.format("# %d traces (%d in pb.lua), %d trace-formation aborts in pb
 result(module_traces > 0, "traces were compiled in pb.lua")
 result(#bad == 0, "no NYI, no blacklisting, no other trace abort in pb.lua",
        table.concat(bad, "\n  "))
-print(string.format("%d passed, %d failed", passed, failed))
-os.exit(failed == 0 and 0 or 1)
+tap.done()

@@ -6,17 +6,9 @@ use testkit::{Nginx, NginxBuilder};
 
 /// Lua for the tests: protobuf encoding of the test messages by hand (field numbers from
 /// testkit/proto/*.proto) and the arena usage check.
-pub const HELPERS: &str = r#"
+const HELPERS: &str = r#"
 init_by_lua_block {
-    local function varint(n)
-        local t = {}
-        repeat
-            local b = n % 128
-            n = math.floor(n / 128)
-            t[#t + 1] = string.char(n > 0 and b + 128 or b)
-        until n == 0
-        return table.concat(t)
-    end
+    @VARINT@
     local function bytes_field(num, s)
         return string.char(num * 8 + 2) .. varint(#s) .. s
     end
@@ -85,13 +77,19 @@ init_by_lua_block {
 }
 "#;
 
+/// [`HELPERS`] with the varint encoder spliced in.
+pub fn helpers() -> String {
+    HELPERS.replace("@VARINT@", testkit::LUA_VARINT)
+}
+
 pub const IDLE: &str = "slots=0 bytes=0 calls=0 streams=0";
 
 pub fn nginx(name: &str, workers: usize, server: &str) -> Nginx {
     NginxBuilder::new(name)
         .workers(workers)
         .http_conf(&format!(
-            "{HELPERS}\nlua_check_client_abort on;\ninit_worker_by_lua_block {{ assert(require(\"resty.grpc_zc\").init()) }}"
+            "{}\nlua_check_client_abort on;\ninit_worker_by_lua_block {{ assert(require(\"resty.grpc_zc\").init()) }}",
+            helpers()
         ))
         .server_conf(server)
         .start()
@@ -99,7 +97,8 @@ pub fn nginx(name: &str, workers: usize, server: &str) -> Nginx {
 
 /// [`nginx`] with more Lua in the `init_by_lua_block` (after the helpers).
 pub fn nginx_with(name: &str, workers: usize, init_lua: &str, server: &str) -> Nginx {
-    let helpers = HELPERS
+    let helpers = helpers();
+    let helpers = helpers
         .trim_end()
         .strip_suffix('}')
         .expect("HELPERS ends its init_by_lua_block");

@@ -65,6 +65,20 @@ pub const LUA_PAYLOAD: &str = r#"
     end
 "#;
 
+/// Lua (inside an `init_by_lua_block`) defining the local `varint(n)`: the protobuf varint of a
+/// non-negative integer, for tests and benchmarks that write their messages by hand.
+pub const LUA_VARINT: &str = r#"
+    local function varint(n)
+        local t = {}
+        repeat
+            local b = n % 128
+            n = math.floor(n / 128)
+            t[#t + 1] = string.char(n > 0 and b + 128 or b)
+        until n == 0
+        return table.concat(t)
+    end
+"#;
+
 /// The bytes of [`LUA_PAYLOAD`]'s `payload(n, seed)`.
 pub fn payload(n: usize, seed: usize) -> Vec<u8> {
     let chunk: Vec<u8> = (0..256usize)

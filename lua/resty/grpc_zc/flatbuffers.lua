@@ -898,26 +898,26 @@ local function create_bytes(self, src, len, nul)
     return self._cap - h
 end
 
+-- A string, or (ptr, len) for bytes already in cdata memory, as a vector (`nul`: 1 for a
+-- string's terminating NUL); `what` names the caller in the misuse error.
+local function create_from(self, x, len, nul, what)
+    if type(x) == "string" then
+        return create_bytes(self, x, #x, nul)
+    end
+    if type(x) == "cdata" and len and len >= 0 then
+        return create_bytes(self, x, len, nul)
+    end
+    misuse(what .. " expects a string or (ptr, len)")
+end
+
 -- builder:CreateString(s): a Lua string, or (ptr, len) for bytes already in cdata memory.
 function B:CreateString(s, len)
-    if type(s) == "string" then
-        return create_bytes(self, s, #s, 1)
-    end
-    if type(s) == "cdata" and len and len >= 0 then
-        return create_bytes(self, s, len, 1)
-    end
-    misuse("CreateString expects a string or (ptr, len)")
+    return create_from(self, s, len, 1, "CreateString")
 end
 
 -- builder:CreateByteVector(s) for a Lua string, or (ptr, len): one ffi.copy into the buffer.
 function B:CreateByteVector(x, len)
-    if type(x) == "string" then
-        return create_bytes(self, x, #x, 0)
-    end
-    if type(x) == "cdata" and len and len >= 0 then
-        return create_bytes(self, x, len, 0)
-    end
-    misuse("CreateByteVector expects a string or (ptr, len)")
+    return create_from(self, x, len, 0, "CreateByteVector")
 end
 
 function B:CreateByteVectorFromPtr(ptr, len)

@@ -190,18 +190,21 @@ function _M.load(conn, services, call_opts)
                 end
                 return true
             end
+            -- asks for `request` and adds the files of the answer: true, or nil, err
+            local function fetch(request)
+                local more, ferr = ask(stream, request)
+                if not more then
+                    return nil, ferr
+                end
+                return add(more)
+            end
             local ok2, aerr = add(files)
             if not ok2 then
                 stream:close()
                 return nil, aerr
             end
             for i = 2, #services do
-                files, err = ask(stream, field(4, services[i]))
-                if not files then
-                    stream:close()
-                    return nil, err
-                end
-                ok2, aerr = add(files)
+                ok2, aerr = fetch(field(4, services[i]))
                 if not ok2 then
                     stream:close()
                     return nil, aerr
@@ -217,12 +220,7 @@ function _M.load(conn, services, call_opts)
                         stream:close()
                         return nil, "more than " .. MAX_FILES .. " files"
                     end
-                    files, err = ask(stream, field(3, dep))
-                    if not files then
-                        stream:close()
-                        return nil, err
-                    end
-                    ok2, aerr = add(files)
+                    ok2, aerr = fetch(field(3, dep))
                     if not ok2 then
                         stream:close()
                         return nil, aerr
