@@ -603,8 +603,13 @@ pub fn metadata_list(md: &MetadataMap) -> Vec<(String, Vec<u8>)> {
 
 /// Statuses made by the local side mapped to what grpc-go reports: transport failures are
 /// UNAVAILABLE ([`transport_is_unavailable`]), a received message over the limit is
-/// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE).
+/// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE), and tonic's own `grpc-timeout` timer
+/// (`TimeoutExpired`, which tonic reports as CANCELLED "Timeout expired") is
+/// DEADLINE_EXCEEDED: it fires at the call's deadline, racing ours.
 fn local_status(st: Status) -> Status {
+    if timeout_expired(&st) {
+        return deadline_exceeded();
+    }
     if st.code() == Code::OutOfRange
         && st
             .message()
@@ -649,6 +654,28 @@ fn transport_is_unavailable(st: Status) -> Status {
         Code::Unknown | Code::Cancelled => {
             Status::unavailable(format!("{}: {local}", st.message()))
         }
+        _ => st,
+    }
+}
+
+/// Whether tonic's `grpc-timeout` timer ended the call (a `TimeoutExpired` in the source chain).
+fn timeout_expired(st: &Status) -> bool {
+    let mut e = std::error::Error::source(st);
+    while let Some(err) = e {
+        if err.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        e = err.source();
+    }
+    false
+}
+
+/// A failure observed at or after the call's deadline is DEADLINE_EXCEEDED, whatever error
+/// tonic or the transport reported at that moment (grpc-go reports the context's error once
+/// the deadline has passed). Statuses the server sent before the deadline pass unchanged.
+fn at_deadline(st: Status, deadline: Option<tokio::time::Instant>) -> Status {
+    match deadline {
+        Some(d) if tokio::time::Instant::now() >= d => deadline_exceeded(),
         _ => st,
     }
 }
@@ -778,6 +805,49 @@ mod tests {
                 ..opts("127.0.0.1:1", 10)
             })
             .is_err());
+    }
+
+    #[test]
+    fn closing_an_id_more_often_than_it_was_connected_leaves_other_ids_alone() {
+        let arena = Arena::new(crate::arena::ArenaConfig {
+            size: 1 << 20,
+            max_message: 64 << 10,
+        })
+        .unwrap();
+        let g = Grpc::new(arena, 1, None).unwrap();
+        let opts = |timeout: u64| ConnectOpts {
+            target: "127.0.0.1:1".into(),
+            default_timeout: Some(Duration::from_millis(timeout)),
+            ..Default::default()
+        };
+        // a and b share a channel, under two ids
+        let a = g.connect(&opts(10)).unwrap();
+        let b = g.connect(&opts(20)).unwrap();
+        assert_eq!(g.connections(), (2, 1));
+        assert!(g.close(a));
+        for _ in 0..5 {
+            assert!(!g.close(a), "a closed id stays closed");
+        }
+        assert_eq!(g.connections(), (1, 1), "b keeps its id and the channel");
+        assert!(lock(&g.conns).by_id.contains_key(&b));
+        assert!(g.close(b));
+        assert_eq!(g.connections(), (0, 0));
+    }
+
+    #[test]
+    fn tonic_timeouts_and_failures_after_the_deadline_are_deadline_exceeded() {
+        let st = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(local_status(st).code(), Code::DeadlineExceeded);
+        let past = Some(tokio::time::Instant::now());
+        let st = at_deadline(Status::unavailable("transport error"), past);
+        assert_eq!(st.code(), Code::DeadlineExceeded);
+        let future = Some(tokio::time::Instant::now() + Duration::from_secs(60));
+        let st = at_deadline(Status::unavailable("transport error"), future);
+        assert_eq!(st.code(), Code::Unavailable);
+        assert_eq!(
+            at_deadline(Status::internal("x"), None).code(),
+            Code::Internal
+        );
     }
 
     #[test]

@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use tonic::{Response, Status, Streaming};
 
 use super::{
-    client, deadline_exceeded, local_status, lock, metadata_list, request, second_response_message,
-    CallSpec, Conn, Kind, OpResult, Received,
+    at_deadline, client, deadline_exceeded, local_status, lock, metadata_list, request,
+    second_response_message, CallSpec, Conn, Kind, OpResult, Received,
 };
 use crate::codec::{ArenaCodec, Inbound};
 
@@ -326,6 +326,8 @@ async fn drive(
                 Some(Want::Message | Want::Finish)
             );
         tokio::select! {
+            // The deadline first: when it has passed it wins over whatever else is ready.
+            biased;
             _ = sleep_until(deadline), if deadline.is_some() && end.is_none() => {
                 // Dropping the response resets the stream on the wire.
                 opening = None;
@@ -345,7 +347,7 @@ async fn drive(
                         headers = Some(metadata_list(&md));
                         body = Some(b);
                     }
-                    Err(st) => end = Some(Err(st)),
+                    Err(st) => end = Some(Err(at_deadline(st, deadline))),
                 }
             }
             m = async { body.as_mut().expect("guarded by the branch condition").message().await },
@@ -375,12 +377,12 @@ async fn drive(
                         body = None;
                         end = Some(
                             t.map(|t| t.as_ref().map(metadata_list).unwrap_or_default())
-                                .map_err(local_status),
+                                .map_err(|st| at_deadline(local_status(st), deadline)),
                         );
                     }
                     Err(st) => {
                         body = None;
-                        end = Some(Err(local_status(st)));
+                        end = Some(Err(at_deadline(local_status(st), deadline)));
                     }
                 }
             }
