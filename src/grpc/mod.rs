@@ -7,6 +7,7 @@
 //! streams are a driver task each (`stream.rs`), addressed by a stream id.
 #![forbid(unsafe_code)]
 
+mod handshake;
 mod response;
 mod stream;
 
@@ -300,7 +301,13 @@ impl Grpc {
         ep = endpoint_options(ep, opts, tls)?;
         // connect_lazy needs a runtime context for its background task.
         let _guard = self.rt.enter();
-        Ok(ep.connect_lazy())
+        Ok(match opts.connect_timeout {
+            // The whole setup, the server's first bytes included (handshake.rs).
+            Some(t) => {
+                ep.connect_with_connector_lazy(handshake::connector(handshake::Dest::Tcp, t))
+            }
+            None => ep.connect_lazy(),
+        })
     }
 
     /// A channel over a Unix domain socket (plaintext h2c; `:authority` "localhost" unless
@@ -312,6 +319,11 @@ impl Grpc {
         let ep = Endpoint::from_static("http://localhost");
         let ep = endpoint_options(ep, opts, false)?;
         let path = std::path::PathBuf::from(path);
+        if let Some(t) = opts.connect_timeout {
+            let _guard = self.rt.enter();
+            let c = handshake::connector(handshake::Dest::Unix(path), t);
+            return Ok(ep.connect_with_connector_lazy(c));
+        }
         let connector = tower::service_fn(move |_: http::Uri| {
             let path = path.clone();
             async move {
