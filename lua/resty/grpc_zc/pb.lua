@@ -56,6 +56,36 @@ local _M = { version = "0.1.0" }
 
 local u8p_t = ffi.typeof("uint8_t *")
 local cu8p_t = ffi.typeof("const uint8_t *")
+
+-- Longest buffer a (ptr, len) argument may name.
+local MAX_BUFFER = 2147483647
+
+-- Checks a (ptr, len) argument pair before anything reads memory: `ptr` a non-NULL pointer or
+-- array cdata (not an integer or a struct, which ffi.cast would turn into an address), `len` an
+-- integer from 0 to MAX_BUFFER and, for an array, at most its size. Raises at the caller's
+-- caller. Byte pointers (what this module and resty.grpc_zc pass) take the fast path.
+local function check_buffer(fname, ptr, len, arg)
+    if type(len) ~= "number" or not (len >= 0 and len <= MAX_BUFFER) or len % 1 ~= 0 then
+        error("bad argument #" .. (arg + 1) .. " to pb." .. fname .. " (a length from 0 to "
+              .. MAX_BUFFER .. " expected, got " .. tostring(len) .. ")", 3)
+    end
+    if ptr == nil then
+        error("bad argument #" .. arg .. " to pb." .. fname .. " (NULL pointer)", 3)
+    end
+    if ffi_istype(cu8p_t, ptr) then
+        return
+    end
+    local what = tostring(ffi.typeof(ptr))
+    if what:find("%[") then
+        if len > ffi.sizeof(ptr) then
+            error("bad argument #" .. (arg + 1) .. " to pb." .. fname .. " (" .. len
+                  .. " bytes, longer than the array)", 3)
+        end
+    elseif not what:find("%*>$") then
+        error("bad argument #" .. arg .. " to pb." .. fname .. " (pointer expected, got "
+              .. what .. ")", 3)
+    end
+end
 local int64_t = ffi.typeof("int64_t")
 local uint64_t = ffi.typeof("uint64_t")
 local conv = ffi_new("union { double d; float f[2]; uint8_t b[8]; }")
@@ -857,6 +887,10 @@ local function encode_into(md, t, ptr, n)
         end
     end
     last_tbl = nil
+    if type(ptr) ~= "cdata" then
+        error("bad argument #3 to pb.encode_into (pointer expected, got " .. type(ptr) .. ")", 2)
+    end
+    check_buffer("encode_into", ptr, n, 3)
     local p = ffi_cast(u8p_t, ptr)
     SZN = 0
     local pos = msg_write(p, 0, md, t)
@@ -1174,11 +1208,15 @@ function _M.decode(md, ptr, len)
     check_md(md, "decode")
     if type(ptr) == "string" then
         len = len or #ptr
-        if len > #ptr then
-            error("bad argument #3 to pb.decode (longer than the string)", 2)
+        if type(len) ~= "number" or not (len >= 0 and len <= #ptr) or len % 1 ~= 0 then
+            error("bad argument #3 to pb.decode (a length from 0 to " .. #ptr
+                  .. " expected: longer than the string, or not one)", 2)
         end
-    elseif type(len) ~= "number" then
-        error("bad argument #3 to pb.decode (length expected)", 2)
+    elseif type(ptr) ~= "cdata" then
+        error("bad argument #2 to pb.decode (string or pointer expected, got " .. type(ptr)
+              .. ")", 2)
+    else
+        check_buffer("decode", ptr, len, 2)
     end
     local t = decode_msg(md, ffi_cast(cu8p_t, ptr), 0, len, 1, -1)
     if t == nil then return nil, ERR end
@@ -1524,8 +1562,14 @@ end
 function _M.load_descriptor(bytes, len)
     if type(bytes) == "string" then
         len = len or #bytes
-    elseif type(bytes) ~= "cdata" or type(len) ~= "number" then
-        error("bad argument #1 to pb.load_descriptor (string expected)", 2)
+        if type(len) ~= "number" or not (len >= 0 and len <= #bytes) or len % 1 ~= 0 then
+            error("bad argument #2 to pb.load_descriptor (a length from 0 to " .. #bytes
+                  .. " expected)", 2)
+        end
+    elseif type(bytes) ~= "cdata" then
+        error("bad argument #1 to pb.load_descriptor (string or pointer expected)", 2)
+    else
+        check_buffer("load_descriptor", bytes, len, 1)
     end
     local set, err = decode_descriptor(bytes, len)
     if set == nil then return nil, err end
