@@ -95,6 +95,25 @@ local DESC_LEN = ffi.sizeof(desc_t)
 
 local _M = { version = "0.1.0" }
 
+-- Largest value of a millisecond option: the envelope's fields are u32.
+local MAX_MS = 4294967295
+-- Largest value of a byte-size option (u32 fields, u32 arena offsets).
+local MAX_SIZE = 4294967295
+
+
+-- The one check of every numeric option (issue 11: NaN, inf, huge and negative numbers must
+-- not slip through `v < 0` tests): `v` must be a number in [min, max] (NaN is in no range),
+-- and an integer when `integer` is true. Raises "bad option <name>: ... expected, got <v>" at
+-- the caller's caller (level 3), naming the accepted range. Returns `v`.
+local function check_number(v, name, min, max, integer)
+    if type(v) ~= "number" or not (v >= min and v <= max)
+       or (integer and v ~= math.floor(v)) then
+        error(string.format("bad option %s: %s from %.17g to %.17g expected, got %s", name,
+                            integer and "an integer" or "a number", min, max, tostring(v)), 3)
+    end
+    return v
+end
+
 -- Per-worker state, set by init().
 local inst, base, rt, inst_name, max_payload
 local desc_mem = ffi_new("grpc_zc_desc_t[1]")
@@ -127,11 +146,16 @@ local function errstr(code)
 end
 
 
+-- Highest CPU number (CPU_SETSIZE - 1).
+local MAX_CPU = 1023
+-- Largest max_message (src/config.rs: MAX_MESSAGE_LIMIT).
+local MAX_MESSAGE_LIMIT = 64 * 1048576
+
 -- opts.cpus of init(): a CPU number, a list of them, or a string ("1", "2-3", "0:2-3").
 local function cpu_list(v)
     local t = type(v)
-    if t == "number" and v >= 0 and v == math.floor(v) then
-        return tostring(v)
+    if t == "number" then
+        return string.format("%d", check_number(v, "cpus", 0, MAX_CPU, true))
     end
     if t == "string" and v:find("^[%d:%-]+$") then
         return v     -- checked by the runtime (a bad list makes init fail)
@@ -140,10 +164,10 @@ local function cpu_list(v)
         local parts = {}
         for i = 1, #v do
             local c = v[i]
-            if type(c) ~= "number" or c < 0 or c ~= math.floor(c) then
-                error("bad option cpus: CPU numbers expected", 3)
+            if type(c) ~= "number" or not (c >= 0 and c <= MAX_CPU) or c ~= math.floor(c) then
+                error("bad option cpus: CPU numbers from 0 to " .. MAX_CPU .. " expected", 3)
             end
-            parts[i] = tostring(c)
+            parts[i] = string.format("%d", c)
         end
         return table.concat(parts, ":")
     end
@@ -157,30 +181,39 @@ end
 --   opts.cpus (CPUs for the runtime's own threads, e.g. 1, {2, 3} or "2-3"; default: the
 --   worker's), opts.busy_poll_us (how long the runtime busy-polls for answers while calls are
 --   in flight, default 500; 0: off).
-function _M.init(opts)
-    if inst ~= nil then
-        return true
+-- The cfg string of init's options; raises on a bad option.
+local function init_cfg(name, opts)
+    local cfg = "instance=" .. name
+    if opts == nil then
+        return cfg
     end
+    if opts.arena_size ~= nil then
+        cfg = cfg .. string.format(",arena_size=%d",
+                                   check_number(opts.arena_size, "arena_size", 1, MAX_SIZE, true))
+    end
+    if opts.max_message ~= nil then
+        cfg = cfg .. string.format(",max_message=%d", check_number(opts.max_message,
+                                   "max_message", 1, MAX_MESSAGE_LIMIT, true))
+    end
+    if opts.cpus ~= nil then
+        cfg = cfg .. ",cpus=" .. cpu_list(opts.cpus)
+    end
+    if opts.busy_poll_us ~= nil then
+        cfg = cfg .. string.format(",busy_poll_us=%d", check_number(opts.busy_poll_us,
+                                   "busy_poll_us", 0, 1000000, true))
+    end
+    return cfg
+end
+
+function _M.init(opts)
     if opts ~= nil and type(opts) ~= "table" then
         error("bad opts: table expected", 2)
     end
+    -- Options are checked even when the runtime is already loaded (misuse always raises).
     local name = "grpc_zc-" .. ngx.worker.pid()
-    local cfg = "instance=" .. name
-    if opts and opts.arena_size then
-        cfg = cfg .. ",arena_size=" .. math.floor(opts.arena_size)
-    end
-    if opts and opts.max_message then
-        cfg = cfg .. ",max_message=" .. math.floor(opts.max_message)
-    end
-    if opts and opts.cpus ~= nil then
-        cfg = cfg .. ",cpus=" .. cpu_list(opts.cpus)
-    end
-    if opts and opts.busy_poll_us ~= nil then
-        local us = opts.busy_poll_us
-        if type(us) ~= "number" or not (us >= 0 and us <= 1000000) or us ~= math.floor(us) then
-            error("bad opts.busy_poll_us: an integer from 0 to 1000000 expected", 2)
-        end
-        cfg = cfg .. ",busy_poll_us=" .. string.format("%d", us)
+    local cfg = init_cfg(name, opts)
+    if inst ~= nil then
+        return true
     end
     local obj, rc = ngx.load_ffi("resty_grpc_zc", cfg)
     if not obj then
@@ -408,6 +441,9 @@ function InPlace:release()
 end
 
 
+-- Longest echo delay_ms (a test hook: a minute is plenty, and a longer one would hold a slot).
+local MAX_ECHO_DELAY_MS = 60000
+
 -- grpc.echo(payload, opts?) -> true, reply_string | false, err
 --   opts.timeout: ms; opts.inplace = true: the reply is an object with .ptr, .len, :string()
 --   and :release() instead of a Lua string (the bytes stay in the arena until released);
@@ -422,7 +458,12 @@ function _M.echo(payload, opts)
             error("bad opts: table expected", 2)
         end
         inplace = opts.inplace
-        delay_ms = opts.delay_ms
+        if opts.delay_ms ~= nil then
+            delay_ms = math.ceil(check_number(opts.delay_ms, "delay_ms", 0, MAX_ECHO_DELAY_MS))
+        end
+        if opts.timeout ~= nil then
+            check_number(opts.timeout, "timeout", 0, MAX_MS)
+        end
     end
     if inst == nil then
         local ok, err = _M.init()
@@ -492,6 +533,9 @@ end
 -- Extra host wait beyond a call's deadline, so the runtime's DEADLINE_EXCEEDED wins.
 local DEADLINE_GRACE_MS = 1000
 local RESOURCE_EXHAUSTED = 8
+local FAILED_PRECONDITION = 9
+-- Most metadata entries a call takes.
+local MAX_METADATA = 4096
 local INTERNAL = 13
 local pb_size, pb_encode_into, pb_decode = pb.size, pb.encode_into, pb.decode
 
@@ -588,24 +632,20 @@ end
 local Conn = {}
 local Conn_mt = { __index = Conn }
 
+-- A millisecond option (nil: 0). Fractions round up, so 0.4 ms is 1 ms, never 0 ("none").
 local function ms(v, name)
     if v == nil then
         return 0
     end
-    if type(v) ~= "number" or v < 0 then
-        error("bad option " .. name .. ": non-negative number of milliseconds expected", 3)
-    end
-    return math.floor(v)
+    return math.ceil(check_number(v, name, 0, MAX_MS))
 end
 
+-- A byte-size option (nil: 0, the default).
 local function size_opt(v, name)
     if v == nil then
         return 0
     end
-    if type(v) ~= "number" or v < 1 then
-        error("bad option " .. name .. ": positive number of bytes expected", 3)
-    end
-    return math.min(math.floor(v), 0xffffffff)
+    return check_number(v, name, 1, MAX_SIZE, true)
 end
 
 
@@ -633,6 +673,13 @@ function _M.connect(target, opts)
             error("bad option " .. k .. ": string expected", 2)
         end
     end
+    -- Every numeric option checked before anything is leased.
+    local connect_timeout = ms(opts.connect_timeout, "connect_timeout")
+    local default_timeout = opts.timeout ~= nil and ms(opts.timeout, "timeout") or nil
+    local keepalive_interval = ms(opts.keepalive_interval, "keepalive_interval")
+    local keepalive_timeout = ms(opts.keepalive_timeout, "keepalive_timeout")
+    local max_send_opt = size_opt(opts.max_send_msg_size, "max_send_msg_size")
+    local max_recv_opt = size_opt(opts.max_recv_msg_size, "max_recv_msg_size")
     local h
     h, err = begin_build(#target + #(opts.host or "") + #(opts.ca or "") + #(opts.cert or "")
                          + #(opts.priv_key or "") + 320)
@@ -665,12 +712,12 @@ function _M.connect(target, opts)
     if opts.insecure then
         Connect.AddInsecure(builder, true)
     end
-    Connect.AddConnectTimeoutMs(builder, ms(opts.connect_timeout, "connect_timeout"))
-    Connect.AddDefaultTimeoutMs(builder, ms(opts.timeout, "timeout"))
-    Connect.AddKeepaliveIntervalMs(builder, ms(opts.keepalive_interval, "keepalive_interval"))
-    Connect.AddKeepaliveTimeoutMs(builder, ms(opts.keepalive_timeout, "keepalive_timeout"))
-    Connect.AddMaxSendMsgSize(builder, size_opt(opts.max_send_msg_size, "max_send_msg_size"))
-    Connect.AddMaxRecvMsgSize(builder, size_opt(opts.max_recv_msg_size, "max_recv_msg_size"))
+    Connect.AddConnectTimeoutMs(builder, connect_timeout)
+    Connect.AddDefaultTimeoutMs(builder, default_timeout or 0)
+    Connect.AddKeepaliveIntervalMs(builder, keepalive_interval)
+    Connect.AddKeepaliveTimeoutMs(builder, keepalive_timeout)
+    Connect.AddMaxSendMsgSize(builder, max_send_opt)
+    Connect.AddMaxRecvMsgSize(builder, max_recv_opt)
     finish_request(Command.Connect, Connect.End(builder))
 
     local reply, rerr = roundtrip(h, nil)
@@ -684,10 +731,10 @@ function _M.connect(target, opts)
         return false, serr, status
     end
     local max_send = max_payload
-    if opts.max_send_msg_size and opts.max_send_msg_size < max_send then
-        max_send = math.floor(opts.max_send_msg_size)
+    if max_send_opt > 0 and max_send_opt < max_send then
+        max_send = max_send_opt
     end
-    return true, setmetatable({ id = id, target = target, timeout = opts.timeout,
+    return true, setmetatable({ id = id, target = target, timeout = default_timeout,
                                 max_send = max_send }, Conn_mt)
 end
 
@@ -716,9 +763,9 @@ local function check_call_opts(self, call_opts)
     if call_opts.compression ~= nil and type(call_opts.compression) ~= "string" then
         error("bad option compression: string expected", 3)
     end
-    local timeout = call_opts.timeout or self.timeout
-    if timeout ~= nil then
-        ms(timeout, "timeout")
+    local timeout = self.timeout
+    if call_opts.timeout ~= nil then
+        timeout = ms(call_opts.timeout, "timeout")
     end
     return timeout, md, need
 end
@@ -796,6 +843,20 @@ end
 -- Builds and posts a Call; returns the reply and the call (still to be finished), or
 -- false, err, status.
 local function post_call(self, kind, path, req, call_opts, timeout, md, need, types)
+    if self.closed then
+        return local_failure(FAILED_PRECONDITION, "connection closed")
+    end
+    if md then
+        -- Each entry is a table of the envelope, whose verifier allows 8,192 of them.
+        local m = 0
+        for _ in pairs(md) do
+            m = m + 1
+        end
+        if m > MAX_METADATA then
+            return local_failure(RESOURCE_EXHAUSTED, "metadata of " .. m
+                                 .. " entries, more than " .. MAX_METADATA)
+        end
+    end
     local n, err
     if type(req) == "table" then
         req, n, err = encode_size(types.input, req)
@@ -841,7 +902,7 @@ local function post_call(self, kind, path, req, call_opts, timeout, md, need, ty
     Call.AddKind(builder, kind)
     Call.AddPath(builder, pathv)
     if timeout then
-        Call.AddTimeoutMs(builder, ms(timeout, "timeout"))
+        Call.AddTimeoutMs(builder, timeout)
     end
     if mdv then
         Call.AddMetadata(builder, mdv)
@@ -1249,8 +1310,12 @@ function Stream:close()
 end
 
 
--- conn:close(): forgets the connection (calls in flight finish).
+-- conn:close(): forgets the connection (calls in flight finish). A second close of the same
+-- object is a no-op: it owns one count of the (shared) connection, released once.
 function Conn:close()
+    if self.closed then
+        return true
+    end
     local ok, err = ensure_init()
     if not ok then
         return false, err
@@ -1268,6 +1333,7 @@ function Conn:close()
         return false, rerr
     end
     finish(h, 1, 0)
+    self.closed = true
     return true
 end
 
@@ -1320,8 +1386,12 @@ function _M.readfile(path)
     if not f then
         return nil, err
     end
-    local data = f:read("*a")
+    local data, rerr = f:read("*a")
     f:close()
+    if data == nil then
+        -- e.g. a folder: open succeeds, read fails
+        return nil, path .. ": " .. tostring(rerr or "cannot read")
+    end
     return data
 end
 
