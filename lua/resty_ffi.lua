@@ -131,8 +131,10 @@ local function post_and_wait(self, req, len, call_opts)
         end
         local t = call_opts.timeout
         if t ~= nil then
-            if type(t) ~= "number" or t <= 0 then
-                error("bad timeout: positive number of milliseconds expected", 3)
+            -- `not (t > 0)` also refuses NaN; inf and larger than FOREVER_MS wait forever.
+            if type(t) ~= "number" or not (t > 0) then
+                error("bad timeout: positive number of milliseconds expected, got "
+                      .. tostring(t), 3)
             end
             timeout_ms = math_floor(t)
             if timeout_ms < 1 then
@@ -239,6 +241,35 @@ local function call(self, req, call_opts)
 end
 
 
+-- Largest request or output buffer (the host refuses longer requests).
+local MAX_LEN = 2147483647
+
+-- What a cdata type is, by ctype id: "ptr", "array" or false (an integer, a struct...).
+local ctype_kind = {}
+local function kind_of(v)
+    local id = tonumber(ffi.typeof(v))
+    local k = ctype_kind[id]
+    if k == nil then
+        local what = tostring(ffi.typeof(v))
+        k = (what:find("%*>$") and "ptr") or (what:find("%[") and "array") or false
+        ctype_kind[id] = k
+    end
+    return k
+end
+
+-- A (ptr, len) pair that is safe to hand to C: `ptr` a non-NULL pointer or array cdata (not an
+-- integer or struct cdata, which a cast would turn into an address; an array at least `len`
+-- bytes long), `len` an integer from 0 to MAX_LEN.
+local function is_buffer(ptr, len)
+    if type(ptr) ~= "cdata" or ptr == nil or type(len) ~= "number"
+       or not (len >= 0 and len <= MAX_LEN) or len % 1 ~= 0 then
+        return false
+    end
+    local k = kind_of(ptr)
+    return k == "ptr" or (k == "array" and len <= ffi.sizeof(ptr))
+end
+
+
 -- resty_ffi.call_ptr(obj, req, len, call_opts, out, out_len): obj:call() for a request of `len`
 -- bytes at cdata pointer `req` (the host copies them, as it copies a string), whose successful
 -- response is copied into `out` (`out_len` bytes of room) instead of becoming a Lua string.
@@ -247,11 +278,16 @@ end
 -- string or nil) | false, err (host failure, as obj:call). For small fixed-size requests and
 -- responses on hot paths (resty.grpc_zc's 16-byte descriptors): no string is created per call.
 function _M.call_ptr(obj, req, len, call_opts, out, out_len)
-    if type(req) ~= "cdata" or type(len) ~= "number" or len < 0 then
-        error("bad request: cdata pointer and length expected", 2)
+    -- Checked before anything reads `req` or writes `out`: non-NULL pointers (or arrays no
+    -- shorter than the length), integer lengths the host takes (NaN, negative, fractional and
+    -- huge ones refused).
+    if not is_buffer(req, len) then
+        error("bad request: non-NULL cdata pointer and a length from 0 to " .. MAX_LEN
+              .. " expected", 2)
     end
-    if type(out) ~= "cdata" or type(out_len) ~= "number" or out_len < 0 then
-        error("bad output buffer: cdata pointer and length expected", 2)
+    if not is_buffer(out, out_len) then
+        error("bad output buffer: non-NULL cdata pointer and a length from 0 to " .. MAX_LEN
+              .. " expected", 2)
     end
     local task, err = post_and_wait(obj, ffi_cast(const_char_p, req), len, call_opts)
     if task == nil then
@@ -347,8 +383,14 @@ function _M.load_ffi(lib, cfg, opts)
     local unpin = check_opt(opts, "unpin", "boolean") or false
     local spin_us = check_opt(opts, "spin_us", "number") or DEFAULT_SPIN_US
     local poll_spin_us = check_opt(opts, "poll_spin_us", "number") or DEFAULT_POLL_SPIN_US
-    if max_queue < 1 then
-        error("bad option max_queue: positive number expected", 2)
+    if not (max_queue >= 1 and max_queue <= 2147483647) or max_queue % 1 ~= 0 then
+        error("bad option max_queue: an integer from 1 to 2147483647 expected", 2)
+    end
+    if not (spin_us >= 0 and spin_us <= 1000000) then
+        error("bad option spin_us: a number from 0 to 1000000 expected", 2)
+    end
+    if not (poll_spin_us >= 0 and poll_spin_us <= 1000000) or poll_spin_us % 1 ~= 0 then
+        error("bad option poll_spin_us: an integer from 0 to 1000000 expected", 2)
     end
 
     if not initialized then

@@ -13,6 +13,7 @@
 --
 --     resty.grpc_zc ─► conn ─► stream ─► rpc ─► tables ─► call ─► instance ─► lib (the C door)
 --                  └► echo ─────────────────────────────┘   └► reply        pb (codec)
+--     check (the one numeric check): a leaf used by instance, echo, rpc, conn and pb
 --
 --   conn      grpc.connect, Conn (unary, opening streams, close)
 --   stream    Stream (send, recv, close_send, finish, headers, trailers, close)
@@ -23,6 +24,7 @@
 --   reply     reading replies in place; the gRPC status shape
 --   instance  this worker's runtime instance (grpc.init, grpc.stats)
 --   lib       the one ffi.load, every ffi.cdef, the ABI check, the big copy
+--   check     the range check of every numeric option and length (NaN, inf, fractions)
 
 local instance = require "resty.grpc_zc.instance"
 local reply = require "resty.grpc_zc.reply"
@@ -33,6 +35,7 @@ local pb = require "resty.grpc_zc.pb"
 
 local type = type
 local error = error
+local tostring = tostring
 
 local _M = { version = "0.1.0" }
 
@@ -62,8 +65,9 @@ _M.codes = reply.codes
 -- workers) or init_worker_by_lua. See docs/protobuf.md.
 _M.load_proto = pb.load_proto
 
--- grpc.load_descriptor(bytes) -> true | nil, err: the same from a serialized
--- google.protobuf.FileDescriptorSet (protoc --descriptor_set_out --include_imports).
+-- grpc.load_descriptor(bytes) / grpc.load_descriptor(ptr, len) -> true | nil, err: the same
+-- from a serialized google.protobuf.FileDescriptorSet (protoc --descriptor_set_out
+-- --include_imports); a NULL pointer or a bad length raises before anything is read.
 _M.load_descriptor = pb.load_descriptor
 
 -- grpc.load_reflection(conn, service_or_list, call_opts?) -> true | nil, err: the message types
@@ -83,7 +87,8 @@ _M.pb = pb
 _M.set_codec = tables.set_codec
 
 
--- grpc.readfile(path) -> contents | nil, err: reads a file (PEM certificates and keys).
+-- grpc.readfile(path) -> contents | nil, err: reads a file (PEM certificates and keys); a
+-- folder or an unreadable file is nil, err too.
 function _M.readfile(path)
     if type(path) ~= "string" then
         error("bad path: string expected", 2)
@@ -92,8 +97,12 @@ function _M.readfile(path)
     if not f then
         return nil, err
     end
-    local data = f:read("*a")
+    local data, rerr = f:read("*a")
     f:close()
+    if data == nil then
+        -- e.g. a folder: open succeeds, read fails
+        return nil, path .. ": " .. tostring(rerr or "cannot read")
+    end
     return data
 end
 

@@ -1,6 +1,7 @@
 //! Connections: what `connect` asks for ([`ConnectOpts`]), the channels behind them (tonic
-//! endpoints over TCP, TLS/mTLS or a Unix domain socket, connected lazily) and the table that
-//! shares one channel between every connection id with the same transport settings.
+//! endpoints over TCP, TLS/mTLS or a Unix domain socket, connected lazily; with a
+//! `connect_timeout`, over `handshake.rs`'s sockets so that it covers the whole setup) and the
+//! table that shares one channel between every connection id with the same transport settings.
 //!
 //! ```text
 //! connect(opts) ─► connection id (same opts: same id, counted) ─► Conn: call settings
@@ -17,6 +18,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
 
+use super::handshake::{self, Dest};
 use super::response::CheckedChannel;
 
 /// Default limit of a received message, as in grpc-go.
@@ -269,7 +271,11 @@ fn channel(opts: &ConnectOpts, rt: &Handle) -> Result<Channel, Status> {
     ep = endpoint_options(ep, opts, tls)?;
     // connect_lazy needs a runtime context for its background task.
     let _guard = rt.enter();
-    Ok(ep.connect_lazy())
+    Ok(match opts.connect_timeout {
+        // The whole setup, the server's first bytes included (handshake.rs).
+        Some(t) => ep.connect_with_connector_lazy(handshake::connector(Dest::Tcp, t)),
+        None => ep.connect_lazy(),
+    })
 }
 
 /// A channel over a Unix domain socket (plaintext h2c; `:authority` "localhost" unless
@@ -281,6 +287,10 @@ fn unix_channel(path: &str, opts: &ConnectOpts, rt: &Handle) -> Result<Channel, 
     let ep = Endpoint::from_static("http://localhost");
     let ep = endpoint_options(ep, opts, false)?;
     let path = std::path::PathBuf::from(path);
+    if let Some(t) = opts.connect_timeout {
+        let _guard = rt.enter();
+        return Ok(ep.connect_with_connector_lazy(handshake::connector(Dest::Unix(path), t)));
+    }
     let connector = tower::service_fn(move |_: http::Uri| {
         let path = path.clone();
         async move {
@@ -338,19 +348,28 @@ mod tests {
     use crate::arena::Arena;
     use crate::grpc::Grpc;
 
-    #[test]
-    fn connects_with_the_same_settings_share_an_id_and_a_channel() {
+    /// A `Grpc` over a small arena, one runtime thread.
+    fn grpc() -> Grpc {
         let arena = Arena::new(crate::arena::ArenaConfig {
             size: 1 << 20,
             max_message: 64 << 10,
         })
         .unwrap();
-        let g = Grpc::new(arena, 60 << 10, 1, None).unwrap();
-        let opts = |t: &str, timeout: u64| ConnectOpts {
-            target: t.into(),
+        Grpc::new(arena, 60 << 10, 1, None).unwrap()
+    }
+
+    /// Options of a connection to `target` whose calls default to `timeout` ms.
+    fn opts(target: &str, timeout: u64) -> ConnectOpts {
+        ConnectOpts {
+            target: target.into(),
             default_timeout: Some(Duration::from_millis(timeout)),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn connects_with_the_same_settings_share_an_id_and_a_channel() {
+        let g = grpc();
         let a = g.connect(&opts("127.0.0.1:1", 10)).unwrap();
         for _ in 0..1000 {
             assert_eq!(g.connect(&opts("127.0.0.1:1", 10)).unwrap(), a);
@@ -374,6 +393,23 @@ mod tests {
                 ..opts("127.0.0.1:1", 10)
             })
             .is_err());
+    }
+
+    #[test]
+    fn closing_an_id_more_often_than_it_was_connected_leaves_other_ids_alone() {
+        let g = grpc();
+        // a and b share a channel, under two ids
+        let a = g.connect(&opts("127.0.0.1:1", 10)).unwrap();
+        let b = g.connect(&opts("127.0.0.1:1", 20)).unwrap();
+        assert_eq!(g.connections(), (2, 1));
+        assert!(g.close(a));
+        for _ in 0..5 {
+            assert!(!g.close(a), "a closed id stays closed");
+        }
+        assert_eq!(g.connections(), (1, 1), "b keeps its id and the channel");
+        assert!(g.conns.table().by_id.contains_key(&b));
+        assert!(g.close(b));
+        assert_eq!(g.connections(), (0, 0));
     }
 
     #[test]

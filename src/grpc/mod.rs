@@ -9,6 +9,7 @@
 //! ```text
 //! Grpc (this file: the facade, operations dispatched)
 //!  ├─ channel.rs   ConnectOpts, the connection table, channels (TCP, TLS/mTLS, unix:)
+//!  │   └─ handshake.rs  connect_timeout over the whole setup (the server's first bytes)
 //!  ├─ op.rs        Op, CallSpec, Received: what the runtime posts and gets back
 //!  ├─ unary.rs     the unary call
 //!  ├─ stream.rs    streams: driver tasks, send / recv / close_send
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod channel;
+mod handshake;
 mod metadata;
 mod op;
 mod response;

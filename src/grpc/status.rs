@@ -1,14 +1,19 @@
 //! The statuses this client reports for what happened on its side, in grpc-go's words: local
-//! and transport failures ([`local_status`]), a passed deadline, a message over a limit, a
-//! second response message where the call has one. Statuses a server sent pass through
-//! unchanged.
+//! and transport failures ([`local_status`]), a passed deadline (any failure seen at or after
+//! it, [`at_deadline`]), a message over a limit, a second response message where the call has
+//! one. Statuses a server sent pass through unchanged.
 
 use tonic::{Code, Status};
 
 /// Statuses made by the local side mapped to what grpc-go reports: transport failures are
 /// UNAVAILABLE ([`transport_is_unavailable`]), a received message over the limit is
-/// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE).
+/// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE), and tonic's own `grpc-timeout` timer
+/// (`TimeoutExpired`, which tonic reports as CANCELLED "Timeout expired") is
+/// DEADLINE_EXCEEDED: it fires at the call's deadline, racing ours.
 pub(super) fn local_status(st: Status) -> Status {
+    if timeout_expired(&st) {
+        return deadline_exceeded();
+    }
     if st.code() == Code::OutOfRange
         && st
             .message()
@@ -53,6 +58,28 @@ fn transport_is_unavailable(st: Status) -> Status {
         Code::Unknown | Code::Cancelled => {
             Status::unavailable(format!("{}: {local}", st.message()))
         }
+        _ => st,
+    }
+}
+
+/// Whether tonic's `grpc-timeout` timer ended the call (a `TimeoutExpired` in the source chain).
+fn timeout_expired(st: &Status) -> bool {
+    let mut e = std::error::Error::source(st);
+    while let Some(err) = e {
+        if err.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        e = err.source();
+    }
+    false
+}
+
+/// A failure observed at or after the call's deadline is DEADLINE_EXCEEDED, whatever error
+/// tonic or the transport reported at that moment (grpc-go reports the context's error once
+/// the deadline has passed). Statuses the server sent before the deadline pass unchanged.
+pub(super) fn at_deadline(st: Status, deadline: Option<tokio::time::Instant>) -> Status {
+    match deadline {
+        Some(d) if tokio::time::Instant::now() >= d => deadline_exceeded(),
         _ => st,
     }
 }
@@ -126,5 +153,21 @@ mod tests {
             "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
         ));
         assert_eq!(st.code(), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn tonic_timeouts_and_failures_after_the_deadline_are_deadline_exceeded() {
+        let st = Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(local_status(st).code(), Code::DeadlineExceeded);
+        let past = Some(tokio::time::Instant::now());
+        let st = at_deadline(Status::unavailable("transport error"), past);
+        assert_eq!(st.code(), Code::DeadlineExceeded);
+        let future = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(60));
+        let st = at_deadline(Status::unavailable("transport error"), future);
+        assert_eq!(st.code(), Code::Unavailable);
+        assert_eq!(
+            at_deadline(Status::internal("x"), None).code(),
+            Code::Internal
+        );
     }
 }

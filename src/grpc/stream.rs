@@ -28,7 +28,9 @@ use tonic::{Response, Status, Streaming};
 use super::channel::Conn;
 use super::metadata::{metadata_list, request};
 use super::op::{CallSpec, Kind, OpResult, Received};
-use super::status::{deadline_exceeded, local_status, second_response_message, too_large_to_send};
+use super::status::{
+    at_deadline, deadline_exceeded, local_status, second_response_message, too_large_to_send,
+};
 use crate::codec::{ArenaCodec, Inbound};
 
 /// Messages queued between a `send` and tonic (a send is answered once queued).
@@ -311,6 +313,8 @@ async fn drive(
                 Some(Want::Message | Want::Finish)
             );
         tokio::select! {
+            // The deadline first: when it has passed it wins over whatever else is ready.
+            biased;
             _ = sleep_until(deadline), if deadline.is_some() && end.is_none() => {
                 // Dropping the response resets the stream on the wire.
                 opening = None;
@@ -330,7 +334,7 @@ async fn drive(
                         headers = Some(metadata_list(&md));
                         body = Some(b);
                     }
-                    Err(st) => end = Some(Err(st)),
+                    Err(st) => end = Some(Err(at_deadline(st, deadline))),
                 }
             }
             m = async { body.as_mut().expect("guarded by the branch condition").message().await },
@@ -360,12 +364,12 @@ async fn drive(
                         body = None;
                         end = Some(
                             t.map(|t| t.as_ref().map(metadata_list).unwrap_or_default())
-                                .map_err(local_status),
+                                .map_err(|st| at_deadline(local_status(st), deadline)),
                         );
                     }
                     Err(st) => {
                         body = None;
-                        end = Some(Err(local_status(st)));
+                        end = Some(Err(at_deadline(local_status(st), deadline)));
                     }
                 }
             }

@@ -2,7 +2,7 @@
 -- streams (resty.grpc_zc.stream), close.
 --
 -- A connection is an id in the runtime's channel table plus the settings Lua applies itself
--- (default deadline, largest message to send).
+-- (default deadline, largest message to send) and whether this object has closed it.
 
 local Command = require "resty.grpc_zc.wire.Command"
 local Connect = require "resty.grpc_zc.wire.Connect"
@@ -14,14 +14,15 @@ local call = require "resty.grpc_zc.call"
 local tables = require "resty.grpc_zc.tables"
 local rpc = require "resty.grpc_zc.rpc"
 local stream = require "resty.grpc_zc.stream"
+local check = require "resty.grpc_zc.check"
 
 local type = type
 local error = error
 local ipairs = ipairs
 local setmetatable = setmetatable
 local getmetatable = getmetatable
-local floor = math.floor
-local min = math.min
+local ms = check.ms
+local size = check.size
 local builder = call.builder
 local S = instance.state
 
@@ -37,24 +38,14 @@ function _M.is_conn(v)
 end
 
 
-local function size_opt(v, name)
-    if v == nil then
-        return 0
-    end
-    if type(v) ~= "number" or v < 1 then
-        error("bad option " .. name .. ": positive number of bytes expected", 3)
-    end
-    return min(floor(v), 0xffffffff)
-end
-
-
 -- grpc.connect(target, opts?) -> true, conn | false, err, status
 --   target: "host:port", "[::1]:port", "http://host:port", "https://host:port", "unix:/path".
 --   opts: host (authority and TLS server name), ca, cert, priv_key (PEM contents: TLS with
 --   `ca` or for https targets, mTLS with cert + priv_key), insecure (plaintext regardless),
---   connect_timeout, timeout (default deadline of calls, rpc.ms), keepalive_interval,
---   keepalive_timeout (rpc.ms), max_send_msg_size, max_recv_msg_size (bytes; default: the arena's
---   max_message and 4 MiB), compression ("gzip").
+--   connect_timeout (the whole connection setup), timeout (default deadline of calls),
+--   keepalive_interval, keepalive_timeout (milliseconds, check.ms), max_send_msg_size,
+--   max_recv_msg_size (bytes, check.size; default: the arena's max_message and 4 MiB),
+--   compression ("gzip").
 function _M.connect(target, opts)
     if type(target) ~= "string" or target == "" then
         error("bad target: non-empty string expected", 2)
@@ -72,6 +63,13 @@ function _M.connect(target, opts)
             error("bad option " .. k .. ": string expected", 2)
         end
     end
+    -- Every numeric option checked before anything is leased.
+    local connect_timeout = ms(opts.connect_timeout, "connect_timeout")
+    local default_timeout = opts.timeout ~= nil and ms(opts.timeout, "timeout") or nil
+    local keepalive_interval = ms(opts.keepalive_interval, "keepalive_interval")
+    local keepalive_timeout = ms(opts.keepalive_timeout, "keepalive_timeout")
+    local max_send_opt = size(opts.max_send_msg_size, "max_send_msg_size")
+    local max_recv_opt = size(opts.max_recv_msg_size, "max_recv_msg_size")
     local h
     h, err = call.begin_build(#target + #(opts.host or "") + #(opts.ca or "") + #(opts.cert or "")
                          + #(opts.priv_key or "") + 320)
@@ -104,12 +102,12 @@ function _M.connect(target, opts)
     if opts.insecure then
         Connect.AddInsecure(builder, true)
     end
-    Connect.AddConnectTimeoutMs(builder, rpc.ms(opts.connect_timeout, "connect_timeout"))
-    Connect.AddDefaultTimeoutMs(builder, rpc.ms(opts.timeout, "timeout"))
-    Connect.AddKeepaliveIntervalMs(builder, rpc.ms(opts.keepalive_interval, "keepalive_interval"))
-    Connect.AddKeepaliveTimeoutMs(builder, rpc.ms(opts.keepalive_timeout, "keepalive_timeout"))
-    Connect.AddMaxSendMsgSize(builder, size_opt(opts.max_send_msg_size, "max_send_msg_size"))
-    Connect.AddMaxRecvMsgSize(builder, size_opt(opts.max_recv_msg_size, "max_recv_msg_size"))
+    Connect.AddConnectTimeoutMs(builder, connect_timeout)
+    Connect.AddDefaultTimeoutMs(builder, default_timeout or 0)
+    Connect.AddKeepaliveIntervalMs(builder, keepalive_interval)
+    Connect.AddKeepaliveTimeoutMs(builder, keepalive_timeout)
+    Connect.AddMaxSendMsgSize(builder, max_send_opt)
+    Connect.AddMaxRecvMsgSize(builder, max_recv_opt)
     call.finish_request(Command.Connect, Connect.End(builder))
 
     local r, rerr = call.roundtrip(h, nil)
@@ -123,17 +121,17 @@ function _M.connect(target, opts)
         return false, serr, status
     end
     local max_send = S.max_payload
-    if opts.max_send_msg_size and opts.max_send_msg_size < max_send then
-        max_send = floor(opts.max_send_msg_size)
+    if max_send_opt > 0 and max_send_opt < max_send then
+        max_send = max_send_opt
     end
-    return true, setmetatable({ id = id, target = target, timeout = opts.timeout,
+    return true, setmetatable({ id = id, target = target, timeout = default_timeout,
                                 max_send = max_send }, Conn_mt)
 end
 
 
 -- conn:unary(path, req, call_opts?) -> true, res[, meta] | false, err, status
 --   req: the protobuf-encoded request (string) or a table (types from grpc.load_proto);
---   res: the encoded response (string) or a table. call_opts: timeout (rpc.ms, sent as
+--   res: the encoded response (string) or a table. call_opts: timeout (check.ms, sent as
 --   grpc-timeout), metadata (table; "-bin" keys carry bytes), compression ("gzip" or
 --   "identity"), response_metadata (true: a third value { headers = {...}, trailers = {...} }).
 function Conn:unary(path, req, call_opts)
@@ -147,9 +145,9 @@ function Conn:unary(path, req, call_opts)
     elseif type(req) ~= "string" then
         error("bad request: string or table expected, got " .. type(req), 2)
     end
-    local timeout, md, need = rpc.check_call_opts(self, call_opts)
+    local timeout, md, need, nmd = rpc.check_call_opts(self, call_opts)
     local r, h, status = rpc.post_call(self, CallKind.Unary, path, req, call_opts, timeout, md,
-                                   need, types)
+                                       need, nmd, types)
     if not r then
         return false, h, status
     end
@@ -192,8 +190,13 @@ function Conn:client_stream(path, call_opts)
 end
 
 
--- conn:close(): forgets the connection (calls in flight call.finish).
+-- conn:close(): forgets the connection (calls in flight finish). Each object owns one count
+-- of its (shared) connection id and releases it once: a second close is a no-op, and calls on
+-- a closed object fail locally (rpc.post_call), never touching an id other objects share.
 function Conn:close()
+    if self.closed then
+        return true
+    end
     local ok, err = instance.ensure()
     if not ok then
         return false, err
@@ -211,6 +214,7 @@ function Conn:close()
         return false, rerr
     end
     call.finish(h, 1, 0)
+    self.closed = true
     return true
 end
 

@@ -13,6 +13,7 @@ local Command = require "resty.grpc_zc.wire.Command"
 local instance = require "resty.grpc_zc.instance"
 local reply = require "resty.grpc_zc.reply"
 local call = require "resty.grpc_zc.call"
+local check = require "resty.grpc_zc.check"
 
 local ffi_new = ffi.new
 local ffi_cast = ffi.cast
@@ -23,6 +24,9 @@ local error = error
 local tonumber = tonumber
 local setmetatable = setmetatable
 local band = bit.band
+local ceil = math.ceil
+local number = check.number
+local MAX_MS = check.MAX_MS
 local begin = call.begin
 local finish = call.finish
 local post_desc = call.post_desc
@@ -152,10 +156,13 @@ function InPlace:release()
 end
 
 
+-- Longest echo delay_ms (a test hook: a minute is plenty, and a longer one would hold a slot).
+local MAX_ECHO_DELAY_MS = 60000
+
 -- grpc.echo(payload, opts?) -> true, reply_string | false, err
 --   opts.timeout: ms; opts.inplace = true: the reply is an object with .ptr, .len, :string()
 --   and :release() instead of a Lua string (the bytes stay in the arena until released);
---   opts.delay_ms: the runtime answers that much later (a test hook).
+--   opts.delay_ms: the runtime answers that much later (a test hook; 0 to 60,000 ms).
 function _M.echo(payload, opts)
     if type(payload) ~= "string" then
         error("bad payload: string expected, got " .. type(payload), 2)
@@ -166,7 +173,13 @@ function _M.echo(payload, opts)
             error("bad opts: table expected", 2)
         end
         inplace = opts.inplace
-        delay_ms = opts.delay_ms
+        if opts.delay_ms ~= nil then
+            delay_ms = ceil(number(opts.delay_ms, "delay_ms", 0, MAX_ECHO_DELAY_MS))
+        end
+        if opts.timeout ~= nil then
+            -- 0 passes here and is refused by the host (a positive wait expected)
+            number(opts.timeout, "timeout", 0, MAX_MS)
+        end
     end
     if S.inst == nil then
         local ok, err = ensure()

@@ -12,6 +12,7 @@
 
 local ffi = require "ffi"
 local lib = require "resty.grpc_zc.lib"
+local check = require "resty.grpc_zc.check"
 local C = assert(lib.load())
 
 local ffi_new = ffi.new
@@ -20,7 +21,10 @@ local type = type
 local error = error
 local tostring = tostring
 local tonumber = tonumber
-local floor = math.floor
+local format = string.format
+local number = check.number
+local in_range = check.in_range
+local MAX_SIZE = check.MAX_SIZE
 
 local header_ptr_t = ffi.typeof("const grpc_zc_arena_header_t *")
 
@@ -30,11 +34,17 @@ local state = {}
 _M.state = state
 
 
+-- Highest CPU number (CPU_SETSIZE - 1).
+local MAX_CPU = 1023
+-- Largest max_message (the arena's MAX_MESSAGE_LIMIT, src/arena).
+local MAX_MESSAGE_LIMIT = 64 * 1048576
+
 -- opts.cpus of init(): a CPU number, a list of them, or a string ("1", "2-3", "0:2-3").
-local function cpu_list(v)
+-- Misuse raises at `level` (check.number's rule).
+local function cpu_list(v, level)
     local t = type(v)
-    if t == "number" and v >= 0 and v == floor(v) then
-        return tostring(v)
+    if t == "number" then
+        return format("%d", number(v, "cpus", 0, MAX_CPU, true, level + 1))
     end
     if t == "string" and v:find("^[%d:%-]+$") then
         return v     -- checked by the runtime (a bad list makes init fail)
@@ -43,43 +53,56 @@ local function cpu_list(v)
         local parts = {}
         for i = 1, #v do
             local c = v[i]
-            if type(c) ~= "number" or c < 0 or c ~= floor(c) then
-                error("bad option cpus: CPU numbers expected", 3)
+            if not in_range(c, 0, MAX_CPU, true) then
+                error("bad option cpus: CPU numbers from 0 to " .. MAX_CPU .. " expected",
+                      level + 1)
             end
-            parts[i] = tostring(c)
+            parts[i] = format("%d", c)
         end
         return table.concat(parts, ":")
     end
-    error("bad option cpus: a CPU number, a list of them or a string like \"2-3\" expected", 3)
+    error("bad option cpus: a CPU number, a list of them or a string like \"2-3\" expected",
+          level + 1)
+end
+
+
+-- The cfg string of init's options for instance `name`; raises at the caller of init on a bad
+-- option.
+local function init_cfg(name, opts)
+    local cfg = "instance=" .. name
+    if opts == nil then
+        return cfg
+    end
+    if opts.arena_size ~= nil then
+        cfg = cfg .. format(",arena_size=%d",
+                            number(opts.arena_size, "arena_size", 1, MAX_SIZE, true, 3))
+    end
+    if opts.max_message ~= nil then
+        cfg = cfg .. format(",max_message=%d",
+                            number(opts.max_message, "max_message", 1, MAX_MESSAGE_LIMIT, true, 3))
+    end
+    if opts.cpus ~= nil then
+        cfg = cfg .. ",cpus=" .. cpu_list(opts.cpus, 3)
+    end
+    if opts.busy_poll_us ~= nil then
+        cfg = cfg .. format(",busy_poll_us=%d",
+                            number(opts.busy_poll_us, "busy_poll_us", 0, 1000000, true, 3))
+    end
+    return cfg
 end
 
 
 -- grpc.init(opts?) -> true | false, err: loads the runtime in this worker (once); the facade's
--- grpc.init is this function.
+-- grpc.init is this function. Options are checked even when the runtime is already loaded
+-- (misuse always raises).
 function _M.init(opts)
-    if state.inst ~= nil then
-        return true
-    end
     if opts ~= nil and type(opts) ~= "table" then
         error("bad opts: table expected", 2)
     end
     local name = "grpc_zc-" .. ngx.worker.pid()
-    local cfg = "instance=" .. name
-    if opts and opts.arena_size then
-        cfg = cfg .. ",arena_size=" .. floor(opts.arena_size)
-    end
-    if opts and opts.max_message then
-        cfg = cfg .. ",max_message=" .. floor(opts.max_message)
-    end
-    if opts and opts.cpus ~= nil then
-        cfg = cfg .. ",cpus=" .. cpu_list(opts.cpus)
-    end
-    if opts and opts.busy_poll_us ~= nil then
-        local us = opts.busy_poll_us
-        if type(us) ~= "number" or not (us >= 0 and us <= 1000000) or us ~= floor(us) then
-            error("bad opts.busy_poll_us: an integer from 0 to 1000000 expected", 2)
-        end
-        cfg = cfg .. ",busy_poll_us=" .. string.format("%d", us)
+    local cfg = init_cfg(name, opts)
+    if state.inst ~= nil then
+        return true
     end
     local obj, rc = ngx.load_ffi("resty_grpc_zc", cfg)
     if not obj then

@@ -32,6 +32,7 @@ for code, name in pairs(CODE_NAMES) do
     _M.codes[name] = code
 end
 _M.RESOURCE_EXHAUSTED = 8
+_M.FAILED_PRECONDITION = 9
 _M.INTERNAL = 13
 
 

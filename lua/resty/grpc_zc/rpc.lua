@@ -10,11 +10,12 @@ local Metadata = require "resty.grpc_zc.wire.Metadata"
 local reply = require "resty.grpc_zc.reply"
 local call = require "resty.grpc_zc.call"
 local tables = require "resty.grpc_zc.tables"
+local check = require "resty.grpc_zc.check"
 
 local type = type
 local error = error
 local pairs = pairs
-local floor = math.floor
+local ms = check.ms
 local builder = call.builder
 
 local _M = { version = "0.1.0" }
@@ -22,20 +23,10 @@ local _M = { version = "0.1.0" }
 -- Extra host wait beyond a call's deadline, so the runtime's DEADLINE_EXCEEDED wins.
 _M.DEADLINE_GRACE_MS = 1000
 local DEADLINE_GRACE_MS = _M.DEADLINE_GRACE_MS
-
-
--- A millisecond option (0 when absent). Misuse raises at the level of the API function's
--- caller (ms is called from the API function's helpers).
-local function ms(v, name)
-    if v == nil then
-        return 0
-    end
-    if type(v) ~= "number" or v < 0 then
-        error("bad option " .. name .. ": non-negative number of milliseconds expected", 3)
-    end
-    return floor(v)
-end
-_M.ms = ms
+-- Most metadata entries a call takes: each is a table of the envelope, whose verifier allows
+-- 8,192 of them in all.
+_M.MAX_METADATA = 4096
+local MAX_METADATA = _M.MAX_METADATA
 
 
 function _M.check_path(path)
@@ -45,17 +36,18 @@ function _M.check_path(path)
 end
 
 
--- Checks call options; returns the call's timeout (ms or nil), metadata table and the bytes
--- the metadata takes in the request.
+-- Checks call options; returns the call's timeout (whole ms, check.ms, or nil: the
+-- connection's default), the metadata table, the bytes the metadata takes in the request and
+-- its number of entries.
 function _M.check_call_opts(conn, call_opts)
     if call_opts == nil then
-        return conn.timeout, nil, 0
+        return conn.timeout, nil, 0, 0
     end
     if type(call_opts) ~= "table" then
         error("bad call options: table expected", 3)
     end
     local md = call_opts.metadata
-    local need = 0
+    local need, nmd = 0, 0
     if md ~= nil then
         if type(md) ~= "table" then
             error("bad metadata: table expected", 3)
@@ -65,16 +57,17 @@ function _M.check_call_opts(conn, call_opts)
                 error("bad metadata: string keys and values expected", 3)
             end
             need = need + #k + #v + 32
+            nmd = nmd + 1
         end
     end
     if call_opts.compression ~= nil and type(call_opts.compression) ~= "string" then
         error("bad option compression: string expected", 3)
     end
-    local timeout = call_opts.timeout or conn.timeout
-    if timeout ~= nil then
-        ms(timeout, "timeout")
+    local timeout = conn.timeout
+    if call_opts.timeout ~= nil then
+        timeout = ms(call_opts.timeout, "timeout", 3)
     end
-    return timeout, md, need
+    return timeout, md, need, nmd
 end
 
 
@@ -100,8 +93,16 @@ end
 
 -- Builds and posts a Call of `kind` on connection `conn`; returns the reply and the call
 -- (still to be finished), or false, err, status. `types`: the method's types when `req` is a
--- table; timeout, md, need: from check_call_opts.
-function _M.post_call(conn, kind, path, req, call_opts, timeout, md, need, types)
+-- table; timeout, md, need, nmd: from check_call_opts. A closed connection (conn:close) and
+-- too many metadata entries fail here, before anything is leased.
+function _M.post_call(conn, kind, path, req, call_opts, timeout, md, need, nmd, types)
+    if conn.closed then
+        return reply.local_failure(reply.FAILED_PRECONDITION, "connection closed")
+    end
+    if nmd > MAX_METADATA then
+        return reply.local_failure(reply.RESOURCE_EXHAUSTED, "metadata of " .. nmd
+                                   .. " entries, more than " .. MAX_METADATA)
+    end
     local n, err
     if type(req) == "table" then
         req, n, err = tables.encode_size(types.input, req)
@@ -130,7 +131,7 @@ function _M.post_call(conn, kind, path, req, call_opts, timeout, md, need, types
     Call.AddKind(builder, kind)
     Call.AddPath(builder, pathv)
     if timeout then
-        Call.AddTimeoutMs(builder, floor(timeout))
+        Call.AddTimeoutMs(builder, timeout)
     end
     if mdv then
         Call.AddMetadata(builder, mdv)

@@ -44,7 +44,7 @@ local Stream_mt = { __index = Stream }
 -- Opens a stream of `kind` on connection `conn` (`req`: the request of a server stream, else
 -- nil). Returns true, stream or false, err, status.
 function _M.open(conn, kind, path, req, call_opts)
-    local timeout, md, need = rpc.check_call_opts(conn, call_opts)
+    local timeout, md, need, nmd = rpc.check_call_opts(conn, call_opts)
     -- Tables when the method's types are loaded (unless call_opts.raw, or a string request).
     local types
     if not (call_opts and call_opts.raw) and type(req) ~= "string" then
@@ -54,7 +54,8 @@ function _M.open(conn, kind, path, req, call_opts)
             return reply.local_failure(reply.INTERNAL, terr)
         end
     end
-    local r, h, status = rpc.post_call(conn, kind, path, req, call_opts, timeout, md, need, types)
+    local r, h, status = rpc.post_call(conn, kind, path, req, call_opts, timeout, md, need, nmd,
+                                       types)
     if not r then
         return false, h, status
     end

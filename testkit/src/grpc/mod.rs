@@ -28,7 +28,7 @@ mod service;
 pub use certs::{certs, TestCerts};
 pub use echo_meta::{EchoMeta, EchoMetaLayer};
 pub use process::{GrpcServer, GrpcServerOpts};
-pub use rogue::{Misbehaviour, RogueServer, GARBAGE, REPLY};
+pub use rogue::{Misbehaviour, RogueServer, GARBAGE, REPLY, STALL_PATH};
 pub use routeguide::RouteGuideService;
 pub use service::{
     serve, Counters, Echoes, GreeterService, Limits, Listen, Replies, ServeConfig, TestService,

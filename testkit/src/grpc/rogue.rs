@@ -6,8 +6,9 @@
 //!    │                                ├─ 127.0.0.1:A  h2 (raw `h2::server`): /rogue.Rogue/<Misbehaviour>
 //!    │                                │     each request answered with the misbehaviour its method
 //!    │                                │     names (unknown methods: grpc-status 12)
-//!    │                                └─ 127.0.0.1:B  plain TCP: junk bytes, then close
-//!    ├── addr() / garbage_addr() / Misbehaviour::path()
+//!    │                                ├─ 127.0.0.1:B  plain TCP: junk bytes, then close
+//!    │                                └─ 127.0.0.1:C  plain TCP: accepts, reads, never writes
+//!    ├── addr() / garbage_addr() / silent_addr() / Misbehaviour::path() / STALL_PATH
 //!    ├── connections() ── HTTP/2 connections accepted so far
 //!    └── drop ── stops the runtime (every connection closed) and joins the thread
 //! ```
@@ -42,6 +43,11 @@ pub const REPLY: &[u8] = b"\x0a\x05rogue";
 /// HTTP/1.1 answer, as a server that does not speak HTTP/2 would give to the client's preface.
 pub const GARBAGE: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\nconnection: close\r\n\r\nbad request";
+
+/// A request path the HTTP/2 listener never answers (no headers, no reset: the stream stays
+/// open until the client lets go), for deadlines that pass before the response headers. It is
+/// not a [`Misbehaviour`] because it never ends by itself.
+pub const STALL_PATH: &str = "/rogue.Rogue/Stall";
 
 /// How long the server lets frames already queued reach the wire before it drops a connection
 /// ([`Misbehaviour::GoAway`], [`Misbehaviour::Hangup`]).
@@ -132,19 +138,22 @@ impl fmt::Display for Misbehaviour {
 pub struct RogueServer {
     addr: SocketAddr,
     garbage_addr: SocketAddr,
+    silent_addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl RogueServer {
-    /// Binds both listeners on `127.0.0.1:0` and serves them on a thread of its own.
+    /// Binds the three listeners on `127.0.0.1:0` and serves them on a thread of its own.
     pub fn start() -> RogueServer {
         let h2 = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the h2 listener");
         let junk = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the junk listener");
+        let mute = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the silent listener");
         let addr = h2.local_addr().expect("h2 listener address");
         let garbage_addr = junk.local_addr().expect("junk listener address");
-        for l in [&h2, &junk] {
+        let silent_addr = mute.local_addr().expect("silent listener address");
+        for l in [&h2, &junk, &mute] {
             l.set_nonblocking(true).expect("non-blocking listener");
         }
         let connections = Arc::new(AtomicUsize::new(0));
@@ -160,10 +169,12 @@ impl RogueServer {
                 rt.block_on(async move {
                     let h2 = TcpListener::from_std(h2).expect("tokio h2 listener");
                     let junk = TcpListener::from_std(junk).expect("tokio junk listener");
+                    let mute = TcpListener::from_std(mute).expect("tokio silent listener");
                     tokio::select! {
                         _ = stopped => {}
                         _ = serve_h2(h2, counter) => {}
                         _ = serve_garbage(junk) => {}
+                        _ = serve_silent(mute) => {}
                     }
                 });
                 // Dropping the runtime drops every connection task: all sockets close.
@@ -172,6 +183,7 @@ impl RogueServer {
         RogueServer {
             addr,
             garbage_addr,
+            silent_addr,
             connections,
             stop: Some(stop),
             thread: Some(thread),
@@ -187,6 +199,13 @@ impl RogueServer {
     /// closes it.
     pub fn garbage_addr(&self) -> String {
         self.garbage_addr.to_string()
+    }
+
+    /// `127.0.0.1:PORT` of the listener that accepts every connection, reads what comes and
+    /// never writes a byte (a server that hangs after `accept`: no HTTP/2 SETTINGS, no TLS
+    /// handshake).
+    pub fn silent_addr(&self) -> String {
+        self.silent_addr.to_string()
     }
 
     /// HTTP/2 connections accepted so far (handshake done or not).
@@ -214,6 +233,19 @@ async fn serve_garbage(listener: TcpListener) {
         tokio::spawn(async move {
             let _ = sock.write_all(GARBAGE).await;
             let _ = sock.shutdown().await;
+        });
+    }
+}
+
+async fn serve_silent(listener: TcpListener) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while matches!(sock.read(&mut buf).await, Ok(n) if n > 0) {}
         });
     }
 }
@@ -301,6 +333,14 @@ async fn answer(
     respond: SendResponse<Bytes>,
     conn: mpsc::UnboundedSender<ConnEnd>,
 ) {
+    if req.uri().path() == STALL_PATH {
+        // Neither headers nor a reset: held until the client resets the stream or the
+        // connection goes (then `respond` reports it).
+        let mut respond = respond;
+        let _body = req.into_body();
+        let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+        return;
+    }
     let what = Misbehaviour::from_path(req.uri().path());
     // The request body is held (unread) until the answer is complete, so that h2 does not
     // reset the stream early.

@@ -23,7 +23,8 @@ local MAX_DEPTH, TWO32, TWO31, TWO53, NAN = wire.MAX_DEPTH, wire.TWO32, wire.TWO
                                             wire.NAN
 local int64_t, uint64_t, conv, new_tab = wire.int64_t, wire.uint64_t, wire.conv, wire.new_tab
 local get_varint, get_u32, parts64 = wire.get_varint, wire.get_u32, wire.parts64
-local check_md = wire.check_md
+local check_md, check_buffer, check_string_len = wire.check_md, wire.check_buffer,
+                                                 wire.check_string_len
 local cu8p_t = ffi.typeof("const uint8_t *")
 
 local _M = { version = "0.1.0" }
@@ -429,16 +430,17 @@ decode_msg = function(md, p, pos, lim, depth, group)
 end
 
 -- pb.decode(md, ptr, len) -> table | nil, err. ptr: const uint8_t * (or a Lua string, len
--- optional).
+-- optional); a NULL or non-pointer cdata, or a bad length, raises before anything is read.
 function _M.decode(md, ptr, len)
     check_md(md, "decode")
     if type(ptr) == "string" then
         len = len or #ptr
-        if len > #ptr then
-            error("bad argument #3 to pb.decode (longer than the string)", 2)
-        end
-    elseif type(len) ~= "number" then
-        error("bad argument #3 to pb.decode (length expected)", 2)
+        check_string_len("decode", ptr, len, 3)
+    elseif type(ptr) ~= "cdata" then
+        error("bad argument #2 to pb.decode (string or pointer expected, got " .. type(ptr)
+              .. ")", 2)
+    else
+        check_buffer("decode", ptr, len, 2)
     end
     local t = decode_msg(md, ffi_cast(cu8p_t, ptr), 0, len, 1, -1)
     if t == nil then return nil, ERR end

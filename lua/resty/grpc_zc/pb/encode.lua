@@ -31,7 +31,7 @@ local vsize, vsize64, parts64, zigzag_parts = wire.vsize, wire.vsize64, wire.par
                                               wire.zigzag_parts
 local put_varint, put_varint64, put_u32 = wire.put_varint, wire.put_varint64, wire.put_u32
 local put_double, put_float = wire.put_double, wire.put_float
-local check_md = wire.check_md
+local check_md, check_buffer = wire.check_md, wire.check_buffer
 local u8p_t = ffi.typeof("uint8_t *")
 
 -- Strings of at least BIG_COPY bytes are copied with the runtime's grpc_zc_copy when the
@@ -456,7 +456,8 @@ end
 _M.size = size
 
 -- pb.encode_into(md, tbl, ptr, n) -> n: writes exactly n bytes at ptr. n comes from pb.size
--- called just before with the same table (not modified since).
+-- called just before with the same table (not modified since); ptr must be a non-NULL pointer
+-- (or an array of at least n bytes), checked before anything is written.
 local function encode_into(md, t, ptr, n)
     if md ~= last_md or t ~= last_tbl or n ~= last_n then
         check_md(md, "encode_into")
@@ -469,6 +470,7 @@ local function encode_into(md, t, ptr, n)
         end
     end
     last_tbl = nil
+    check_buffer("encode_into", ptr, n, 3)
     local p = ffi_cast(u8p_t, ptr)
     SZN = 0
     local pos = msg_write(p, 0, md, t)

@@ -28,6 +28,7 @@ local T_DOUBLE, T_FLOAT, T_INT64, T_UINT64, T_INT32, T_FIXED64, T_FIXED32, T_BOO
 local WIRE, vsize, new_tab = wire.WIRE, wire.vsize, wire.new_tab
 local L_OPTIONAL, L_REQUIRED, L_REPEATED = wire.L_OPTIONAL, wire.L_REQUIRED, wire.L_REPEATED
 local decode_plain = decode.decode_plain
+local check_buffer, check_string_len = wire.check_buffer, wire.check_string_len
 
 local _M = { version = "0.1.0" }
 
@@ -355,12 +356,17 @@ local function register_set(set)
 end
 
 -- pb.load_descriptor(bytes[, len]) -> true | nil, err. bytes: a serialized
--- google.protobuf.FileDescriptorSet (Lua string, or a pointer with len).
+-- google.protobuf.FileDescriptorSet (Lua string, or a pointer with len; a NULL or non-pointer
+-- cdata, or a bad length, raises before anything is read).
 function _M.load_descriptor(bytes, len)
     if type(bytes) == "string" then
         len = len or #bytes
-    elseif type(bytes) ~= "cdata" or type(len) ~= "number" then
-        error("bad argument #1 to pb.load_descriptor (string expected)", 2)
+        check_string_len("load_descriptor", bytes, len, 2)
+    elseif type(bytes) ~= "cdata" then
+        error("bad argument #1 to pb.load_descriptor (string or pointer expected, got "
+              .. type(bytes) .. ")", 2)
+    else
+        check_buffer("load_descriptor", bytes, len, 1)
     end
     local set, err = decode_descriptor(bytes, len)
     if set == nil then return nil, err end

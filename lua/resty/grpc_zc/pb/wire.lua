@@ -2,11 +2,13 @@
 --
 -- Field type and label numbers of descriptor.proto, varints and fixed-width values read and
 -- written through FFI byte pointers, 64-bit integers as two 32-bit halves (numbers, int64_t /
--- uint64_t cdata or decimal strings), and the descriptor argument check of the public API.
+-- uint64_t cdata or decimal strings), and the argument checks of the public API (descriptors,
+-- (ptr, len) pairs, string lengths).
 -- Little-endian hosts only.
 
 local ffi = require "ffi"
 local bit = require "bit"
+local check = require "resty.grpc_zc.check"
 
 local ffi_cast = ffi.cast
 local ffi_new = ffi.new
@@ -22,6 +24,7 @@ local sub = string.sub
 local byte = string.byte
 local find = string.find
 local format = string.format
+local in_range = check.in_range
 
 if not ffi.abi("le") then
     error("resty.grpc_zc.pb: little-endian hosts only")
@@ -294,6 +297,66 @@ function _M.check_md(md, fname)
     if type(md) ~= "table" or md.fields == nil then
         error("bad argument #1 to pb." .. fname .. " (message descriptor expected, got "
               .. type(md) .. ")", 3)
+    end
+end
+
+-- Longest buffer a (ptr, len) argument may name.
+local MAX_BUFFER = 2147483647
+local cu8p_t = ffi.typeof("const uint8_t *")
+
+-- What a cdata type is, by ctype id: "ptr", "array" or false (an integer, a struct...); the
+-- first look at a type reads its name, later ones are a table lookup (JIT-compiled).
+local ctype_kind = {}
+local function kind_of(v)
+    local id = tonumber(ffi.typeof(v))
+    local k = ctype_kind[id]
+    if k == nil then
+        local what = tostring(ffi.typeof(v))
+        k = (find(what, "%*>$") and "ptr") or (find(what, "%[") and "array") or false
+        ctype_kind[id] = k
+    end
+    return k
+end
+
+-- Misuse of the public API: a (ptr, len) argument pair that is unsafe to read or write,
+-- checked before anything touches memory. `ptr` must be a non-NULL pointer or array cdata
+-- (not an integer or a struct, which a cast would turn into an address), `len` an integer
+-- from 0 to MAX_BUFFER and, for an array, at most its size. `arg`: the position of `ptr` in
+-- pb.<fname>'s arguments. Raises at the caller of pb.<fname>. Byte pointers (what the codec
+-- and resty.grpc_zc pass) take the fast path.
+function _M.check_buffer(fname, ptr, len, arg)
+    if not in_range(len, 0, MAX_BUFFER, true) then
+        error("bad argument #" .. (arg + 1) .. " to pb." .. fname .. " (a length from 0 to "
+              .. MAX_BUFFER .. " expected, got " .. tostring(len) .. ")", 3)
+    end
+    if type(ptr) ~= "cdata" then
+        error("bad argument #" .. arg .. " to pb." .. fname .. " (pointer expected, got "
+              .. type(ptr) .. ")", 3)
+    end
+    if ptr == nil then
+        error("bad argument #" .. arg .. " to pb." .. fname .. " (NULL pointer)", 3)
+    end
+    if ffi_istype(cu8p_t, ptr) then
+        return
+    end
+    local k = kind_of(ptr)
+    if k == "array" then
+        if len > ffi.sizeof(ptr) then
+            error("bad argument #" .. (arg + 1) .. " to pb." .. fname .. " (" .. len
+                  .. " bytes, longer than the array)", 3)
+        end
+    elseif k ~= "ptr" then
+        error("bad argument #" .. arg .. " to pb." .. fname .. " (pointer expected, got "
+              .. tostring(ffi.typeof(ptr)) .. ")", 3)
+    end
+end
+
+-- Misuse of the public API: `len` of a Lua string argument is not an integer from 0 to its
+-- length. `arg`: the position of `len`.
+function _M.check_string_len(fname, s, len, arg)
+    if not in_range(len, 0, #s, true) then
+        error("bad argument #" .. arg .. " to pb." .. fname .. " (a length from 0 to " .. #s
+              .. " expected, got " .. tostring(len) .. ")", 3)
     end
 end
 
