@@ -493,6 +493,13 @@ fn bad_numbers_folders_metadata_and_echo_delays_are_refused() {
                 local ok, res = conn:unary("/zctest.Test/Unary", echo_req({ payload = "z" }),
                                            { timeout = -0 })
                 ngx.say("-0: ", tostring(ok))
+                -- 0 is "no deadline" (a connection's) or "the connection's" (a call's): a call
+                -- longer than the host's grace period still gets its answer
+                local ok, c0 = grpc.connect(t, { timeout = 0 })
+                local ok, res = c0:unary("/zctest.Test/Unary",
+                    echo_req({ payload = "0", sleep_ms = 1200 }), { timeout = 0 })
+                ngx.say("0 ms: ", tostring(ok), " ", (echo_reply(res)))
+                c0:close()
 
                 -- a folder
                 local data, err = grpc.readfile("/tmp")
@@ -527,7 +534,7 @@ fn bad_numbers_folders_metadata_and_echo_delays_are_refused() {
     // 8 values × (6 connect options + 2 call timeouts + 2 echo options + 4 init options)
     assert_eq!(
         out,
-        "refused 112\nafter NaN: true p\n0.4 ms: false 4\n-0: true\n\
+        "refused 112\nafter NaN: true p\n0.4 ms: false 4\n-0: true\n0 ms: true 0\n\
          readfile folder: nil string\nreadfile missing: nil string\n\
          10000 metadata: false 8 RESOURCE_EXHAUSTED\n10000 metadata stream: false 8\n\
          100 metadata: true\ndelay 1: true d\ndelay -1: false bad option delay_ms\n"

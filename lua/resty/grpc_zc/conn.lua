@@ -65,7 +65,11 @@ function _M.connect(target, opts)
     end
     -- Every numeric option checked before anything is leased.
     local connect_timeout = ms(opts.connect_timeout, "connect_timeout")
+    -- 0: no default deadline, like no option.
     local default_timeout = opts.timeout ~= nil and ms(opts.timeout, "timeout") or nil
+    if default_timeout == 0 then
+        default_timeout = nil
+    end
     local keepalive_interval = ms(opts.keepalive_interval, "keepalive_interval")
     local keepalive_timeout = ms(opts.keepalive_timeout, "keepalive_timeout")
     local max_send_opt = size(opts.max_send_msg_size, "max_send_msg_size")

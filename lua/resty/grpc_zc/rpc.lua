@@ -36,8 +36,7 @@ function _M.check_path(path)
 end
 
 
--- Checks call options; returns the call's timeout (whole ms, check.ms, or nil: the
--- connection's default), the metadata table, the bytes the metadata takes in the request and
+-- Checks call options; returns the call's timeout (whole ms > 0, check.ms, or nil: none), the metadata table, the bytes the metadata takes in the request and
 -- its number of entries.
 function _M.check_call_opts(conn, call_opts)
     if call_opts == nil then
@@ -65,7 +64,12 @@ function _M.check_call_opts(conn, call_opts)
     end
     local timeout = conn.timeout
     if call_opts.timeout ~= nil then
+        -- 0: the connection's default deadline, or none (as the runtime reads a 0); never a
+        -- host wait of only the grace period.
         timeout = ms(call_opts.timeout, "timeout", 3)
+        if timeout == 0 then
+            timeout = conn.timeout
+        end
     end
     return timeout, md, need, nmd
 end
