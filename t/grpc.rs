@@ -503,3 +503,65 @@ fn busy_polling_backs_off_and_stops_when_nothing_happens() {
     );
     n.assert_log_clean(&[]);
 }
+
+/// The runtime's log lines reach nginx's error log in nginx's own format, from the poll thread
+/// through the host's `resty_ffi_log` (written by the worker's main thread), and obey the
+/// `error_log` level.
+#[test]
+fn runtime_log_lines_reach_the_error_log_in_nginx_format() {
+    let server = GrpcServer::start(GrpcServerOpts::default());
+    let location = location(
+        "/t",
+        r#"
+        local ok, res = conn:unary("/helloworld.Greeter/SayHello", hello_req("log"))
+        assert(ok, res)
+        conn:close()
+        ngx.say(field1(res))
+        "#,
+    );
+    let start = |name: &str, level: &str| {
+        testkit::NginxBuilder::new(name)
+            .error_log_level(level)
+            .http_conf(&format!(
+                "{}\ninit_worker_by_lua_block {{ assert(require(\"resty.grpc_zc\").init()) }}",
+                helpers()
+            ))
+            .server_conf(&location)
+            .start()
+    };
+    let url = format!("/t?t={}", server.addr());
+    let target = server.addr().to_string();
+
+    let n = start("grpc-log-info", "info");
+    assert_eq!(n.get_ok(&url), "Hello log\n");
+    let worker = n.worker_pids()[0];
+    for what in ["channel opened", "channel closed"] {
+        let needle = format!("target {target}: {what}");
+        let (found, log) = n.wait_log_contains(&needle, Duration::from_secs(5));
+        assert!(found, "no {needle:?} in error.log:\n{log}");
+        let line = log.lines().find(|l| l.contains(&needle)).unwrap();
+        // "2026/12/01 20:56:20 [info] 1234#1234: resty_grpc_zc: instance <name>: target ..."
+        let (stamp, rest) = line.split_at(19);
+        let digits = |s: &str| s.chars().filter(|c| c.is_ascii_digit()).count();
+        assert_eq!(digits(stamp), 14, "nginx's time stamp: {line}");
+        assert!(
+            rest.starts_with(&format!(
+                " [info] {worker}#{worker}: resty_grpc_zc: instance "
+            )),
+            "nginx's level and pid#tid (the worker's main thread wrote it): {line}"
+        );
+    }
+    n.assert_log_clean(&[]);
+
+    // At the default `notice`, info lines are not written.
+    let n = start("grpc-log-notice", "notice");
+    assert_eq!(n.get_ok(&url), "Hello log\n");
+    // Lines queued by runtime threads are written at the host's next wake-up.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !n.error_log().contains("channel opened"),
+        "an info line at notice:\n{}",
+        n.error_log()
+    );
+    n.assert_log_clean(&[]);
+}

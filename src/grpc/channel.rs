@@ -20,6 +20,7 @@ use tonic::Status;
 
 use super::handshake::{self, Dest};
 use super::response::CheckedChannel;
+use crate::log::Origin;
 
 /// Default limit of a received message, as in grpc-go.
 pub const DEFAULT_MAX_RECV: usize = 4 << 20;
@@ -153,6 +154,7 @@ impl Connections {
         opts: &ConnectOpts,
         max_message: usize,
         rt: &Handle,
+        origin: &Origin<'_>,
         new_id: impl FnOnce() -> u64,
     ) -> Result<u64, Status> {
         let compression = match opts.compression.as_deref() {
@@ -182,6 +184,7 @@ impl Connections {
             None => {
                 let ch = channel(opts, rt)?;
                 table.channels.insert(key.clone(), (ch.clone(), 1));
+                crate::log!(Info, origin.target(&opts.target), "channel opened");
                 ch
             }
         };
@@ -206,7 +209,7 @@ impl Connections {
 
     /// Counts a `connect` of `id` down; the id goes with its last one (calls in flight finish
     /// on their own), and the channel with its last id.
-    pub(super) fn close(&self, id: u64) -> bool {
+    pub(super) fn close(&self, id: u64, origin: &Origin<'_>) -> bool {
         let mut table = self.table();
         let Some((_, _, refs)) = table.by_id.get_mut(&id) else {
             return false;
@@ -223,6 +226,9 @@ impl Connections {
             *refs -= 1;
             if *refs == 0 {
                 table.channels.remove(&conn.key);
+                // The key starts with the target (channel_key).
+                let target = conn.key.split('|').next().unwrap_or_default();
+                crate::log!(Info, origin.target(target), "channel closed");
             }
         }
         true
@@ -355,7 +361,7 @@ mod tests {
             max_message: 64 << 10,
         })
         .unwrap();
-        Grpc::new(arena, 60 << 10, 1, None).unwrap()
+        Grpc::new(arena, "test", 60 << 10, 1, None).unwrap()
     }
 
     /// Options of a connection to `target` whose calls default to `timeout` ms.

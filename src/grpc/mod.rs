@@ -60,6 +60,8 @@ pub struct Grpc {
     arena: Arena,
     /// The largest message payload the arena carries (sent or received).
     max_message: usize,
+    /// The instance's name, for log lines.
+    instance: String,
 }
 
 /// A call past its checks: a unary call's work, or the id of the stream just opened.
@@ -75,10 +77,12 @@ impl Grpc {
     /// `cpus` when given (cfg `cpus`). Messages are limited to `max_message` bytes.
     pub fn new(
         arena: Arena,
+        instance: &str,
         max_message: usize,
         threads: usize,
         cpus: Option<CpuList>,
     ) -> std::io::Result<Grpc> {
+        let name = instance.to_owned();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("grpc_zc-io")
@@ -86,21 +90,26 @@ impl Grpc {
                 if let Some(Err(e)) = cpus.as_ref().map(CpuList::pin_current_thread) {
                     crate::log!(
                         Warn,
-                        crate::log::Origin::unknown(),
+                        crate::log::Origin::instance(&name),
                         "grpc_zc-io thread: sched_setaffinity: {e}"
                     );
                 }
             })
             .enable_all()
             .build()?;
-        let mut g = Grpc::with_handle(arena, max_message, rt.handle().clone());
+        let mut g = Grpc::with_handle(arena, instance, max_message, rt.handle().clone());
         g._owned = Some(rt);
         Ok(g)
     }
 
     /// Runs calls on an existing runtime (the instance's poll thread event loop); messages
     /// are limited to `max_message` bytes.
-    pub fn with_handle(arena: Arena, max_message: usize, rt: tokio::runtime::Handle) -> Grpc {
+    pub fn with_handle(
+        arena: Arena,
+        instance: &str,
+        max_message: usize,
+        rt: tokio::runtime::Handle,
+    ) -> Grpc {
         Grpc {
             rt,
             _owned: None,
@@ -109,21 +118,25 @@ impl Grpc {
             next_id: AtomicU64::new(1),
             arena,
             max_message,
+            instance: instance.to_owned(),
         }
     }
 
     /// Returns a connection id for `opts`, sharing the channel (connected lazily, reconnecting
     /// as needed) of any earlier connection with the same transport settings.
     pub fn connect(&self, opts: &ConnectOpts) -> Result<u64, Status> {
-        self.conns.connect(opts, self.max_message, &self.rt, || {
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        })
+        let origin = crate::log::Origin::instance(&self.instance);
+        self.conns
+            .connect(opts, self.max_message, &self.rt, &origin, || {
+                self.next_id.fetch_add(1, Ordering::Relaxed)
+            })
     }
 
     /// Counts a `connect` of `id` down; the id goes with its last one (calls in flight finish
     /// on their own), and the channel with its last id.
     pub fn close(&self, id: u64) -> bool {
-        self.conns.close(id)
+        self.conns
+            .close(id, &crate::log::Origin::instance(&self.instance))
     }
 
     /// Connection ids and channels held (for tests and stats).

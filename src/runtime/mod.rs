@@ -228,9 +228,15 @@ impl Instance {
         }
         let max_message = self.arena.max_message() - ENVELOPE_SLACK;
         let g = match self.io.get() {
-            Some(rt) => Grpc::with_handle(self.arena.clone(), max_message, rt.clone()),
+            Some(rt) => Grpc::with_handle(
+                self.arena.clone(),
+                &self.config.instance,
+                max_message,
+                rt.clone(),
+            ),
             None => Grpc::new(
                 self.arena.clone(),
+                &self.config.instance,
                 max_message,
                 GRPC_THREADS,
                 self.config.cpus.clone(),
