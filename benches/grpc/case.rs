@@ -137,3 +137,18 @@ impl Measured {
         json
     }
 }
+
+/// A ratio as a signed percentage change, `+12 %`.
+pub fn pct(ratio: f64) -> String {
+    format!("{:+.0} %", (ratio - 1.0) * 100.0)
+}
+
+/// A payload size as `0 B`, `512 B`, `4 KiB`, `1 MiB`.
+pub fn size_name(n: usize) -> String {
+    match n {
+        0 => "0 B".into(),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1024 && n % 1024 == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}

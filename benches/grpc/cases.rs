@@ -4,10 +4,9 @@
 use testkit::bench::median;
 use testkit::{GrpcServer, Nginx};
 
-use crate::case::Measured;
+use crate::case::{pct, size_name, Measured};
 use crate::native::Native;
 use crate::nginx::timed;
-use crate::report::{pct, size_name};
 use crate::rounds::{interleave, interleave_rounds, Run};
 use crate::{ROUNDS, WARMUP};
 

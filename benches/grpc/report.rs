@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 use testkit::bench::replace_section;
 
-use crate::case::{Case, Measured};
+use crate::case::{pct, size_name, Case, Measured};
 use crate::cases::{InFlight, Payload, TableCase, TABLE_ROUNDS};
 use crate::floor::Floor;
 use crate::placement::Placement;
@@ -383,21 +383,6 @@ fn tables_section(r: &Results) -> String {
         );
     }
     t
-}
-
-/// A ratio as a signed percentage change, `+12 %`.
-pub fn pct(ratio: f64) -> String {
-    format!("{:+.0} %", (ratio - 1.0) * 100.0)
-}
-
-/// A payload size as `0 B`, `512 B`, `4 KiB`, `1 MiB`.
-pub fn size_name(n: usize) -> String {
-    match n {
-        0 => "0 B".into(),
-        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
-        n if n >= 1024 && n % 1024 == 0 => format!("{} KiB", n >> 10),
-        n => format!("{n} B"),
-    }
 }
 
 fn met(ok: bool) -> &'static str {
