@@ -90,11 +90,7 @@ local function in_module(line)
     end
     return false
 end
-local BENIGN = {
-    ["loop unroll limit reached"] = true, ["trace too long"] = true,
-    ["inner loop in root trace"] = true, ["leaving loop in root trace"] = true,
-    ["down-recursion, restarting"] = true, ["call unroll limit reached"] = true,
-}
+local BENIGN = tap.TRACE_FORMATION
 local traces, module_traces, bad, benign = 0, 0, {}, 0
 for line in out:gmatch("[^\n]+") do
     if line:find("^%[TRACE%s+%d+") then
