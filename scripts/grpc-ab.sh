@@ -16,6 +16,8 @@
 # Cases: 64 SayHello calls in flight (100,000 calls) and sequential SayHello (10,000 calls), or
 # the benchmark locations' queries given as "query calls" pairs in AB_CASES, e.g.
 #   AB_CASES="seq?m=echo&size=102400&n=2000 2000;seq?m=hello&size=0&n=10000 10000"
+# and the transport bench's paths (no gRPC: the host + echo runtime, the arena echo):
+#   AB_CASES="transport?path=ffi&size=512&n=200000 200000;transport?path=zc_inplace&size=102400&n=50000 50000"
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 rounds=3
@@ -69,7 +71,9 @@ cpu = {}
 for line in open(path):
     f = line.strip().split(",")
     if len(f) > 2 and f[0] and not f[0].startswith("#"):
-        cpu[f[0].rsplit("-", 1)[0]] = float(f[1]) * 1000 / calls  # task-clock ms -> µs per call
+        # task-clock ms -> µs per call; "<not counted>": the thread did not run
+        ms = float(f[1]) if f[1].replace(".", "", 1).isdigit() else 0.0
+        cpu[f[0].rsplit("-", 1)[0]] = ms * 1000 / calls
 print(side, query.split("&n=")[0], f"{secs / calls * 1e6:.1f}",
       f"{cpu.get('nginx', float('nan')):.2f}", f"{cpu.get('grpc_zc-poll', float('nan')):.2f}")
 PY

@@ -112,6 +112,41 @@ location /tables {
         ngx.say(bench_now() - t0)
     }
 }
+location /transport {
+    content_by_lua_block {
+        -- The transport bench's paths (benches/transport.rs), for pairing builds with
+        -- scripts/grpc-ab.sh: &path=ffi (the host and the reference echo runtime, copies),
+        -- zc_string or zc_inplace (resty.grpc_zc's echo through the arena); &size, &n.
+        local grpc = require "resty.grpc_zc"
+        local size, n = tonumber(ngx.var.arg_size), tonumber(ngx.var.arg_n)
+        local p = payload(size, 1)
+        local path = ngx.var.arg_path
+        local call
+        if path == "ffi" then
+            local rt = assert(ngx.load_ffi("resty_ffi_echo"))
+            call = function()
+                local ok, res = rt:echo(p)
+                if not ok or #res ~= size then error("bad echo") end
+            end
+        elseif path == "zc_inplace" then
+            local opts = { inplace = true }
+            call = function()
+                local ok, r = grpc.echo(p, opts)
+                if not ok or r.len ~= size then error("bad echo") end
+                r:release()
+            end
+        else
+            call = function()
+                local ok, res = grpc.echo(p)
+                if not ok or res ~= p then error("bad echo") end
+            end
+        end
+        for _ = 1, WARMUP do call() end
+        local t0 = bench_now()
+        for _ = 1, n do call() end
+        ngx.say(bench_now() - t0)
+    }
+}
 location /conc {
     content_by_lua_block {
         local conn = connect()
