@@ -6,7 +6,7 @@
 use std::thread;
 use std::time::Duration;
 
-use testkit::{get_many, Nginx, NginxBuilder};
+use testkit::{Nginx, NginxBuilder};
 
 /// Lua shared by the test locations: deterministic binary payloads (`payload(n, seed)`) and
 /// `usage()`, "slots=0 bytes=0 calls=0" when nothing is leased and no call is tracked.
@@ -248,15 +248,7 @@ fn concurrent_calls_across_two_workers() {
         "#,
     );
     let urls: Vec<String> = (0..4000).map(|i| n.url(&format!("/id?id={i}"))).collect();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let replies = rt.block_on(get_many(urls, 200));
-    for (i, (status, body)) in replies.iter().enumerate() {
-        assert_eq!(
-            *status,
-            200,
-            "request {i}: {}",
-            String::from_utf8_lossy(body)
-        );
+    for (i, body) in testkit::get_all_ok(urls, 200).iter().enumerate() {
         let chunk: Vec<u8> = (0..256usize)
             .map(|k| ((k * 7 + i % 256) % 256) as u8)
             .collect();

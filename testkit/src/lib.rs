@@ -51,6 +51,24 @@ pub fn get_many_blocking(urls: Vec<String>, concurrency: usize) -> Vec<(u16, Vec
         .block_on(get_many(urls, concurrency))
 }
 
+/// [`get_many_blocking`] that panics on any reply other than 200 (naming the request and
+/// showing its body), and returns the bodies in the order of `urls`.
+pub fn get_all_ok(urls: Vec<String>, concurrency: usize) -> Vec<Vec<u8>> {
+    get_many_blocking(urls, concurrency)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (status, body))| {
+            assert_eq!(
+                status,
+                200,
+                "request {i}: {}",
+                String::from_utf8_lossy(&body)
+            );
+            body
+        })
+        .collect()
+}
+
 /// Lua (for `init_by_lua`) defining the global `payload(n, seed)`: `n` deterministic bytes
 /// covering every byte value, NUL included. [`payload`] computes the same bytes in Rust.
 pub const LUA_PAYLOAD: &str = r#"

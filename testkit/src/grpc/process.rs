@@ -340,18 +340,7 @@ impl GrpcServer {
     /// helper thread. Inside an async test use `stats_async`: blocking the test's runtime
     /// would also stop its client connections (a cancelled call's RST_STREAM never leaves).
     pub fn stats(&self) -> (u64, u64) {
-        thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("starting a tokio runtime")
-                        .block_on(self.stats_async())
-                })
-                .join()
-                .expect("the Stats thread panicked")
-        })
+        on_own_thread(self.stats_async())
     }
 
     /// Polls [`GrpcServer::stats_async`] until `pred(cancelled, completed)` holds and returns
@@ -383,19 +372,25 @@ impl GrpcServer {
         timeout: Duration,
         pred: impl Fn(u64, u64) -> bool + Send,
     ) -> (u64, u64) {
-        thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("starting a tokio runtime")
-                        .block_on(self.wait_stats_async(timeout, pred))
-                })
-                .join()
-                .expect("the Stats thread panicked")
-        })
+        on_own_thread(self.wait_stats_async(timeout, pred))
     }
+}
+
+/// Runs `work` to its end on a current-thread runtime in a helper thread (so a caller inside
+/// another runtime is not blocked on its own event loop).
+fn on_own_thread<T: Send>(work: impl std::future::Future<Output = T> + Send) -> T {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("starting a tokio runtime")
+                    .block_on(work)
+            })
+            .join()
+            .expect("the Stats thread panicked")
+    })
 }
 
 impl Drop for GrpcServer {
