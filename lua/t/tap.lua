@@ -19,6 +19,42 @@ _M.TRACE_FORMATION = {
     ["down-recursion, restarting"] = true, ["call unroll limit reached"] = true,
 }
 
+-- Reads jit.v output `out`: counts the traces, and those `in_module(line)` marks; a line is bad
+-- when it is an NYI, a blacklisting `blacklisted_at(line)` marks (default: in_module), or an
+-- abort in the module that is not part of trace formation. Other aborts are printed.
+-- Returns traces, module_traces, bad (a list of lines), benign, others.
+function _M.classify_traces(out, in_module, blacklisted_at)
+    blacklisted_at = blacklisted_at or in_module
+    local traces, module_traces, bad, benign, others = 0, 0, {}, 0, 0
+    for line in out:gmatch("[^\n]+") do
+        if line:find("^%[TRACE%s+%d+") then
+            traces = traces + 1
+            if in_module(line) then
+                module_traces = module_traces + 1
+            end
+        end
+        local reason = line:match("^%[TRACE %-%-%- .- %-%- (.-)%]$")
+        if reason then
+            reason = reason:gsub(" at %S+$", "")
+        end
+        if line:find("NYI", 1, true) then
+            bad[#bad + 1] = line
+        elseif reason and reason:find("blacklisted", 1, true) and blacklisted_at(line) then
+            bad[#bad + 1] = line
+        elseif reason and in_module(line) then
+            if _M.TRACE_FORMATION[reason] then
+                benign = benign + 1
+            else
+                bad[#bad + 1] = line
+            end
+        elseif reason then
+            others = others + 1
+            print("# abort outside the module: " .. line)
+        end
+    end
+    return traces, module_traces, bad, benign, others
+end
+
 function _M.result(ok, name, detail)
     if ok then
         _M.passed = _M.passed + 1

@@ -167,36 +167,8 @@ local function at_generated(line)
     end
     return false
 end
-local BENIGN = tap.TRACE_FORMATION
-
-local traces, module_traces, bad, benign, others = 0, 0, {}, 0, 0
-for line in out:gmatch("[^\n]+") do
-    if line:find("^%[TRACE%s+%d+") then
-        traces = traces + 1
-        if mentions_module(line) then
-            module_traces = module_traces + 1
-        end
-    end
-    local reason = line:match("^%[TRACE %-%-%- .- %-%- (.-)%]$")
-    if reason then
-        reason = reason:gsub(" at %S+$", "")
-    end
-    if line:find("NYI", 1, true) then
-        bad[#bad + 1] = line
-    elseif reason and reason:find("blacklisted", 1, true)
-        and (mentions_module(line) or at_generated(line)) then
-        bad[#bad + 1] = line
-    elseif reason and mentions_module(line) then
-        if BENIGN[reason] then
-            benign = benign + 1
-        else
-            bad[#bad + 1] = line
-        end
-    elseif reason then
-        others = others + 1
-        print("# abort outside the module: " .. line)
-    end
-end
+local traces, module_traces, bad, benign, others = tap.classify_traces(out, mentions_module,
+    function(line) return mentions_module(line) or at_generated(line) end)
 
 print(string.format("# %d traces (%d starting in the module); %d trace-formation aborts in the "
                     .. "module; %d aborts in test code", traces, module_traces, benign, others))

@@ -90,29 +90,7 @@ local function in_module(line)
     end
     return false
 end
-local BENIGN = tap.TRACE_FORMATION
-local traces, module_traces, bad, benign = 0, 0, {}, 0
-for line in out:gmatch("[^\n]+") do
-    if line:find("^%[TRACE%s+%d+") then
-        traces = traces + 1
-        if in_module(line) then module_traces = module_traces + 1 end
-    end
-    local reason = line:match("^%[TRACE %-%-%- .- %-%- (.-)%]$")
-    if reason then reason = reason:gsub(" at %S+$", "") end
-    if line:find("NYI", 1, true) then
-        bad[#bad + 1] = line
-    elseif reason and reason:find("blacklisted", 1, true) and in_module(line) then
-        bad[#bad + 1] = line
-    elseif reason and in_module(line) then
-        if BENIGN[reason] then
-            benign = benign + 1
-        else
-            bad[#bad + 1] = line
-        end
-    elseif reason then
-        print("# abort outside the module: " .. line)
-    end
-end
+local traces, module_traces, bad, benign = tap.classify_traces(out, in_module)
 print(string.format("# %d traces (%d in pb.lua), %d trace-formation aborts in pb.lua",
                     traces, module_traces, benign))
 result(module_traces > 0, "traces were compiled in pb.lua")
