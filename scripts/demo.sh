@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: starts the demo gRPC server (Greeter, RouteGuide) and nginx on 127.0.0.1, calls
-# unary and streaming gRPC locations (resty.grpc_zc, Lua tables) and the host's echo runtime with
-# curl, prints what came back, and stops both.
+# unary and streaming gRPC locations (resty.grpc_zc, Lua tables), bad input refused with clear
+# errors, and the host's echo runtime with curl, prints what came back and the runtime's own
+# error-log lines, and stops both.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 libdir="$repo/target/release"
@@ -50,6 +51,7 @@ run() {
 base="http://127.0.0.1:$port"
 run curl -s "$base/hello?name=world"
 run curl -s "$base/routeguide"
+run curl -s "$base/refused"
 run curl -s "$base/echo" --data-binary 'hello from nginx Lua, through a Rust thread'
 run curl -s "$base/rc"
 run curl -s "$base/timeout"
@@ -61,4 +63,7 @@ if grep -E '\[(alert|crit|emerg|error)\]' "$prefix/logs/error.log"; then
   echo "demo: error.log has errors (above)" >&2
   exit 1
 fi
+echo
+echo "The runtime's own lines in nginx's error log (its format, through the host):"
+grep -m 4 'resty_grpc_zc: instance' "$prefix/logs/error.log" || true
 echo "demo: nginx stopped; error.log clean ($prefix/logs/error.log)"
