@@ -25,8 +25,12 @@
 mod channel;
 mod handshake;
 mod metadata;
+#[allow(dead_code)] // wired in by the balancer
+mod name;
 mod op;
 mod response;
+#[allow(dead_code)] // wired in by the balancer
+mod service_config;
 mod status;
 mod stream;
 mod unary;
