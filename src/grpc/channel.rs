@@ -47,6 +47,10 @@ pub struct ConnectOpts {
     pub max_recv: usize,
     /// "gzip" or none.
     pub compression: Option<String>,
+    /// The service config (gRFC A2 JSON text), if any.
+    pub service_config: Option<String>,
+    /// How often DNS names are resolved again (none: 30 s).
+    pub resolve_interval: Option<Duration>,
 }
 
 impl ConnectOpts {

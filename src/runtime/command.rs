@@ -236,6 +236,7 @@ impl Instance {
                     max_send: c.max_send_msg_size() as usize,
                     max_recv: c.max_recv_msg_size() as usize,
                     compression: c.compression().map(str::to_owned),
+                    ..Default::default()
                 };
                 let grpc = self
                     .grpc()
@@ -286,6 +287,7 @@ impl Instance {
                     metadata,
                     want_metadata: c.want_metadata(),
                     compression: c.compression().map(str::to_owned),
+                    ..Default::default()
                     message: message(c.payload())?,
                 }))))
             }
