@@ -287,7 +287,6 @@ impl Instance {
                     metadata,
                     want_metadata: c.want_metadata(),
                     compression: c.compression().map(str::to_owned),
-                    ..Default::default()
                     message: message(c.payload())?,
                 }))))
             }
