@@ -62,6 +62,11 @@ impl<'a> Origin<'a> {
         }
     }
 
+    /// The instance named (empty if none).
+    pub fn instance_name(&self) -> &'a str {
+        self.instance.unwrap_or_default()
+    }
+
     /// A line written before any instance is known (a cfg that did not parse).
     pub fn unknown() -> Origin<'static> {
         Origin::default()

@@ -1,25 +1,31 @@
-//! Connections: what `connect` asks for ([`ConnectOpts`]), the channels behind them (tonic
-//! endpoints over TCP, TLS/mTLS or a Unix domain socket, connected lazily; with a
-//! `connect_timeout`, over `handshake.rs`'s sockets so that it covers the whole setup) and the
-//! table that shares one channel between every connection id with the same transport settings.
+//! Connections: what `connect` asks for ([`ConnectOpts`]), the target behind them (its name
+//! resolved to endpoints by a [`Balancer`], its service config, TLS/mTLS, keepalive) and the
+//! table that shares one target between every connection id with the same transport settings.
 //!
 //! ```text
 //! connect(opts) ─► connection id (same opts: same id, counted) ─► Conn: call settings
-//!                                                                   └─► channel (shared per
-//!                                                                       target + transport)
+//!                                                                   └─► Target (shared per
+//!                                                                       target + transport):
+//!                                                                       balancer, config
 //! ```
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::runtime::Handle;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
 
-use super::handshake::{self, Dest};
+use super::balancer::{Balancer, Settings, DEFAULT_RESOLVE_INTERVAL};
+use super::metrics::{Metrics, TargetMetrics};
+use super::name::{self, Name};
 use super::response::CheckedChannel;
+use super::retry::Throttle;
+use super::service_config::{MethodConfig, ServiceConfig};
 use crate::log::Origin;
 
 /// Default limit of a received message, as in grpc-go.
@@ -55,11 +61,8 @@ pub struct ConnectOpts {
 
 impl ConnectOpts {
     /// TLS is on for `https://` targets and whenever certificates are given, unless `insecure`.
-    fn tls(&self) -> bool {
-        !self.insecure
-            && (self.target.starts_with("https://")
-                || self.ca_pem.is_some()
-                || self.cert_pem.is_some())
+    fn tls(&self, name: &Name) -> bool {
+        !self.insecure && (name.tls || self.ca_pem.is_some() || self.cert_pem.is_some())
     }
 
     /// What makes two connections share a channel: everything that shapes the transport.
@@ -67,23 +70,34 @@ impl ConnectOpts {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&self.ca_pem, &self.cert_pem, &self.key_pem).hash(&mut h);
+        (&self.service_config).hash(&mut h);
         format!(
-            "{}|{:?}|{}|{:?}|{:?}|{:?}|{:x}",
+            "{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:x}",
             self.target,
             self.authority,
             self.insecure,
             self.connect_timeout,
             self.keepalive_interval,
             self.keepalive_timeout,
+            self.resolve_interval,
             h.finish()
         )
     }
 }
 
+/// One target: its endpoints and how calls use them. Shared by the connection ids of the same
+/// transport settings.
+pub(super) struct Target {
+    pub balancer: Balancer,
+    pub config: ServiceConfig,
+    pub throttle: Option<Throttle>,
+    pub metrics: Arc<TargetMetrics>,
+}
+
 /// Per-connection settings that calls take.
 #[derive(Clone)]
 pub(super) struct Conn {
-    channel: Channel,
+    pub(super) target: Arc<Target>,
     key: String,
     pub(super) default_timeout: Option<Duration>,
     pub(super) max_send: usize,
@@ -92,14 +106,16 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    /// A tonic client for this connection's settings and a call's compression (`None`: the
-    /// connection's).
+    /// A tonic client on `channel` (a picked endpoint's) for this connection's settings, a
+    /// call's compression (`None`: the connection's) and its receive limit.
     pub(super) fn client(
         &self,
+        channel: Channel,
         compression: Option<&str>,
+        max_recv: usize,
     ) -> Result<tonic::client::Grpc<CheckedChannel>, Status> {
-        let mut c = tonic::client::Grpc::new(CheckedChannel(self.channel.clone()))
-            .max_decoding_message_size(self.max_recv)
+        let mut c = tonic::client::Grpc::new(CheckedChannel(channel))
+            .max_decoding_message_size(max_recv)
             .max_encoding_message_size(self.max_send)
             .accept_compressed(CompressionEncoding::Gzip);
         let send = match compression {
@@ -110,6 +126,23 @@ impl Conn {
             c = c.send_compressed(enc);
         }
         Ok(c)
+    }
+
+    /// The largest request message of a method: the connection's limit, or the method
+    /// config's `maxRequestMessageBytes` when smaller.
+    pub(super) fn max_send_for(&self, method: Option<&MethodConfig>) -> usize {
+        match method.and_then(|m| m.max_request_bytes) {
+            Some(m) => m.min(self.max_send),
+            None => self.max_send,
+        }
+    }
+
+    /// The largest response message of a method (`maxResponseMessageBytes`).
+    pub(super) fn max_recv_for(&self, method: Option<&MethodConfig>) -> usize {
+        match method.and_then(|m| m.max_response_bytes) {
+            Some(m) => m.min(self.max_recv),
+            None => self.max_recv,
+        }
     }
 }
 
@@ -141,8 +174,8 @@ struct Table {
     ids: HashMap<String, u64>,
     /// A connection id's settings, its key in `ids`, and its connects not yet closed.
     by_id: HashMap<u64, (Conn, String, usize)>,
-    /// Channels, with the number of connection ids using each.
-    channels: HashMap<String, (Channel, usize)>,
+    /// Targets, with the number of connection ids using each.
+    channels: HashMap<String, (Arc<Target>, usize)>,
 }
 
 impl Connections {
@@ -150,15 +183,16 @@ impl Connections {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Returns a connection id for `opts` (a new one from `new_id`), sharing the channel
-    /// (connected lazily on `rt`, reconnecting as needed) of any earlier connection with the
-    /// same transport settings. Message limits are capped at `max_message`.
+    /// Returns a connection id for `opts` (a new one from `new_id`), sharing the target
+    /// (resolved and connected on `rt`, reconnecting as needed) of any earlier connection with
+    /// the same transport settings. Message limits are capped at `max_message`.
     pub(super) fn connect(
         &self,
         opts: &ConnectOpts,
         max_message: usize,
         rt: &Handle,
         origin: &Origin<'_>,
+        metrics: &Metrics,
         new_id: impl FnOnce() -> u64,
     ) -> Result<u64, Status> {
         let compression = match opts.compression.as_deref() {
@@ -180,21 +214,21 @@ impl Connections {
                 return Ok(id);
             }
         }
-        let channel = match table.channels.get_mut(&key) {
-            Some((ch, refs)) => {
+        let target = match table.channels.get_mut(&key) {
+            Some((t, refs)) => {
                 *refs += 1;
-                ch.clone()
+                Arc::clone(t)
             }
             None => {
-                let ch = channel(opts, rt)?;
-                table.channels.insert(key.clone(), (ch.clone(), 1));
+                let t = Arc::new(target(opts, rt, origin, metrics)?);
+                table.channels.insert(key.clone(), (Arc::clone(&t), 1));
                 crate::log!(Info, origin.target(&opts.target), "channel opened");
-                ch
+                t
             }
         };
         let id = new_id();
         let conn = Conn {
-            channel,
+            target,
             key,
             default_timeout: opts.default_timeout,
             max_send,
@@ -245,22 +279,32 @@ impl Connections {
     }
 }
 
-/// A new lazily connected channel (its background task on `rt`).
-fn channel(opts: &ConnectOpts, rt: &Handle) -> Result<Channel, Status> {
-    let tls = opts.tls();
-    if let Some(path) = opts.target.strip_prefix("unix:") {
-        return unix_channel(path, opts, rt);
-    }
-    let uri = normalize_target(&opts.target, tls)?;
-    let mut ep = Endpoint::from_shared(uri.clone())
-        .map_err(|e| Status::invalid_argument(format!("bad target {:?}: {e}", opts.target)))?;
+/// A new target: its name parsed, its service config checked (nothing is started before both
+/// pass), its balancer resolving on `rt`.
+fn target(
+    opts: &ConnectOpts,
+    rt: &Handle,
+    origin: &Origin<'_>,
+    metrics: &Metrics,
+) -> Result<Target, Status> {
+    let name = name::parse(&opts.target).map_err(Status::invalid_argument)?;
+    let config = match opts.service_config.as_deref() {
+        None | Some("") => ServiceConfig::default(),
+        Some(json) => ServiceConfig::parse(json)
+            .map_err(|e| Status::invalid_argument(format!("service_config: {e}")))?,
+    };
+    let tls = opts.tls(&name);
+    let authority = opts.authority.clone().unwrap_or_else(|| name.authority.clone());
+    let scheme = if tls { "https" } else { "http" };
+    let mut ep = Endpoint::from_shared(format!("{scheme}://{authority}")).map_err(|e| {
+        Status::invalid_argument(format!("bad authority {authority:?} of {:?}: {e}", opts.target))
+    })?;
     if tls {
-        let mut cfg = ClientTlsConfig::new();
-        let host = match &opts.authority {
-            Some(a) => a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).to_owned(),
-            None => ep.uri().host().unwrap_or_default().to_owned(),
-        };
-        cfg = cfg.domain_name(host.trim_matches(|c| c == '[' || c == ']'));
+        let host = authority
+            .rsplit_once(':')
+            .filter(|(h, p)| !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(authority.as_str(), |(h, _)| h);
+        let mut cfg = ClientTlsConfig::new().domain_name(host.trim_matches(|c| c == '[' || c == ']'));
         cfg = match &opts.ca_pem {
             Some(ca) => cfg.ca_certificate(Certificate::from_pem(ca)),
             None => cfg.with_webpki_roots(),
@@ -278,49 +322,27 @@ fn channel(opts: &ConnectOpts, rt: &Handle) -> Result<Channel, Status> {
             .tls_config(cfg)
             .map_err(|e| Status::invalid_argument(format!("TLS settings: {e}")))?;
     }
-    ep = endpoint_options(ep, opts, tls)?;
-    // connect_lazy needs a runtime context for its background task.
+    let template = endpoint_options(ep, opts)?;
+    let settings = Settings {
+        template,
+        connect_timeout: opts.connect_timeout,
+        health_service: config.health_check_service.clone(),
+        resolve_interval: opts.resolve_interval.unwrap_or(DEFAULT_RESOLVE_INTERVAL),
+        instance: origin.instance_name().to_owned(),
+        target: opts.target.clone(),
+    };
+    // The balancer's tasks need the runtime's context.
     let _guard = rt.enter();
-    Ok(match opts.connect_timeout {
-        // The whole setup, the server's first bytes included (handshake.rs).
-        Some(t) => ep.connect_with_connector_lazy(handshake::connector(Dest::Tcp, t)),
-        None => ep.connect_lazy(),
+    Ok(Target {
+        balancer: Balancer::start(name.resolve, config.lb, settings),
+        throttle: config.retry_throttling.as_ref().map(Throttle::new),
+        metrics: metrics.target(&opts.target),
+        config,
     })
 }
 
-/// A channel over a Unix domain socket (plaintext h2c; `:authority` "localhost" unless
-/// `host` says otherwise).
-fn unix_channel(path: &str, opts: &ConnectOpts, rt: &Handle) -> Result<Channel, Status> {
-    if path.is_empty() {
-        return Err(Status::invalid_argument("empty unix: socket path"));
-    }
-    let ep = Endpoint::from_static("http://localhost");
-    let ep = endpoint_options(ep, opts, false)?;
-    let path = std::path::PathBuf::from(path);
-    if let Some(t) = opts.connect_timeout {
-        let _guard = rt.enter();
-        return Ok(ep.connect_with_connector_lazy(handshake::connector(Dest::Unix(path), t)));
-    }
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let path = path.clone();
-        async move {
-            let s = tokio::net::UnixStream::connect(path).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
-        }
-    });
-    let _guard = rt.enter();
-    Ok(ep.connect_with_connector_lazy(connector))
-}
-
-/// The endpoint settings shared by TCP and Unix channels.
-fn endpoint_options(mut ep: Endpoint, opts: &ConnectOpts, tls: bool) -> Result<Endpoint, Status> {
-    if let Some(a) = &opts.authority {
-        let scheme = if tls { "https" } else { "http" };
-        let origin = format!("{scheme}://{a}")
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("bad authority {a:?}: {e}")))?;
-        ep = ep.origin(origin);
-    }
+/// The endpoint settings every connection of a target shares.
+fn endpoint_options(mut ep: Endpoint, opts: &ConnectOpts) -> Result<Endpoint, Status> {
     if let Some(t) = opts.connect_timeout {
         ep = ep.connect_timeout(t);
     }
@@ -331,25 +353,6 @@ fn endpoint_options(mut ep: Endpoint, opts: &ConnectOpts, tls: bool) -> Result<E
         ep = ep.keep_alive_timeout(t);
     }
     Ok(ep.tcp_nodelay(true))
-}
-
-/// "host:port", "[::1]:port" → "http(s)://…"; "https://…" as is; "http://…" as is (or
-/// upgraded to https when TLS settings are given).
-fn normalize_target(t: &str, tls: bool) -> Result<String, Status> {
-    if let Some(rest) = t.strip_prefix("http://") {
-        return Ok(if tls {
-            format!("https://{rest}")
-        } else {
-            t.to_owned()
-        });
-    }
-    if t.starts_with("https://") {
-        return Ok(t.to_owned());
-    }
-    if t.is_empty() {
-        return Err(Status::invalid_argument("empty target"));
-    }
-    Ok(format!("{}://{t}", if tls { "https" } else { "http" }))
 }
 
 #[cfg(test)]
@@ -420,16 +423,5 @@ mod tests {
         assert!(g.conns.table().by_id.contains_key(&b));
         assert!(g.close(b));
         assert_eq!(g.connections(), (0, 0));
-    }
-
-    #[test]
-    fn targets() {
-        let n = |t: &str, tls: bool| normalize_target(t, tls).unwrap();
-        assert_eq!(n("127.0.0.1:50051", false), "http://127.0.0.1:50051");
-        assert_eq!(n("[::1]:50051", false), "http://[::1]:50051");
-        assert_eq!(n("h:1", true), "https://h:1");
-        assert_eq!(n("http://h:1", true), "https://h:1");
-        assert_eq!(n("https://h:1", false), "https://h:1");
-        assert!(normalize_target("", false).is_err());
     }
 }

@@ -1,5 +1,7 @@
-//! `connect_timeout` over the whole connection setup, as grpc-go's: TCP connect, TLS handshake
-//! and the server's first HTTP/2 bytes.
+//! The sockets of an endpoint's channel: connected to the endpoint's address (TCP, Unix or
+//! abstract), watched for the end of the connection ([`Liveness`]), and with `connect_timeout`
+//! over the whole connection setup, as grpc-go's: TCP connect, TLS handshake and the server's
+//! first HTTP/2 bytes.
 //!
 //! tonic applies `Endpoint::connect_timeout` to the connector (TCP, and TLS when the connector
 //! is custom) but not to the HTTP/2 handshake: h2 sends its preface and returns at once, so a
@@ -18,6 +20,8 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use super::name::Address;
 
 /// A socket whose reads fail once `deadline` passes with nothing read yet.
 pub struct FirstBytes<S> {
@@ -96,16 +100,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
     }
 }
 
-/// Where a channel's sockets go.
-#[derive(Clone)]
-pub enum Dest {
-    /// The endpoint's URI (host and port; 80 or 443 by scheme when absent).
-    Tcp,
-    Unix(std::path::PathBuf),
-}
-
 type Connecting =
-    Pin<Box<dyn Future<Output = io::Result<TokioIo<FirstBytes<Socket>>>> + Send + 'static>>;
+    Pin<Box<dyn Future<Output = io::Result<TokioIo<Tracked>>> + Send + 'static>>;
 
 /// A TCP or Unix socket.
 pub enum Socket {
@@ -113,42 +109,132 @@ pub enum Socket {
     Unix(tokio::net::UnixStream),
 }
 
-/// The connector (a `tower::Service<Uri>`) of a channel with a connect timeout of `timeout`.
+/// Whether a channel's connection still lives: set once a socket it made is dropped (hyper
+/// drops it when the connection ends: EOF, error, GOAWAY and idle close alike), which is how
+/// an endpoint learns it is no longer READY.
+#[derive(Default)]
+pub struct Liveness {
+    lost: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Liveness {
+    /// Waits until a socket of this channel was dropped.
+    pub async fn lost(&self) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let notified = self.notify.notified();
+            if self.lost.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn mark_lost(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::Release);
+        self.notify.notify_waiters();
+    }
+}
+
+/// A channel's socket: with a connect timeout, its first bytes bounded ([`FirstBytes`]); its
+/// drop marks the [`Liveness`] lost.
+pub struct Tracked {
+    inner: FirstBytes<Socket>,
+    live: std::sync::Arc<Liveness>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.live.mark_lost();
+    }
+}
+
+/// The connector (a `tower::Service<Uri>`) of one endpoint's channel: it ignores the URI
+/// (which names the target, for `:authority` and TLS) and connects to `address`; with a
+/// `timeout`, the server's first bytes must come within it (counted from the start of the
+/// connect).
 pub fn connector(
-    dest: Dest,
-    timeout: Duration,
+    address: Address,
+    timeout: Option<Duration>,
+    live: std::sync::Arc<Liveness>,
 ) -> impl tower::Service<
     http::Uri,
-    Response = TokioIo<FirstBytes<Socket>>,
+    Response = TokioIo<Tracked>,
     Error = io::Error,
     Future = Connecting,
 > + Clone
        + Send
        + 'static {
-    tower::service_fn(move |uri: http::Uri| -> Connecting {
-        let dest = dest.clone();
+    tower::service_fn(move |_: http::Uri| -> Connecting {
+        let address = address.clone();
+        let live = std::sync::Arc::clone(&live);
         Box::pin(async move {
-            let deadline = Instant::now() + timeout;
-            let socket = match dest {
-                Dest::Unix(path) => Socket::Unix(tokio::net::UnixStream::connect(path).await?),
-                Dest::Tcp => {
-                    let host = uri.host().unwrap_or_default();
-                    let host = host.trim_matches(|c| c == '[' || c == ']').to_owned();
-                    let port = uri
-                        .port_u16()
-                        .unwrap_or(if uri.scheme_str() == Some("https") {
-                            443
-                        } else {
-                            80
-                        });
-                    let s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            // No timeout: the first-bytes bound never fires (a year out).
+            let deadline = Instant::now() + timeout.unwrap_or(Duration::from_secs(365 * 86400));
+            let socket = match address {
+                Address::Unix(path) => Socket::Unix(tokio::net::UnixStream::connect(path).await?),
+                Address::UnixAbstract(name) => {
+                    // tokio takes a leading NUL as the abstract namespace.
+                    use std::os::unix::ffi::OsStringExt;
+                    let mut raw = Vec::with_capacity(name.len() + 1);
+                    raw.push(0);
+                    raw.extend_from_slice(&name);
+                    let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(raw));
+                    Socket::Unix(tokio::net::UnixStream::connect(path).await?)
+                }
+                Address::Tcp(addr) => {
+                    let s = tokio::net::TcpStream::connect(addr).await?;
                     s.set_nodelay(true)?;
                     Socket::Tcp(s)
                 }
             };
-            Ok(TokioIo::new(FirstBytes::new(socket, deadline)))
+            Ok(TokioIo::new(Tracked {
+                inner: FirstBytes::new(socket, deadline),
+                live,
+            }))
         })
     })
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 impl AsyncRead for Socket {

@@ -14,11 +14,13 @@ use tonic::Status;
 
 use super::op::CallSpec;
 
-/// The request of a call: its messages, `grpc-timeout` and metadata.
+/// The request of a call: its messages, `grpc-timeout`, metadata and (on a retry)
+/// `grpc-previous-rpc-attempts`.
 pub(super) fn request<S>(
     msgs: S,
     call: &CallSpec,
     timeout: Option<Duration>,
+    previous_attempts: u32,
 ) -> Result<(tonic::Request<S>, PathAndQuery), Status> {
     let path = PathAndQuery::from_str(&call.path)
         .map_err(|e| Status::invalid_argument(format!("bad path {:?}: {e}", call.path)))?;
@@ -28,6 +30,11 @@ pub(super) fn request<S>(
     }
     for (k, v) in &call.metadata {
         add_metadata(req.metadata_mut(), k, v)?;
+    }
+    if previous_attempts > 0 {
+        // gRFC A6: every retry and hedge says how many attempts went before it.
+        req.metadata_mut()
+            .insert("grpc-previous-rpc-attempts", previous_attempts.into());
     }
     Ok((req, path))
 }

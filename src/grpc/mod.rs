@@ -22,14 +22,17 @@
 //! `runtime`, `ffi` or `queue`; the payload limit comes in through [`Grpc::new`].
 #![forbid(unsafe_code)]
 
+mod balancer;
 mod channel;
+mod endpoint;
 mod handshake;
 mod metadata;
-#[allow(dead_code)] // wired in by the balancer
+mod metrics;
 mod name;
 mod op;
+mod resolver;
 mod response;
-#[allow(dead_code)] // wired in by the balancer
+mod retry;
 mod service_config;
 mod status;
 mod stream;
@@ -59,6 +62,7 @@ pub struct Grpc {
     _owned: Option<tokio::runtime::Runtime>,
     conns: Connections,
     streams: Streams,
+    metrics: metrics::Metrics,
     /// Connection and stream ids, from one counter.
     next_id: AtomicU64,
     arena: Arena,
@@ -119,6 +123,7 @@ impl Grpc {
             _owned: None,
             conns: Connections::default(),
             streams: Streams::default(),
+            metrics: metrics::Metrics::default(),
             next_id: AtomicU64::new(1),
             arena,
             max_message,
@@ -131,7 +136,7 @@ impl Grpc {
     pub fn connect(&self, opts: &ConnectOpts) -> Result<u64, Status> {
         let origin = crate::log::Origin::instance(&self.instance);
         self.conns
-            .connect(opts, self.max_message, &self.rt, &origin, || {
+            .connect(opts, self.max_message, &self.rt, &origin, &self.metrics, || {
                 self.next_id.fetch_add(1, Ordering::Relaxed)
             })
     }
@@ -218,8 +223,9 @@ impl Grpc {
                 call.conn
             )));
         };
-        if call.payload.len() > conn.max_send {
-            return Err(too_large_to_send(call.payload.len(), conn.max_send));
+        let max_send = conn.max_send_for(conn.target.config.method(&call.path));
+        if call.payload.len() > max_send {
+            return Err(too_large_to_send(call.payload.len(), max_send));
         }
         let codec = ArenaCodec::new(self.arena.clone());
         let timeout = call.timeout.or(conn.default_timeout);

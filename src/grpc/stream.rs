@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tonic::{Response, Status, Streaming};
 
 use super::channel::Conn;
+use super::endpoint::Picked;
 use super::metadata::{metadata_list, request};
 use super::op::{CallSpec, Kind, OpResult, Received};
 use super::status::{
@@ -105,7 +106,15 @@ impl Streams {
         mut call: CallSpec,
         timeout: Option<Duration>,
     ) -> Result<(), Status> {
-        let mut grpc = conn.client(call.compression.as_deref())?;
+        let method = conn.target.config.method(&call.path);
+        let wait_for_ready = method.and_then(|m| m.wait_for_ready).unwrap_or(false);
+        let max_recv = conn.max_recv_for(method);
+        let max_send = conn.max_send_for(method);
+        let timeout = match (timeout, method.and_then(|m| m.timeout)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let compression = call.compression.clone();
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let outbound = if call.kind == Kind::ServerStreaming {
             // The one request goes in now; the channel closes with the sender.
@@ -120,14 +129,20 @@ impl Streams {
             tokio_stream::wrappers::ReceiverStream::new(out_rx),
             &call,
             timeout,
+            0,
         )?;
         let deadline = timeout.map(|t| Instant::now() + t);
         let (wtx, wrx) = mpsc::unbounded_channel();
+        // Streams take one attempt (no retries yet), on the endpoint picked when they open.
         let opening = async move {
+            let picked = conn.target.balancer.pick(wait_for_ready).await?;
+            let mut grpc = conn.client(picked.channel.clone(), compression.as_deref(), max_recv)?;
             grpc.ready()
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
-            grpc.streaming(req, path, codec).await.map_err(local_status)
+            let r = grpc.streaming(req, path, codec).await.map_err(local_status);
+            // The stream counts in flight while it runs.
+            r.map(|resp| (resp, picked))
         };
         let ended = Arc::new(AtomicBool::new(false));
         let driver = rt
@@ -140,7 +155,7 @@ impl Streams {
                 waiters: wtx,
                 driver,
                 deadline,
-                max_send: conn.max_send,
+                max_send,
                 ended,
             },
         );
@@ -251,9 +266,11 @@ impl Streams {
     }
 }
 
-type Opening = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Response<Streaming<Inbound>>, Status>> + Send>,
->;
+/// The call on the wire, and the endpoint it went to (counted in flight while the driver runs).
+type Opened = (Response<Streaming<Inbound>>, Picked);
+
+type Opening =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Opened, Status>> + Send>>;
 
 /// How the call ended: its trailers, or its status.
 type End = Result<Vec<(String, Vec<u8>)>, Status>;
@@ -261,14 +278,13 @@ type End = Result<Vec<(String, Vec<u8>)>, Status>;
 /// A stream's driver: opens the call, then serves waiters in order until it is aborted (the
 /// entry was removed) or every sender of waiters is gone.
 async fn drive(
-    opening: impl std::future::Future<Output = Result<Response<Streaming<Inbound>>, Status>>
-        + Send
-        + 'static,
+    opening: impl std::future::Future<Output = Result<Opened, Status>> + Send + 'static,
     mut waiters: mpsc::UnboundedReceiver<Waiter>,
     deadline: Option<Instant>,
     ended: Arc<AtomicBool>,
 ) {
     let mut opening: Option<Opening> = Some(Box::pin(opening));
+    let mut _endpoint: Option<Picked> = None;
     let mut body: Option<Streaming<Inbound>> = None;
     let mut headers: Option<Vec<(String, Vec<u8>)>> = None;
     let mut headers_sent = false;
@@ -329,7 +345,8 @@ async fn drive(
                 if opening.is_some() => {
                 opening = None;
                 match r {
-                    Ok(resp) => {
+                    Ok((resp, picked)) => {
+                        _endpoint = Some(picked);
                         let (md, b, _) = resp.into_parts();
                         headers = Some(metadata_list(&md));
                         body = Some(b);

@@ -1,0 +1,384 @@
+//! Client-side load balancing over the endpoints a name resolves to: the channel of one target.
+//!
+//! ```text
+//! Balancer ── resolve task: static addresses once, or DNS every resolve_interval and soon
+//!    │                      after a connect failure (at most once a second)
+//!    ├─ endpoints (address order) ── each: its connection task (endpoint.rs), health watch
+//!    └─ pick(policy): pick_first (sticky) │ round_robin │ least_request (power of choices)
+//! ```
+//!
+//! An address that leaves the list drains: no new picks, calls in flight finish on the
+//! connection they hold, which closes with the last of them. A call that finds no READY (and
+//! healthy) endpoint waits while some endpoint is still connecting, or with `waitForReady`;
+//! otherwise it fails at once with UNAVAILABLE and the last connection error, as gRPC's
+//! fail-fast calls do. Everything here is per runtime, that is per nginx worker.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tonic::transport::Endpoint as TonicEndpoint;
+use tonic::Status;
+
+use super::endpoint::{Change, Endpoint, Health, Observer, Picked, State};
+use super::name::{Address, Resolve};
+use super::resolver::Dns;
+use super::service_config::LbPolicy;
+
+/// Re-resolution after a connect failure waits at least this long after the last one.
+const MIN_RERESOLVE: Duration = Duration::from_secs(1);
+
+/// The default `resolve_interval`.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How a balancer's endpoints connect.
+pub(super) struct Settings {
+    /// The tonic endpoint every connection uses (URI = the target's authority, TLS, keepalive).
+    pub template: TonicEndpoint,
+    pub connect_timeout: Option<Duration>,
+    pub health_service: Option<String>,
+    pub resolve_interval: Duration,
+    /// For log lines: the instance and the target as given.
+    pub instance: String,
+    pub target: String,
+}
+
+/// The endpoints of one target and how calls pick among them.
+pub(super) struct Balancer {
+    shared: Arc<Shared>,
+    policy: LbPolicy,
+    resolving: tokio::task::AbortHandle,
+}
+
+/// What the resolve task, the endpoint tasks and picks share.
+struct Shared {
+    settings: Settings,
+    endpoints: RwLock<Arc<Vec<Arc<Endpoint>>>>,
+    /// Round robin's cursor.
+    next: AtomicUsize,
+    /// pick_first's endpoint (an index into `endpoints`).
+    sticky: AtomicUsize,
+    /// Bumped on every change that may let a waiting pick through.
+    version: watch::Sender<u64>,
+    /// The last resolution or connection error, for fail-fast calls.
+    last_error: Mutex<Option<String>>,
+    /// The first resolution has ended (well or not).
+    resolved: AtomicBool,
+    reresolve: Notify,
+    closed: AtomicBool,
+}
+
+/// An endpoint's state for stats: address, state, health, calls in flight, picks.
+pub(super) struct EndpointState {
+    pub address: String,
+    pub state: &'static str,
+    pub health: &'static str,
+    pub in_flight: usize,
+    pub picks: u64,
+}
+
+impl Balancer {
+    /// Starts resolving `resolve` (on the current runtime: call inside it).
+    pub fn start(resolve: Resolve, policy: LbPolicy, settings: Settings) -> Balancer {
+        let (version, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            settings,
+            endpoints: RwLock::new(Arc::new(Vec::new())),
+            next: AtomicUsize::new(0),
+            sticky: AtomicUsize::new(0),
+            version,
+            last_error: Mutex::new(None),
+            resolved: AtomicBool::new(false),
+            reresolve: Notify::new(),
+            closed: AtomicBool::new(false),
+        });
+        let resolving = tokio::spawn(resolve_loop(Arc::clone(&shared), resolve)).abort_handle();
+        Balancer {
+            shared,
+            policy,
+            resolving,
+        }
+    }
+
+    /// An endpoint for one attempt: at once if one is usable; else waits while one may become
+    /// so (connecting, or `wait_for_ready`); else UNAVAILABLE. The caller bounds the wait by
+    /// the call's deadline.
+    pub async fn pick(&self, wait_for_ready: bool) -> Result<Picked, Status> {
+        if let Some(p) = self.try_pick(wait_for_ready)? {
+            return Ok(p);
+        }
+        let mut changes = self.shared.version.subscribe();
+        loop {
+            if let Some(p) = self.try_pick(wait_for_ready)? {
+                return Ok(p);
+            }
+            if changes.changed().await.is_err() {
+                return Err(Status::unavailable("channel closed"));
+            }
+        }
+    }
+
+    /// A pick now (`None`: wait for a change).
+    fn try_pick(&self, wait_for_ready: bool) -> Result<Option<Picked>, Status> {
+        let list = Arc::clone(&self.shared.endpoints.read().unwrap_or_else(PoisonError::into_inner));
+        let picked = match self.policy {
+            LbPolicy::PickFirst => self.pick_first(&list),
+            LbPolicy::RoundRobin => self.round_robin(&list),
+            LbPolicy::LeastRequest { choice_count } => least_request(&list, choice_count),
+        };
+        if picked.is_some() || wait_for_ready {
+            return Ok(picked);
+        }
+        self.shared.fail_fast(&list).map(|()| None)
+    }
+
+    /// The endpoint picked before while it stays usable, else the first usable one.
+    fn pick_first(&self, list: &[Arc<Endpoint>]) -> Option<Picked> {
+        let sticky = self.shared.sticky.load(Ordering::Relaxed);
+        if let Some(p) = list.get(sticky).filter(|e| e.usable()).and_then(|e| e.pick()) {
+            return Some(p);
+        }
+        let (i, p) = list
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.usable())
+            .find_map(|(i, e)| e.pick().map(|p| (i, p)))?;
+        self.shared.sticky.store(i, Ordering::Relaxed);
+        Some(p)
+    }
+
+    /// The next usable endpoint after the last one picked.
+    fn round_robin(&self, list: &[Arc<Endpoint>]) -> Option<Picked> {
+        let n = list.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &list[(start + i) % n])
+            .filter(|e| e.usable())
+            .find_map(|e| e.pick())
+    }
+
+    /// A rough view of the endpoints, in address order.
+    pub fn endpoint_states(&self) -> Vec<EndpointState> {
+        let list = Arc::clone(&self.shared.endpoints.read().unwrap_or_else(PoisonError::into_inner));
+        list.iter()
+            .map(|e| EndpointState {
+                address: address_text(&e.address),
+                state: e.state().name(),
+                health: e.health().name(),
+                in_flight: e.in_flight(),
+                picks: e.picks(),
+            })
+            .collect()
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.resolving.abort();
+        self.shared.closed.store(true, Ordering::Release);
+        let list = std::mem::take(
+            &mut *self
+                .shared
+                .endpoints
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for e in list.iter() {
+            e.remove();
+        }
+    }
+}
+
+/// gRFC A48: `choice_count` endpoints drawn at random, the one with the fewest calls in flight.
+fn least_request(list: &[Arc<Endpoint>], choice_count: u32) -> Option<Picked> {
+    let n = list.len();
+    if n == 0 {
+        return None;
+    }
+    let mut best: Option<&Arc<Endpoint>> = None;
+    for _ in 0..choice_count.max(1) {
+        // A random start, then the first usable endpoint from there.
+        let start = fastrand::usize(..n);
+        let Some(e) = (0..n).map(|i| &list[(start + i) % n]).find(|e| e.usable()) else {
+            return None;
+        };
+        if best.is_none_or(|b| e.in_flight() < b.in_flight()) {
+            best = Some(e);
+        }
+    }
+    best.and_then(|e| e.pick())
+}
+
+impl Shared {
+    /// Whether a fail-fast call that found no usable endpoint should wait (Ok) or fail.
+    fn fail_fast(&self, list: &[Arc<Endpoint>]) -> Result<(), Status> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Status::unavailable("channel closed"));
+        }
+        let waiting = if list.is_empty() {
+            !self.resolved.load(Ordering::Acquire)
+        } else {
+            // Connecting, or connected and waiting for the health service's first answer.
+            list.iter().any(|e| {
+                matches!(e.state(), State::Idle | State::Connecting)
+                    || (e.state() == State::Ready && e.health() == Health::Pending)
+            })
+        };
+        if waiting {
+            return Ok(());
+        }
+        let last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let why = if list.is_empty() {
+            "no addresses".to_owned()
+        } else if list.iter().all(|e| e.state() == State::Ready) {
+            "no healthy endpoint (health service: NOT_SERVING)".to_owned()
+        } else {
+            "no endpoint ready".to_owned()
+        };
+        Err(Status::unavailable(match last {
+            Some(e) => format!("{why}: {e}"),
+            None => why,
+        }))
+    }
+
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    fn origin(&self) -> crate::log::Origin<'_> {
+        crate::log::Origin::instance(&self.settings.instance).target(&self.settings.target)
+    }
+
+    /// Replaces the address list: new addresses get endpoints (connecting at once), gone ones
+    /// drain.
+    fn update(self: &Arc<Self>, addrs: Vec<Address>) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut guard = self.endpoints.write().unwrap_or_else(PoisonError::into_inner);
+        let old = Arc::clone(&guard);
+        let sticky = old.get(self.sticky.load(Ordering::Relaxed)).map(|e| e.address.clone());
+        let mut list: Vec<Arc<Endpoint>> = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            if list.iter().any(|e| e.address == a) {
+                continue;
+            }
+            match old.iter().find(|e| e.address == a) {
+                Some(e) => list.push(Arc::clone(e)),
+                None => {
+                    let e = Arc::new(Endpoint::new(
+                        a,
+                        self.settings.template.clone(),
+                        self.settings.connect_timeout,
+                        self.settings.health_service.is_some(),
+                    ));
+                    crate::log!(Info, self.origin(), "endpoint {} added", address_text(&e.address));
+                    let obs: Arc<dyn Observer> = Arc::<Shared>::clone(self);
+                    tokio::spawn(Arc::clone(&e).run(obs, self.settings.health_service.clone()));
+                    list.push(e);
+                }
+            }
+        }
+        for e in old.iter().filter(|e| !list.iter().any(|n| n.address == e.address)) {
+            e.remove();
+            crate::log!(
+                Info,
+                self.origin(),
+                "endpoint {} removed (calls in flight finish)",
+                address_text(&e.address)
+            );
+        }
+        let sticky_at = sticky
+            .and_then(|a| list.iter().position(|e| e.address == a))
+            .unwrap_or(0);
+        self.sticky.store(sticky_at, Ordering::Relaxed);
+        *guard = Arc::new(list);
+        drop(guard);
+        self.resolved.store(true, Ordering::Release);
+        self.bump();
+    }
+
+    fn resolution_failed(&self, error: String) {
+        crate::log!(Warn, self.origin(), "resolution failed: {error}");
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(format!("resolution failed: {error}"));
+        self.resolved.store(true, Ordering::Release);
+        self.bump();
+    }
+}
+
+impl Observer for Shared {
+    fn changed(&self, ep: &Endpoint, what: Change) {
+        let addr = address_text(&ep.address);
+        match &what {
+            Change::State(State::Ready) => {
+                crate::log!(Info, self.origin(), "endpoint {addr} READY");
+            }
+            Change::State(_) => {}
+            Change::ConnectFailed(e) => {
+                crate::log!(Info, self.origin(), "endpoint {addr} TRANSIENT_FAILURE: {e}");
+                *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(format!("{addr}: {e}"));
+                self.reresolve.notify_one();
+            }
+            Change::Health(h) => {
+                crate::log!(Info, self.origin(), "endpoint {addr} health {}", h.name());
+            }
+            Change::NoHealthService => {
+                crate::log!(
+                    Info,
+                    self.origin(),
+                    "endpoint {addr} has no health service (UNIMPLEMENTED): counted healthy"
+                );
+            }
+        }
+        self.bump();
+    }
+}
+
+/// Resolves the name: static addresses once; DNS every `resolve_interval`, and soon after a
+/// connect failure.
+async fn resolve_loop(shared: Arc<Shared>, resolve: Resolve) {
+    let (server, host, port) = match resolve {
+        Resolve::Static(addrs) => return shared.update(addrs),
+        Resolve::Dns { server, host, port } => (server, host, port),
+    };
+    let dns = match Dns::new(server) {
+        Ok(d) => d,
+        Err(e) => return shared.resolution_failed(e),
+    };
+    let interval = shared.settings.resolve_interval;
+    loop {
+        let at = tokio::time::Instant::now();
+        match dns.lookup(&host, port).await {
+            Ok(addrs) if !addrs.is_empty() => {
+                shared.update(addrs.into_iter().map(Address::Tcp).collect());
+            }
+            Ok(_) => shared.resolution_failed(format!("{host:?} has no A or AAAA records")),
+            Err(e) => shared.resolution_failed(e),
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(at + interval) => {}
+            () = shared.reresolve.notified() => {
+                tokio::time::sleep_until(at + MIN_RERESOLVE).await;
+            }
+        }
+    }
+}
+
+/// An address as log lines and stats show it.
+pub(super) fn address_text(a: &Address) -> String {
+    match a {
+        Address::Tcp(s) => s.to_string(),
+        Address::Unix(p) => format!("unix:{}", p.display()),
+        Address::UnixAbstract(n) => format!("unix-abstract:{}", String::from_utf8_lossy(n)),
+    }
+}
