@@ -104,13 +104,17 @@ impl Balancer {
     /// An endpoint for one attempt: at once if one is usable; else waits while one may become
     /// so (connecting, or `wait_for_ready`); else UNAVAILABLE. The caller bounds the wait by
     /// the call's deadline.
+    ///
+    /// Before a fail-fast call fails, it asks the endpoints in TRANSIENT_FAILURE to connect
+    /// once more (`Endpoint::kick`) and waits for that.
     pub async fn pick(&self, wait_for_ready: bool) -> Result<Picked, Status> {
-        if let Some(p) = self.try_pick(wait_for_ready)? {
+        let mut kicked = false;
+        if let Some(p) = self.try_pick(wait_for_ready, &mut kicked)? {
             return Ok(p);
         }
         let mut changes = self.shared.version.subscribe();
         loop {
-            if let Some(p) = self.try_pick(wait_for_ready)? {
+            if let Some(p) = self.try_pick(wait_for_ready, &mut kicked)? {
                 return Ok(p);
             }
             if changes.changed().await.is_err() {
@@ -120,7 +124,7 @@ impl Balancer {
     }
 
     /// A pick now (`None`: wait for a change).
-    fn try_pick(&self, wait_for_ready: bool) -> Result<Option<Picked>, Status> {
+    fn try_pick(&self, wait_for_ready: bool, kicked: &mut bool) -> Result<Option<Picked>, Status> {
         let list = Arc::clone(&self.shared.endpoints.read().unwrap_or_else(PoisonError::into_inner));
         let picked = match self.policy {
             LbPolicy::PickFirst => self.pick_first(&list),
@@ -130,7 +134,14 @@ impl Balancer {
         if picked.is_some() || wait_for_ready {
             return Ok(picked);
         }
-        self.shared.fail_fast(&list).map(|()| None)
+        match self.shared.fail_fast(&list) {
+            Err(_) if !*kicked && list.iter().any(|e| e.state() == State::TransientFailure) => {
+                *kicked = true;
+                list.iter().for_each(|e| e.kick());
+                Ok(None)
+            }
+            r => r.map(|()| None),
+        }
     }
 
     /// The endpoint picked before while it stays usable, else the first usable one.
@@ -225,6 +236,7 @@ impl Shared {
             // Connecting, or connected and waiting for the health service's first answer.
             list.iter().any(|e| {
                 matches!(e.state(), State::Idle | State::Connecting)
+                    || e.kick_pending()
                     || (e.state() == State::Ready && e.health() == Health::Pending)
             })
         };

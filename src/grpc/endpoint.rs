@@ -54,6 +54,9 @@ impl State {
     }
 }
 
+/// The shortest time between two connects of an endpoint that calls asked for.
+const MIN_CONNECT_GAP: Duration = Duration::from_millis(100);
+
 /// What the health service says of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -120,6 +123,10 @@ pub(super) struct Endpoint {
     /// Set when the endpoint left the target's address list: no picks, no reconnects.
     removed: AtomicBool,
     stop: Notify,
+    /// A call asked for a connect now (instead of at the end of the backoff), and it has not
+    /// been tried yet.
+    kicked: AtomicBool,
+    kick: Notify,
 }
 
 /// An endpoint picked for one attempt: its channel, counted in flight until dropped.
@@ -156,7 +163,25 @@ impl Endpoint {
             picks: AtomicU64::new(0),
             removed: AtomicBool::new(false),
             stop: Notify::new(),
+            kicked: AtomicBool::new(false),
+            kick: Notify::new(),
         }
+    }
+
+    /// Asks a TRANSIENT_FAILURE endpoint to connect again now rather than at the end of its
+    /// backoff (but not sooner than [`MIN_CONNECT_GAP`] after its last failure): a call that
+    /// found nothing ready tries once before it fails, as a channel that connects on demand
+    /// would (a server restarted moments ago serves the next call).
+    pub fn kick(&self) {
+        if self.state() == State::TransientFailure && !self.is_removed() {
+            self.kicked.store(true, Ordering::Release);
+            self.kick.notify_one();
+        }
+    }
+
+    /// A kick has not been tried yet.
+    pub fn kick_pending(&self) -> bool {
+        self.kicked.load(Ordering::Acquire)
     }
 
     pub fn state(&self) -> State {
@@ -288,10 +313,15 @@ impl Endpoint {
                 }
                 Err(_) => format!("connect timed out after {} ms", bound.as_millis()),
             };
+            self.kicked.store(false, Ordering::Release);
             self.set_state(State::TransientFailure, &*obs);
             obs.changed(&self, Change::ConnectFailed(error));
+            let failed = tokio::time::Instant::now();
             tokio::select! {
                 () = tokio::time::sleep(backoff.next()) => {}
+                () = self.kick.notified() => {
+                    tokio::time::sleep_until(failed + MIN_CONNECT_GAP).await;
+                }
                 () = self.stop.notified() => return,
             }
         }
