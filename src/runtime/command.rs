@@ -236,7 +236,8 @@ impl Instance {
                     max_send: c.max_send_msg_size() as usize,
                     max_recv: c.max_recv_msg_size() as usize,
                     compression: c.compression().map(str::to_owned),
-                    ..Default::default()
+                    service_config: c.service_config().map(str::to_owned),
+                    resolve_interval: ms(c.resolve_interval_ms()),
                 };
                 let grpc = self
                     .grpc()
