@@ -92,6 +92,11 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    /// The target this connection was made for (the key starts with it: channel_key).
+    pub(super) fn target(&self) -> &str {
+        self.key.split('|').next().unwrap_or_default()
+    }
+
     /// A tonic client for this connection's settings and a call's compression (`None`: the
     /// connection's).
     pub(super) fn client(

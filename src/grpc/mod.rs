@@ -15,6 +15,7 @@
 //!  ├─ stream.rs    streams: driver tasks, send / recv / close_send
 //!  ├─ response.rs  CheckedChannel: responses that are not gRPC, messages cut short
 //!  ├─ status.rs    local and transport failures in grpc-go's words
+//!  ├─ metrics.rs   gRFC A66 client instruments per target and method, the JSON snapshot
 //!  └─ metadata.rs  request head out, headers and trailers in
 //! ```
 //!
@@ -25,6 +26,7 @@
 mod channel;
 mod handshake;
 mod metadata;
+mod metrics;
 #[allow(dead_code)] // wired in by the balancer
 mod name;
 mod op;
@@ -39,9 +41,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tonic::Status;
+use tonic::{Code, Status};
 
 use self::channel::{Conn, Connections};
+use self::metrics::OneAttempt;
 use self::status::too_large_to_send;
 use self::stream::Streams;
 use crate::arena::Arena;
@@ -49,6 +52,7 @@ use crate::codec::ArenaCodec;
 use crate::config::CpuList;
 pub use channel::{ConnectOpts, DEFAULT_MAX_RECV};
 pub use metadata::metadata_list;
+pub use metrics::{EndpointView, MethodMetrics, Metrics, TargetMetrics};
 pub use op::{CallSpec, Kind, Op, OpResult, Received};
 
 /// The instance's gRPC side: a small tokio runtime, its connections and its streams.
@@ -66,6 +70,8 @@ pub struct Grpc {
     max_message: usize,
     /// The instance's name, for log lines.
     instance: String,
+    /// Client metrics of every call made here.
+    metrics: Metrics,
 }
 
 /// A call past its checks: a unary call's work, or the id of the stream just opened.
@@ -123,6 +129,7 @@ impl Grpc {
             arena,
             max_message,
             instance: instance.to_owned(),
+            metrics: Metrics::default(),
         }
     }
 
@@ -146,6 +153,17 @@ impl Grpc {
     /// Connection ids and channels held (for tests and stats).
     pub fn connections(&self) -> (usize, usize) {
         self.conns.counts()
+    }
+
+    /// The client metrics registry (the balancer records retries, hedges and picks in it).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics snapshot as JSON (the shape is documented in `metrics.rs`).
+    pub fn metrics_json(&self) -> String {
+        // No endpoints until the balancer reports its own.
+        self.metrics.snapshot_json(&|_| Vec::new())
     }
 
     /// Streams open (started and not yet cancelled or forgotten).
@@ -175,8 +193,12 @@ impl Grpc {
             // at 64 calls in flight: docs/benchmarks.md).
             Op::Call(call) => match self.begin(call) {
                 Ok(Started::Unary(conn, codec, call, timeout)) => {
+                    let method = self.metrics.target(conn.target()).method(&call.path);
+                    let attempt = OneAttempt::start(method);
                     let task = self.rt.spawn(async move {
-                        done(unary::call(conn, codec, *call, timeout).await);
+                        let result = unary::call(conn, codec, *call, timeout).await;
+                        attempt.done(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
+                        done(result);
                     });
                     (task.abort_handle(), None)
                 }
