@@ -25,7 +25,9 @@ pub enum LbPolicy {
     RoundRobin,
     /// `least_request_experimental` / `least_request` (gRFC A48): `choiceCount` (2..=10,
     /// default 2) random endpoints, the one with the fewest calls in flight.
-    LeastRequest { choice_count: u32 },
+    LeastRequest {
+        choice_count: u32,
+    },
 }
 
 /// One `methodConfig` entry.
