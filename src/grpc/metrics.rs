@@ -152,8 +152,8 @@ pub struct TargetMetrics {
 }
 
 impl TargetMetrics {
-    /// The metrics of method `path` ("/pkg.Service/Method"), made on first use; past
-    /// [`MAX_METHODS`] methods, the shared [`OTHER_METHOD`] entry.
+    /// The metrics of method `path` ("/pkg.Service/Method"), made on first use; past 1000
+    /// methods, the shared `"other"` entry (module doc).
     pub fn method(&self, path: &str) -> Arc<MethodMetrics> {
         lookup_or_insert(&self.methods, path, MAX_METHODS)
     }
