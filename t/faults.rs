@@ -579,7 +579,8 @@ const PROPERTY: &str = r#"
                 "host", "ca", "cert", "priv_key", "insecure", "metadata", "response_metadata",
                 "raw", "inplace", "delay_ms", "import_paths", "arena_size", "max_message",
                 "cpus", "busy_poll_us", "int64", "enum", "encode", "decode", "max_queue",
-                "spin_us", "poll_spin_us", "is_global", "unpin" }
+                "spin_us", "poll_spin_us", "is_global", "unpin", "service_config",
+                "resolve_interval" }
             local PATHS = { "/zctest.Test/Unary", "/zctest.Test/ServerStream",
                 "/zctest.Test/ClientStream", "/zctest.Test/Bidi", "/helloworld.Greeter/SayHello",
                 "/nope.Nope/Nope", "/" }
@@ -658,6 +659,9 @@ const PROPERTY: &str = r#"
                   end },
                 { "grpc.stats", function(a) return grpc.stats(a) end },
                 { "grpc.readfile", function(a) return grpc.readfile(a) end },
+                { "grpc.metrics", function(a) return grpc.metrics(a) end },
+                { "grpc.metrics_publish", function(a, b) return grpc.metrics_publish(a, b) end },
+                { "grpc.prometheus", function(a) return grpc.prometheus(a) end },
                 { "grpc.load_proto", function(a, b) return grpc.load_proto(a, b) end },
                 { "grpc.load_descriptor", function(a, b) return grpc.load_descriptor(a, b) end },
                 { "grpc.load_reflection", function(a, b, c)

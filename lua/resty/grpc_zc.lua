@@ -12,10 +12,12 @@
 -- import one way:
 --
 --     resty.grpc_zc ─► conn ─► stream ─► rpc ─► tables ─► call ─► instance ─► lib (the C door)
---                  └► echo ─────────────────────────────┘   └► reply        pb (codec)
+--                  ├► echo ─────────────────────────────┤   └► reply        pb (codec)
+--                  └► metrics ──────────────────────────┘
 --     check (the one numeric check): a leaf used by instance, echo, rpc, conn and pb
 --
 --   conn      grpc.connect, Conn (unary, opening streams, close)
+--   metrics   grpc.metrics, metrics_publish, metrics_sync, prometheus (client metrics)
 --   stream    Stream (send, recv, close_send, finish, headers, trailers, close)
 --   rpc       call options and the Call command shared by unary calls and streams
 --   tables    messages as Lua tables (pb, or a user codec from grpc.set_codec)
@@ -31,6 +33,7 @@ local reply = require "resty.grpc_zc.reply"
 local tables = require "resty.grpc_zc.tables"
 local echo = require "resty.grpc_zc.echo"
 local conn = require "resty.grpc_zc.conn"
+local metrics = require "resty.grpc_zc.metrics"
 local pb = require "resty.grpc_zc.pb"
 
 local type = type
@@ -55,6 +58,16 @@ _M.connect = conn.connect
 
 -- grpc.stats() -> table: arena usage, calls in flight, open streams, busy_polled_us.
 _M.stats = instance.stats
+
+-- grpc.metrics() -> table | nil, err: this worker's client metrics (gRFC A66 instruments per
+-- target and method), decoded. grpc.metrics_publish(dict, interval_s?) stores them in a
+-- lua_shared_dict; grpc.metrics_sync(dict, interval_s) does so every interval_s (call it from
+-- init_worker_by_lua); grpc.prometheus(dict) -> text: every worker's, summed, in the
+-- Prometheus text format (resty.grpc_zc.metrics).
+_M.metrics = metrics.metrics
+_M.metrics_publish = metrics.metrics_publish
+_M.metrics_sync = metrics.metrics_sync
+_M.prometheus = metrics.prometheus
 
 -- grpc.codes: gRPC status code names to numbers.
 _M.codes = reply.codes

@@ -22,6 +22,7 @@ use tonic::transport::Endpoint as TonicEndpoint;
 use tonic::Status;
 
 use super::endpoint::{Change, Endpoint, Health, Observer, Picked, State};
+use super::metrics::EndpointView;
 use super::name::{Address, Resolve};
 use super::resolver::Dns;
 use super::service_config::LbPolicy;
@@ -39,7 +40,7 @@ pub(super) struct Settings {
     pub connect_timeout: Option<Duration>,
     pub health_service: Option<String>,
     pub resolve_interval: Duration,
-    /// For log lines: the instance and the target as given.
+    /// For log lines and metrics: the instance and the target as given.
     pub instance: String,
     pub target: String,
 }
@@ -69,16 +70,12 @@ struct Shared {
     closed: AtomicBool,
 }
 
-/// An endpoint's state for stats: address, state, health, calls in flight, picks.
-pub(super) struct EndpointState {
-    pub address: String,
-    pub state: &'static str,
-    pub health: &'static str,
-    pub in_flight: usize,
-    pub picks: u64,
-}
-
 impl Balancer {
+    /// The target as given to connect.
+    pub fn target(&self) -> &str {
+        &self.shared.settings.target
+    }
+
     /// Starts resolving `resolve` (on the current runtime: call inside it).
     pub fn start(resolve: Resolve, policy: LbPolicy, settings: Settings) -> Balancer {
         let (version, _) = watch::channel(0);
@@ -172,11 +169,11 @@ impl Balancer {
             .find_map(|e| e.pick())
     }
 
-    /// A rough view of the endpoints, in address order.
-    pub fn endpoint_states(&self) -> Vec<EndpointState> {
+    /// The endpoints' states now, in address order (for metrics).
+    pub fn endpoint_views(&self) -> Vec<EndpointView> {
         let list = Arc::clone(&self.shared.endpoints.read().unwrap_or_else(PoisonError::into_inner));
         list.iter()
-            .map(|e| EndpointState {
+            .map(|e| EndpointView {
                 address: address_text(&e.address),
                 state: e.state().name(),
                 health: e.health().name(),

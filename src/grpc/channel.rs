@@ -21,7 +21,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::Status;
 
 use super::balancer::{Balancer, Settings, DEFAULT_RESOLVE_INTERVAL};
-use super::metrics::{Metrics, TargetMetrics};
+use super::metrics::{EndpointView, Metrics, TargetMetrics};
 use super::name::{self, Name};
 use super::response::CheckedChannel;
 use super::retry::Throttle;
@@ -270,6 +270,16 @@ impl Connections {
             }
         }
         true
+    }
+
+    /// The endpoints of `target` (of every channel made for it).
+    pub(super) fn endpoints(&self, target: &str) -> Vec<EndpointView> {
+        self.table()
+            .channels
+            .values()
+            .filter(|(t, _)| t.balancer.target() == target)
+            .flat_map(|(t, _)| t.balancer.endpoint_views())
+            .collect()
     }
 
     /// Connection ids and channels held.

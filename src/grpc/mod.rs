@@ -15,6 +15,7 @@
 //!  ├─ stream.rs    streams: driver tasks, send / recv / close_send
 //!  ├─ response.rs  CheckedChannel: responses that are not gRPC, messages cut short
 //!  ├─ status.rs    local and transport failures in grpc-go's words
+//!  ├─ metrics.rs   gRFC A66 client instruments per target and method, the JSON snapshot
 //!  └─ metadata.rs  request head out, headers and trailers in
 //! ```
 //!
@@ -52,6 +53,7 @@ use crate::codec::ArenaCodec;
 use crate::config::CpuList;
 pub use channel::{ConnectOpts, DEFAULT_MAX_RECV};
 pub use metadata::metadata_list;
+pub use metrics::{EndpointView, MethodMetrics, Metrics, TargetMetrics};
 pub use op::{CallSpec, Kind, Op, OpResult, Received};
 
 /// The instance's gRPC side: a small tokio runtime, its connections and its streams.
@@ -62,7 +64,6 @@ pub struct Grpc {
     _owned: Option<tokio::runtime::Runtime>,
     conns: Connections,
     streams: Streams,
-    metrics: metrics::Metrics,
     /// Connection and stream ids, from one counter.
     next_id: AtomicU64,
     arena: Arena,
@@ -70,6 +71,8 @@ pub struct Grpc {
     max_message: usize,
     /// The instance's name, for log lines.
     instance: String,
+    /// Client metrics of every call made here.
+    metrics: Metrics,
 }
 
 /// A call past its checks: a unary call's work, or the id of the stream just opened.
@@ -123,11 +126,11 @@ impl Grpc {
             _owned: None,
             conns: Connections::default(),
             streams: Streams::default(),
-            metrics: metrics::Metrics::default(),
             next_id: AtomicU64::new(1),
             arena,
             max_message,
             instance: instance.to_owned(),
+            metrics: Metrics::default(),
         }
     }
 
@@ -151,6 +154,16 @@ impl Grpc {
     /// Connection ids and channels held (for tests and stats).
     pub fn connections(&self) -> (usize, usize) {
         self.conns.counts()
+    }
+
+    /// The client metrics registry (the balancer records retries, hedges and picks in it).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics snapshot as JSON (the shape is documented in `metrics.rs`).
+    pub fn metrics_json(&self) -> String {
+        self.metrics.snapshot_json(&|target| self.conns.endpoints(target))
     }
 
     /// Streams open (started and not yet cancelled or forgotten).

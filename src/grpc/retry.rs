@@ -47,6 +47,7 @@ impl Failure {
 pub(super) trait Record: Sync {
     fn attempt_started(&self);
     fn attempt_done(&self, code: Code, elapsed: Duration);
+    fn call_done(&self, code: Code, elapsed: Duration);
     fn retried(&self);
     fn hedged(&self);
     fn throttled(&self);
@@ -58,6 +59,9 @@ impl Record for super::metrics::MethodMetrics {
     }
     fn attempt_done(&self, code: Code, elapsed: Duration) {
         super::metrics::MethodMetrics::attempt_done(self, code, elapsed);
+    }
+    fn call_done(&self, code: Code, elapsed: Duration) {
+        super::metrics::MethodMetrics::call_done(self, code, elapsed);
     }
     fn retried(&self) {
         super::metrics::MethodMetrics::retried(self);
@@ -179,17 +183,59 @@ where
     }
 }
 
-/// An attempt, recorded.
+/// An attempt, recorded (as CANCELLED if it is dropped unfinished: a hedge that lost, a call
+/// Lua let go of).
 async fn timed<T>(rec: &dyn Record, work: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
-    rec.attempt_started();
-    let t0 = std::time::Instant::now();
+    let mut clock = Clock::attempt(rec);
     let r = work.await;
-    let code = match &r {
+    clock.stop(match &r {
         Ok(_) => Code::Ok,
         Err(f) => f.status.code(),
-    };
-    rec.attempt_done(code, t0.elapsed());
+    });
     r
+}
+
+/// Records the time from its start to [`Clock::stop`], or CANCELLED when dropped before.
+pub(super) struct Clock<'a> {
+    rec: &'a dyn Record,
+    started: std::time::Instant,
+    done: fn(&dyn Record, Code, Duration),
+    stopped: bool,
+}
+
+impl<'a> Clock<'a> {
+    /// An attempt's clock (the attempt counted started).
+    fn attempt(rec: &'a dyn Record) -> Clock<'a> {
+        rec.attempt_started();
+        Clock {
+            rec,
+            started: std::time::Instant::now(),
+            done: |r, c, e| r.attempt_done(c, e),
+            stopped: false,
+        }
+    }
+
+    /// A whole call's clock.
+    pub fn call(rec: &'a dyn Record) -> Clock<'a> {
+        Clock {
+            rec,
+            started: std::time::Instant::now(),
+            done: |r, c, e| r.call_done(c, e),
+            stopped: false,
+        }
+    }
+
+    pub fn stop(&mut self, code: Code) {
+        if !std::mem::replace(&mut self.stopped, true) {
+            (self.done)(self.rec, code, self.started.elapsed());
+        }
+    }
+}
+
+impl Drop for Clock<'_> {
+    fn drop(&mut self) {
+        self.stop(Code::Cancelled);
+    }
 }
 
 async fn retry<T, P, PF, A, AF>(

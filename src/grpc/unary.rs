@@ -10,7 +10,7 @@ use super::channel::Conn;
 use super::endpoint::Picked;
 use super::metadata::{metadata_list, request};
 use super::op::{CallSpec, OpResult, Received};
-use super::retry::{self, Failure};
+use super::retry::{self, Clock, Failure};
 use super::status::{deadline_exceeded, local_status, second_response_message};
 use crate::codec::ArenaCodec;
 
@@ -34,6 +34,7 @@ pub(super) async fn call(
     let max_recv = conn.max_recv_for(method);
     let payload = std::mem::take(&mut call.payload);
     let rec = conn.target.metrics.method(&call.path);
+    let mut clock = Clock::call(&*rec);
     let work = retry::run(
         method.and_then(|m| m.policy.as_ref()),
         conn.target.throttle.as_ref(),
@@ -61,10 +62,7 @@ pub(super) async fn call(
         },
         None => work.await,
     };
-    rec.call_done(
-        result.as_ref().map_or_else(|st| st.code(), |_| Code::Ok),
-        started.elapsed(),
-    );
+    clock.stop(result.as_ref().map_or_else(Status::code, |_| Code::Ok));
     result
 }
 

@@ -4,7 +4,8 @@
 //! ```text
 //! request slot R ─► verify (bounded) ─► Echo     ─► reply around the payload, in R (no copy),
 //!                                   │               or a copy into a new slot
-//!                                   ├─► Connect / Close / StreamCancel ─► reply now (new slot)
+//!                                   ├─► Connect / Close / StreamCancel / Metrics
+//!                                   │     ─► reply now (new slot)
 //!                                   └─► Call / StreamSend / StreamRecv / StreamCloseSend
 //!                                         ─► fields read out (owned), the message's range in R
 //!                                         ─► Op, its message Bytes::from_owner(R) sliced once
@@ -236,7 +237,8 @@ impl Instance {
                     max_send: c.max_send_msg_size() as usize,
                     max_recv: c.max_recv_msg_size() as usize,
                     compression: c.compression().map(str::to_owned),
-                    ..Default::default()
+                    service_config: c.service_config().map(str::to_owned),
+                    resolve_interval: ms(c.resolve_interval_ms()),
                 };
                 let grpc = self
                     .grpc()
@@ -315,6 +317,18 @@ impl Instance {
                 let stream_id = req.command_as_stream_cancel().map_or(0, |c| c.stream());
                 self.cancel_stream(stream_id);
                 replied(ReplyParts::default())
+            }
+            Command::Metrics => {
+                // Before the first connect there is nothing to count: an empty snapshot, without
+                // starting the gRPC side for it.
+                let json = match self.grpc.get() {
+                    Some(g) => g.metrics_json(),
+                    None => crate::grpc::Metrics::default().snapshot_json(&|_| Vec::new()),
+                };
+                replied(ReplyParts {
+                    payload: Some(json.as_bytes()),
+                    ..Default::default()
+                })
             }
             other => replied(ReplyParts {
                 status: Some((12, &format!("UNIMPLEMENTED: command {other:?}"))),

@@ -189,10 +189,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for CallKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_COMMAND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_COMMAND: u8 = 8;
+pub const ENUM_MAX_COMMAND: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_COMMAND: [Command; 9] = [
+pub const ENUM_VALUES_COMMAND: [Command; 10] = [
   Command::NONE,
   Command::Echo,
   Command::Connect,
@@ -202,6 +202,7 @@ pub const ENUM_VALUES_COMMAND: [Command; 9] = [
   Command::StreamRecv,
   Command::StreamCloseSend,
   Command::StreamCancel,
+  Command::Metrics,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -218,9 +219,10 @@ impl Command {
   pub const StreamRecv: Self = Self(6);
   pub const StreamCloseSend: Self = Self(7);
   pub const StreamCancel: Self = Self(8);
+  pub const Metrics: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 8;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Echo,
@@ -231,6 +233,7 @@ impl Command {
     Self::StreamRecv,
     Self::StreamCloseSend,
     Self::StreamCancel,
+    Self::Metrics,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -244,6 +247,7 @@ impl Command {
       Self::StreamRecv => Some("StreamRecv"),
       Self::StreamCloseSend => Some("StreamCloseSend"),
       Self::StreamCancel => Some("StreamCancel"),
+      Self::Metrics => Some("Metrics"),
       _ => None,
     }
   }
@@ -561,6 +565,8 @@ impl<'a> Connect<'a> {
   pub const VT_MAX_SEND_MSG_SIZE: ::flatbuffers::VOffsetT = 24;
   pub const VT_MAX_RECV_MSG_SIZE: ::flatbuffers::VOffsetT = 26;
   pub const VT_COMPRESSION: ::flatbuffers::VOffsetT = 28;
+  pub const VT_SERVICE_CONFIG: ::flatbuffers::VOffsetT = 30;
+  pub const VT_RESOLVE_INTERVAL_MS: ::flatbuffers::VOffsetT = 32;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -572,6 +578,8 @@ impl<'a> Connect<'a> {
     args: &'args ConnectArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Connect<'bldr>> {
     let mut builder = ConnectBuilder::new(_fbb);
+    builder.add_resolve_interval_ms(args.resolve_interval_ms);
+    if let Some(x) = args.service_config { builder.add_service_config(x); }
     if let Some(x) = args.compression { builder.add_compression(x); }
     builder.add_max_recv_msg_size(args.max_recv_msg_size);
     builder.add_max_send_msg_size(args.max_send_msg_size);
@@ -680,6 +688,20 @@ impl<'a> Connect<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Connect::VT_COMPRESSION, None)}
   }
+  #[inline]
+  pub fn service_config(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Connect::VT_SERVICE_CONFIG, None)}
+  }
+  #[inline]
+  pub fn resolve_interval_ms(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Connect::VT_RESOLVE_INTERVAL_MS, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Connect<'_> {
@@ -701,6 +723,8 @@ impl ::flatbuffers::Verifiable for Connect<'_> {
      .visit_field::<u32>("max_send_msg_size", Self::VT_MAX_SEND_MSG_SIZE, false)?
      .visit_field::<u32>("max_recv_msg_size", Self::VT_MAX_RECV_MSG_SIZE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("compression", Self::VT_COMPRESSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("service_config", Self::VT_SERVICE_CONFIG, false)?
+     .visit_field::<u32>("resolve_interval_ms", Self::VT_RESOLVE_INTERVAL_MS, false)?
      .finish();
     Ok(())
   }
@@ -719,6 +743,8 @@ pub struct ConnectArgs<'a> {
     pub max_send_msg_size: u32,
     pub max_recv_msg_size: u32,
     pub compression: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub service_config: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub resolve_interval_ms: u32,
 }
 impl<'a> Default for ConnectArgs<'a> {
   #[inline]
@@ -737,6 +763,8 @@ impl<'a> Default for ConnectArgs<'a> {
       max_send_msg_size: 0,
       max_recv_msg_size: 0,
       compression: None,
+      service_config: None,
+      resolve_interval_ms: 0,
     }
   }
 }
@@ -799,6 +827,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConnectBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Connect::VT_COMPRESSION, compression);
   }
   #[inline]
+  pub fn add_service_config(&mut self, service_config: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Connect::VT_SERVICE_CONFIG, service_config);
+  }
+  #[inline]
+  pub fn add_resolve_interval_ms(&mut self, resolve_interval_ms: u32) {
+    self.fbb_.push_slot::<u32>(Connect::VT_RESOLVE_INTERVAL_MS, resolve_interval_ms, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConnectBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ConnectBuilder {
@@ -830,6 +866,88 @@ impl ::core::fmt::Debug for Connect<'_> {
       ds.field("max_send_msg_size", &self.max_send_msg_size());
       ds.field("max_recv_msg_size", &self.max_recv_msg_size());
       ds.field("compression", &self.compression());
+      ds.field("service_config", &self.service_config());
+      ds.field("resolve_interval_ms", &self.resolve_interval_ms());
+      ds.finish()
+  }
+}
+pub enum MetricsOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// This instance's client metrics (src/grpc/metrics.rs). Reply: the JSON snapshot in
+/// `payload`.
+pub struct Metrics<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Metrics<'a> {
+  type Inner = Metrics<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Metrics<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Metrics { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args MetricsArgs
+  ) -> ::flatbuffers::WIPOffset<Metrics<'bldr>> {
+    let mut builder = MetricsBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for Metrics<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MetricsArgs {
+}
+impl<'a> Default for MetricsArgs {
+  #[inline]
+  fn default() -> Self {
+    MetricsArgs {
+    }
+  }
+}
+
+pub struct MetricsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MetricsBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MetricsBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MetricsBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Metrics<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Metrics<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Metrics");
       ds.finish()
   }
 }
@@ -1758,6 +1876,20 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn command_as_metrics(&self) -> Option<Metrics<'a>> {
+    if self.command_type() == Command::Metrics {
+      let u = self.command();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { Metrics::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -1777,6 +1909,7 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Command::StreamRecv => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StreamRecv>>("Command::StreamRecv", pos),
           Command::StreamCloseSend => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StreamCloseSend>>("Command::StreamCloseSend", pos),
           Command::StreamCancel => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StreamCancel>>("Command::StreamCancel", pos),
+          Command::Metrics => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Metrics>>("Command::Metrics", pos),
           _ => Ok(()),
         }
      })?
@@ -1890,6 +2023,13 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Command::StreamCancel => {
           if let Some(x) = self.command_as_stream_cancel() {
+            ds.field("command", &x)
+          } else {
+            ds.field("command", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Command::Metrics => {
+          if let Some(x) = self.command_as_metrics() {
             ds.field("command", &x)
           } else {
             ds.field("command", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -15,9 +15,13 @@ local tables = require "resty.grpc_zc.tables"
 local rpc = require "resty.grpc_zc.rpc"
 local stream = require "resty.grpc_zc.stream"
 local check = require "resty.grpc_zc.check"
+-- A private instance: settings the application makes on the shared cjson module do not
+-- change what is sent.
+local cjson = require("cjson.safe").new()
 
 local type = type
 local error = error
+local tostring = tostring
 local ipairs = ipairs
 local setmetatable = setmetatable
 local getmetatable = getmetatable
@@ -38,6 +42,25 @@ function _M.is_conn(v)
 end
 
 
+-- The service_config option as JSON text (nil: none). A table is encoded here; the runtime
+-- parses and checks the text itself, so a string goes as it is. Raises at level 3 (connect's
+-- caller) on any other type or a table cjson cannot encode (a function, a sparse array, a
+-- cycle).
+local function service_config_json(v)
+    if v == nil or type(v) == "string" then
+        return v
+    end
+    if type(v) ~= "table" then
+        error("bad option service_config: JSON string or table expected", 3)
+    end
+    local json, err = cjson.encode(v)
+    if not json then
+        error("bad option service_config: " .. tostring(err), 3)
+    end
+    return json
+end
+
+
 -- grpc.connect(target, opts?) -> true, conn | false, err, status
 --   target: "host:port", "[::1]:port", "http://host:port", "https://host:port", "unix:/path".
 --   opts: host (authority and TLS server name), ca, cert, priv_key (PEM contents: TLS with
@@ -45,7 +68,10 @@ end
 --   connect_timeout (the whole connection setup), timeout (default deadline of calls),
 --   keepalive_interval, keepalive_timeout (milliseconds, check.ms), max_send_msg_size,
 --   max_recv_msg_size (bytes, check.size; default: the arena's max_message and 4 MiB),
---   compression ("gzip").
+--   compression ("gzip"), service_config (gRFC A2: JSON text, or a Lua table encoded with
+--   lua-cjson; arrays such as methodConfig or name must be Lua sequences, and an empty table
+--   encodes as the object {}), resolve_interval (how often DNS names are resolved again,
+--   milliseconds, check.ms; 0 or none: the runtime's default).
 function _M.connect(target, opts)
     if type(target) ~= "string" or target == "" then
         error("bad target: non-empty string expected", 2)
@@ -74,9 +100,11 @@ function _M.connect(target, opts)
     local keepalive_timeout = ms(opts.keepalive_timeout, "keepalive_timeout")
     local max_send_opt = size(opts.max_send_msg_size, "max_send_msg_size")
     local max_recv_opt = size(opts.max_recv_msg_size, "max_recv_msg_size")
+    local resolve_interval = ms(opts.resolve_interval, "resolve_interval")
+    local service_config = service_config_json(opts.service_config)
     local h
     h, err = call.begin_build(#target + #(opts.host or "") + #(opts.ca or "") + #(opts.cert or "")
-                         + #(opts.priv_key or "") + 320)
+                         + #(opts.priv_key or "") + #(service_config or "") + 320)
     if not h then
         return reply.local_failure(reply.RESOURCE_EXHAUSTED, err)
     end
@@ -86,6 +114,7 @@ function _M.connect(target, opts)
     local cert = opts.cert and builder:CreateByteVector(opts.cert)
     local key = opts.priv_key and builder:CreateByteVector(opts.priv_key)
     local comp = opts.compression and builder:CreateString(opts.compression)
+    local sc = service_config and builder:CreateString(service_config)
     Connect.Start(builder)
     Connect.AddTarget(builder, t)
     if a then
@@ -103,6 +132,9 @@ function _M.connect(target, opts)
     if comp then
         Connect.AddCompression(builder, comp)
     end
+    if sc then
+        Connect.AddServiceConfig(builder, sc)
+    end
     if opts.insecure then
         Connect.AddInsecure(builder, true)
     end
@@ -112,6 +144,7 @@ function _M.connect(target, opts)
     Connect.AddKeepaliveTimeoutMs(builder, keepalive_timeout)
     Connect.AddMaxSendMsgSize(builder, max_send_opt)
     Connect.AddMaxRecvMsgSize(builder, max_recv_opt)
+    Connect.AddResolveIntervalMs(builder, resolve_interval)
     call.finish_request(Command.Connect, Connect.End(builder))
 
     local r, rerr = call.roundtrip(h, nil)

@@ -20,6 +20,7 @@ local Command = {
   StreamRecv = 6,
   StreamCloseSend = 7,
   StreamCancel = 8,
+  Metrics = 9,
 }
 
 return Command

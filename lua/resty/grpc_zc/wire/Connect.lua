@@ -166,8 +166,23 @@ function mt:Compression()
   end
 end
 
+function mt:ServiceConfig()
+  local o = self.view:Offset(30)
+  if o ~= 0 then
+    return self.view:String(self.view.pos + o)
+  end
+end
+
+function mt:ResolveIntervalMs()
+  local o = self.view:Offset(32)
+  if o ~= 0 then
+    return self.view:Get(flatbuffers.N.Uint32, self.view.pos + o)
+  end
+  return 0
+end
+
 function Connect.Start(builder)
-  builder:StartObject(13)
+  builder:StartObject(15)
 end
 
 function Connect.AddTarget(builder, target)
@@ -232,6 +247,14 @@ end
 
 function Connect.AddCompression(builder, compression)
   builder:PrependUOffsetTRelativeSlot(12, compression, 0)
+end
+
+function Connect.AddServiceConfig(builder, serviceConfig)
+  builder:PrependUOffsetTRelativeSlot(13, serviceConfig, 0)
+end
+
+function Connect.AddResolveIntervalMs(builder, resolveIntervalMs)
+  builder:PrependUint32Slot(14, resolveIntervalMs, 0)
 end
 
 function Connect.End(builder)
