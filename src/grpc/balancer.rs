@@ -122,7 +122,13 @@ impl Balancer {
 
     /// A pick now (`None`: wait for a change).
     fn try_pick(&self, wait_for_ready: bool, kicked: &mut bool) -> Result<Option<Picked>, Status> {
-        let list = Arc::clone(&self.shared.endpoints.read().unwrap_or_else(PoisonError::into_inner));
+        let list = Arc::clone(
+            &self
+                .shared
+                .endpoints
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let picked = match self.policy {
             LbPolicy::PickFirst => self.pick_first(&list),
             LbPolicy::RoundRobin => self.round_robin(&list),
@@ -144,7 +150,11 @@ impl Balancer {
     /// The endpoint picked before while it stays usable, else the first usable one.
     fn pick_first(&self, list: &[Arc<Endpoint>]) -> Option<Picked> {
         let sticky = self.shared.sticky.load(Ordering::Relaxed);
-        if let Some(p) = list.get(sticky).filter(|e| e.usable()).and_then(|e| e.pick()) {
+        if let Some(p) = list
+            .get(sticky)
+            .filter(|e| e.usable())
+            .and_then(|e| e.pick())
+        {
             return Some(p);
         }
         let (i, p) = list
@@ -171,7 +181,13 @@ impl Balancer {
 
     /// The endpoints' states now, in address order (for metrics).
     pub fn endpoint_views(&self) -> Vec<EndpointView> {
-        let list = Arc::clone(&self.shared.endpoints.read().unwrap_or_else(PoisonError::into_inner));
+        let list = Arc::clone(
+            &self
+                .shared
+                .endpoints
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         list.iter()
             .map(|e| EndpointView {
                 address: address_text(&e.address),
@@ -211,9 +227,9 @@ fn least_request(list: &[Arc<Endpoint>], choice_count: u32) -> Option<Picked> {
     for _ in 0..choice_count.max(1) {
         // A random start, then the first usable endpoint from there.
         let start = fastrand::usize(..n);
-        let Some(e) = (0..n).map(|i| &list[(start + i) % n]).find(|e| e.usable()) else {
-            return None;
-        };
+        let e = (0..n)
+            .map(|i| &list[(start + i) % n])
+            .find(|e| e.usable())?;
         if best.is_none_or(|b| e.in_flight() < b.in_flight()) {
             best = Some(e);
         }
@@ -272,9 +288,14 @@ impl Shared {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        let mut guard = self.endpoints.write().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self
+            .endpoints
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let old = Arc::clone(&guard);
-        let sticky = old.get(self.sticky.load(Ordering::Relaxed)).map(|e| e.address.clone());
+        let sticky = old
+            .get(self.sticky.load(Ordering::Relaxed))
+            .map(|e| e.address.clone());
         let mut list: Vec<Arc<Endpoint>> = Vec::with_capacity(addrs.len());
         for a in addrs {
             if list.iter().any(|e| e.address == a) {
@@ -289,14 +310,22 @@ impl Shared {
                         self.settings.connect_timeout,
                         self.settings.health_service.is_some(),
                     ));
-                    crate::log!(Info, self.origin(), "endpoint {} added", address_text(&e.address));
+                    crate::log!(
+                        Info,
+                        self.origin(),
+                        "endpoint {} added",
+                        address_text(&e.address)
+                    );
                     let obs: Arc<dyn Observer> = Arc::<Shared>::clone(self);
                     tokio::spawn(Arc::clone(&e).run(obs, self.settings.health_service.clone()));
                     list.push(e);
                 }
             }
         }
-        for e in old.iter().filter(|e| !list.iter().any(|n| n.address == e.address)) {
+        for e in old
+            .iter()
+            .filter(|e| !list.iter().any(|n| n.address == e.address))
+        {
             e.remove();
             crate::log!(
                 Info,
@@ -317,8 +346,10 @@ impl Shared {
 
     fn resolution_failed(&self, error: String) {
         crate::log!(Warn, self.origin(), "resolution failed: {error}");
-        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(format!("resolution failed: {error}"));
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(format!("resolution failed: {error}"));
         self.resolved.store(true, Ordering::Release);
         self.bump();
     }
@@ -333,9 +364,15 @@ impl Observer for Shared {
             }
             Change::State(_) => {}
             Change::ConnectFailed(e) => {
-                crate::log!(Info, self.origin(), "endpoint {addr} TRANSIENT_FAILURE: {e}");
-                *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(format!("{addr}: {e}"));
+                crate::log!(
+                    Info,
+                    self.origin(),
+                    "endpoint {addr} TRANSIENT_FAILURE: {e}"
+                );
+                *self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(format!("{addr}: {e}"));
                 self.reresolve.notify_one();
             }
             Change::Health(h) => {

@@ -70,7 +70,7 @@ impl ConnectOpts {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&self.ca_pem, &self.cert_pem, &self.key_pem).hash(&mut h);
-        (&self.service_config).hash(&mut h);
+        self.service_config.hash(&mut h);
         format!(
             "{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:x}",
             self.target,
@@ -304,17 +304,24 @@ fn target(
             .map_err(|e| Status::invalid_argument(format!("service_config: {e}")))?,
     };
     let tls = opts.tls(&name);
-    let authority = opts.authority.clone().unwrap_or_else(|| name.authority.clone());
+    let authority = opts
+        .authority
+        .clone()
+        .unwrap_or_else(|| name.authority.clone());
     let scheme = if tls { "https" } else { "http" };
     let mut ep = Endpoint::from_shared(format!("{scheme}://{authority}")).map_err(|e| {
-        Status::invalid_argument(format!("bad authority {authority:?} of {:?}: {e}", opts.target))
+        Status::invalid_argument(format!(
+            "bad authority {authority:?} of {:?}: {e}",
+            opts.target
+        ))
     })?;
     if tls {
         let host = authority
             .rsplit_once(':')
             .filter(|(h, p)| !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
             .map_or(authority.as_str(), |(h, _)| h);
-        let mut cfg = ClientTlsConfig::new().domain_name(host.trim_matches(|c| c == '[' || c == ']'));
+        let mut cfg =
+            ClientTlsConfig::new().domain_name(host.trim_matches(|c| c == '[' || c == ']'));
         cfg = match &opts.ca_pem {
             Some(ca) => cfg.ca_certificate(Certificate::from_pem(ca)),
             None => cfg.with_webpki_roots(),

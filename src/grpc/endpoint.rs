@@ -256,14 +256,15 @@ impl Endpoint {
         while !self.is_removed() {
             self.set_state(State::Connecting, &*obs);
             let live = Arc::new(Liveness::default());
-            let connector =
-                handshake::connector(self.address.clone(), self.connect_timeout, Arc::clone(&live));
+            let connector = handshake::connector(
+                self.address.clone(),
+                self.connect_timeout,
+                Arc::clone(&live),
+            );
             // grpc's minimum connect timeout, when none is set.
             let bound = self.connect_timeout.unwrap_or(Duration::from_secs(20));
-            let connecting = tokio::time::timeout(
-                bound,
-                self.template.connect_with_connector(connector),
-            );
+            let connecting =
+                tokio::time::timeout(bound, self.template.connect_with_connector(connector));
             let result = tokio::select! {
                 r = connecting => r,
                 () = self.stop.notified() => return,
@@ -278,9 +279,14 @@ impl Endpoint {
                     }
                     backoff = Backoff::default();
                     self.set_state(State::Ready, &*obs);
-                    let watch = health_service
-                        .clone()
-                        .map(|svc| tokio::spawn(watch_health(Arc::clone(&self), channel, svc, Arc::clone(&obs))));
+                    let watch = health_service.clone().map(|svc| {
+                        tokio::spawn(watch_health(
+                            Arc::clone(&self),
+                            channel,
+                            svc,
+                            Arc::clone(&obs),
+                        ))
+                    });
                     tokio::select! {
                         () = live.lost() => {}
                         () = self.stop.notified() => {}
@@ -331,7 +337,12 @@ impl Endpoint {
 /// Watches the endpoint's health on `channel` until the stream ends (gRFC A17): SERVING
 /// allows picks, anything else stops them; UNIMPLEMENTED (no health service) counts as
 /// healthy. A broken stream is opened again after a backoff.
-async fn watch_health(ep: Arc<Endpoint>, channel: Channel, service: String, obs: Arc<dyn Observer>) {
+async fn watch_health(
+    ep: Arc<Endpoint>,
+    channel: Channel,
+    service: String,
+    obs: Arc<dyn Observer>,
+) {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
@@ -344,22 +355,17 @@ async fn watch_health(ep: Arc<Endpoint>, channel: Channel, service: String, obs:
         match client.watch(req).await {
             Ok(resp) => {
                 let mut stream = resp.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(m)) => {
-                            backoff = Backoff::default();
-                            let serving = m.status == ServingStatus::Serving as i32;
-                            ep.set_health(
-                                if serving {
-                                    Health::Serving
-                                } else {
-                                    Health::NotServing
-                                },
-                                &*obs,
-                            );
-                        }
-                        Ok(None) | Err(_) => break,
-                    }
+                while let Ok(Some(m)) = stream.message().await {
+                    backoff = Backoff::default();
+                    let serving = m.status == ServingStatus::Serving as i32;
+                    ep.set_health(
+                        if serving {
+                            Health::Serving
+                        } else {
+                            Health::NotServing
+                        },
+                        &*obs,
+                    );
                 }
             }
             Err(st) if st.code() == Code::Unimplemented => {

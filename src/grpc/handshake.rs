@@ -100,8 +100,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
     }
 }
 
-type Connecting =
-    Pin<Box<dyn Future<Output = io::Result<TokioIo<Tracked>>> + Send + 'static>>;
+type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<Tracked>>> + Send + 'static>>;
 
 /// A TCP or Unix socket.
 pub enum Socket {

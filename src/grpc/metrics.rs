@@ -532,19 +532,6 @@ mod tests {
     }
 
     #[test]
-    fn one_attempt_records_its_end_or_cancelled_when_dropped() {
-        let t = TargetMetrics::default();
-        let m = t.method("/a.B/C");
-        OneAttempt::start(m.clone()).done(Code::Unavailable);
-        drop(OneAttempt::start(m.clone()));
-        assert_eq!(m.attempts_started.load(Relaxed), 2);
-        for hs in [&m.attempt_duration, &m.call_duration] {
-            assert_eq!(hs[code_index(Code::Unavailable)].cumulative().1, 1);
-            assert_eq!(hs[code_index(Code::Cancelled)].cumulative().1, 1);
-        }
-    }
-
-    #[test]
     fn codes_name_themselves() {
         assert_eq!(CODE_NAMES[code_index(Code::Ok)], "OK");
         assert_eq!(CODE_NAMES[code_index(Code::NotFound)], "NOT_FOUND");

@@ -138,10 +138,14 @@ impl Grpc {
     /// as needed) of any earlier connection with the same transport settings.
     pub fn connect(&self, opts: &ConnectOpts) -> Result<u64, Status> {
         let origin = crate::log::Origin::instance(&self.instance);
-        self.conns
-            .connect(opts, self.max_message, &self.rt, &origin, &self.metrics, || {
-                self.next_id.fetch_add(1, Ordering::Relaxed)
-            })
+        self.conns.connect(
+            opts,
+            self.max_message,
+            &self.rt,
+            &origin,
+            &self.metrics,
+            || self.next_id.fetch_add(1, Ordering::Relaxed),
+        )
     }
 
     /// Counts a `connect` of `id` down; the id goes with its last one (calls in flight finish
@@ -163,7 +167,8 @@ impl Grpc {
 
     /// The metrics snapshot as JSON (the shape is documented in `metrics.rs`).
     pub fn metrics_json(&self) -> String {
-        self.metrics.snapshot_json(&|target| self.conns.endpoints(target))
+        self.metrics
+            .snapshot_json(&|target| self.conns.endpoints(target))
     }
 
     /// Streams open (started and not yet cancelled or forgotten).

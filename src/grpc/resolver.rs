@@ -56,7 +56,8 @@ impl Dns {
             .lookup_ip(host)
             .await
             .map_err(|e| format!("resolving {host:?}: {e}"))?;
-        let mut addrs: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+        let mut addrs: Vec<SocketAddr> =
+            lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
         addrs.sort_by_key(|a| a.is_ipv6());
         addrs.dedup();
         Ok(addrs)

@@ -185,7 +185,10 @@ where
 
 /// An attempt, recorded (as CANCELLED if it is dropped unfinished: a hedge that lost, a call
 /// Lua let go of).
-async fn timed<T>(rec: &dyn Record, work: impl Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+async fn timed<T>(
+    rec: &dyn Record,
+    work: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
     let mut clock = Clock::attempt(rec);
     let r = work.await;
     clock.stop(match &r {

@@ -269,8 +269,7 @@ impl Streams {
 /// The call on the wire, and the endpoint it went to (counted in flight while the driver runs).
 type Opened = (Response<Streaming<Inbound>>, Picked);
 
-type Opening =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Opened, Status>> + Send>>;
+type Opening = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Opened, Status>> + Send>>;
 
 /// How the call ended: its trailers, or its status.
 type End = Result<Vec<(String, Vec<u8>)>, Status>;

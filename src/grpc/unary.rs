@@ -82,7 +82,11 @@ async fn exchange(
     let (req, path) = request(tokio_stream::once(payload), call, timeout, previous)
         .map_err(Failure::uncommitted)?;
     let mut client = conn
-        .client(picked.channel.clone(), call.compression.as_deref(), max_recv)
+        .client(
+            picked.channel.clone(),
+            call.compression.as_deref(),
+            max_recv,
+        )
         .map_err(Failure::uncommitted)?;
     if let Err(e) = client.ready().await {
         return Err(Failure {
