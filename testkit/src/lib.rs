@@ -43,6 +43,10 @@ pub use tokio;
 /// dependency of their own.
 pub use tonic;
 
+/// The standard health service's generated client and messages (`tonic_health::pb`), for
+/// tests of health checking.
+pub use tonic_health;
+
 /// [`get_many`] on a fresh multi-thread runtime, for plain `#[test]` functions. Panics when
 /// called from inside a tokio runtime (use `get_many(..).await` there).
 pub fn get_many_blocking(urls: Vec<String>, concurrency: usize) -> Vec<(u16, Vec<u8>)> {
