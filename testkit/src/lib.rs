@@ -18,10 +18,12 @@
 //! Modules: `nginx` (builder and process control), `http` (blocking client and [`get_many`]),
 //! [`procfs`] (pids, rss, signals), `uds` ([`UdsEcho`], the proxy-model echo server), [`grpc`]
 //! (the `grpc-test-server` binary's services, [`GrpcServer`] to run it, [`certs()`] for TLS,
-//! [`RogueServer`], a misbehaving HTTP/2 peer).
+//! [`RogueServer`], a misbehaving HTTP/2 peer, [`Fleet`], N servers on one port for load
+//! balancing), [`dns`] ([`DnsServer`], an authoritative DNS server whose records tests change).
 
 pub mod alloc;
 pub mod bench;
+pub mod dns;
 pub mod grpc;
 mod http;
 mod nginx;
@@ -30,7 +32,10 @@ mod uds;
 
 use std::path::PathBuf;
 
-pub use grpc::{certs, GrpcServer, GrpcServerOpts, Misbehaviour, RogueServer, TestCerts};
+pub use dns::DnsServer;
+pub use grpc::{
+    certs, Fleet, GrpcServer, GrpcServerOpts, Misbehaviour, RogueServer, ServerStats, TestCerts,
+};
 pub use http::{get_many, Client, Resp, TIMEOUT};
 pub use nginx::{Nginx, NginxBuilder, MODULES_DIR, NGINX_BIN};
 pub use uds::UdsEcho;
@@ -42,6 +47,10 @@ pub use tokio;
 /// The tonic the generated [`grpc::pb`] clients are built on, for tests without a tonic
 /// dependency of their own.
 pub use tonic;
+
+/// The standard health service's generated client and messages (`tonic_health::pb`), for
+/// tests of health checking.
+pub use tonic_health;
 
 /// [`get_many`] on a fresh multi-thread runtime, for plain `#[test]` functions. Panics when
 /// called from inside a tokio runtime (use `get_many(..).await` there).

@@ -6,12 +6,22 @@
 //!                  [--tls-cert PEM --tls-key PEM [--client-ca PEM]]
 //!                  [--max-recv BYTES] [--max-send BYTES]
 //!                  [--threads N] [--no-echo-meta] [--no-gzip-replies]
+//!                  [--name NAME] [--delay-ms N] [--no-health]
 //! ```
 //!
 //! `--threads`: tokio worker threads (default 2); `0` runs everything on the main thread
 //! (a current-thread runtime). `--no-echo-meta` leaves out the metadata-echo layer (for
 //! measuring what it costs; tests rely on it). `--no-gzip-replies`: `zctest.Test` replies are
 //! never compressed, even to clients that accept gzip (benchmarks).
+//!
+//! `--name NAME`: every response carries `x-backend: NAME` (which backend of a fleet
+//! answered). `--delay-ms N`: `zctest.Test/Unary` and `helloworld.Greeter/SayHello` wait N ms
+//! before answering, on top of the request's `sleep_ms` (a slow backend). The health service
+//! `grpc.health.v1.Health` reports `""` and every service SERVING; SIGUSR1 turns them all
+//! NOT_SERVING, SIGUSR2 SERVING again (logged on stderr once in effect). `--no-health`: no
+//! health service (its calls answer UNIMPLEMENTED; the two signals are then ignored).
+//! Failure injection by request metadata (`x-fail-until-attempt`): see `testkit::grpc`'s
+//! `inject` module.
 //!
 //! Prints `listening 127.0.0.1:PORT` (or `listening unix:/path`) on stdout once it accepts.
 //! SIGTERM or SIGINT: graceful shutdown (GOAWAY, in-flight calls drain).
@@ -20,13 +30,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use testkit::grpc::{serve, Counters, Listen, ServeConfig, TlsPem};
+use testkit::grpc::{serve, Counters, HealthSwitch, Listen, ServeConfig, TlsPem};
 use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "usage: grpc-test-server [--listen ADDR | --uds PATH] \
 [--tls-cert PEM --tls-key PEM [--client-ca PEM]] [--max-recv BYTES] [--max-send BYTES] \
-[--threads N] [--no-echo-meta] [--no-gzip-replies]";
+[--threads N] [--no-echo-meta] [--no-gzip-replies] [--name NAME] [--delay-ms N] [--no-health]";
 
 /// Tokio worker threads unless `--threads` says otherwise.
 const DEFAULT_THREADS: usize = 2;
@@ -58,6 +69,10 @@ fn parse_args() -> Result<Args, String> {
                 config.gzip_replies = false;
                 continue;
             }
+            "--no-health" => {
+                config.health = None;
+                continue;
+            }
             _ => {}
         }
         let value = args
@@ -81,6 +96,8 @@ fn parse_args() -> Result<Args, String> {
             "--max-recv" => config.limits.max_recv = size(&value)?,
             "--max-send" => config.limits.max_send = size(&value)?,
             "--threads" => threads = size(&value)?,
+            "--name" => config.name = Some(value),
+            "--delay-ms" => config.delay = Duration::from_millis(size(&value)? as u64),
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -115,6 +132,30 @@ async fn shutdown_signal() {
     }
 }
 
+/// Follows SIGUSR1 (NOT_SERVING) and SIGUSR2 (SERVING) with `health` (`None`: the signals are
+/// only caught, so that they do not kill a server without health). The handlers are installed
+/// before this returns, hence before the server says it listens.
+fn follow_health_signals(health: Option<HealthSwitch>) {
+    let (Ok(mut usr1), Ok(mut usr2)) = (
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+    ) else {
+        eprintln!("grpc-test-server: cannot install SIGUSR1/SIGUSR2 handlers");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let serving = tokio::select! {
+                _ = usr1.recv() => false,
+                _ = usr2.recv() => true,
+            };
+            if let Some(health) = &health {
+                health.set_serving(serving);
+            }
+        }
+    });
+}
+
 fn main() -> ExitCode {
     let Args { config, threads } = match parse_args() {
         Ok(args) => args,
@@ -140,12 +181,16 @@ fn main() -> ExitCode {
         let _ = writeln!(out, "listening {addr}");
         let _ = out.flush();
     };
-    let served = runtime.block_on(serve(
-        config,
-        Arc::new(Counters::default()),
-        ready,
-        shutdown_signal(),
-    ));
+    let served = runtime.block_on(async {
+        follow_health_signals(config.health.clone());
+        serve(
+            config,
+            Arc::new(Counters::default()),
+            ready,
+            shutdown_signal(),
+        )
+        .await
+    });
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

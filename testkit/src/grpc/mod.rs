@@ -18,16 +18,24 @@
 //! ([`GrpcServer`]), `certs` ([`certs()`], [`TestCerts`]), `rogue` ([`RogueServer`], an HTTP/2
 //! peer that breaks the protocol in the ways [`Misbehaviour`] lists).
 
+mod backend;
 mod certs;
 mod echo_meta;
+mod fleet;
+mod health;
+mod inject;
 mod process;
 mod rogue;
 pub mod routeguide;
 mod service;
 
 pub use certs::{certs, TestCerts};
+pub use backend::{BackendName, BackendNameLayer};
 pub use echo_meta::{EchoMeta, EchoMetaLayer};
-pub use process::{GrpcServer, GrpcServerOpts};
+pub use fleet::Fleet;
+pub use health::{health_service, HealthSwitch, WatchCount};
+pub use inject::{Inject, InjectLayer};
+pub use process::{GrpcServer, GrpcServerOpts, ServerStats};
 pub use rogue::{Misbehaviour, RogueServer, GARBAGE, REPLY, STALL_PATH};
 pub use routeguide::RouteGuideService;
 pub use service::{

@@ -13,6 +13,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use super::certs::TestCerts;
 use super::pb::zctest::test_client::TestClient;
 use super::pb::zctest::StatsRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 /// How long [`GrpcServer::start`] waits for the `listening` line.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +44,12 @@ pub struct GrpcServerOpts {
     pub no_echo_meta: bool,
     /// `--no-gzip-replies`: `zctest.Test` never compresses its replies (benchmarks).
     pub no_gzip_replies: bool,
+    /// `--name`: every response carries `x-backend: <name>`.
+    pub name: Option<String>,
+    /// `--delay-ms`: `Unary` and `SayHello` wait this long before answering.
+    pub delay_ms: Option<u64>,
+    /// `--no-health`: no `grpc.health.v1.Health` (its calls answer UNIMPLEMENTED).
+    pub no_health: bool,
 }
 
 impl GrpcServerOpts {
@@ -94,6 +103,24 @@ impl GrpcServerOpts {
         self
     }
 
+    /// Every response carries `x-backend: <name>` (which backend of a fleet answered).
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// `Unary` and `SayHello` wait `ms` before answering, on top of the request's `sleep_ms`.
+    pub fn delay_ms(mut self, ms: u64) -> Self {
+        self.delay_ms = Some(ms);
+        self
+    }
+
+    /// Serve without the health service.
+    pub fn no_health(mut self) -> Self {
+        self.no_health = true;
+        self
+    }
+
     /// Command-line flags of the binary, listening on `listen` (ignored with `uds`).
     fn args(&self, listen: &str) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
@@ -127,9 +154,37 @@ impl GrpcServerOpts {
         if self.no_gzip_replies {
             args.push("--no-gzip-replies".into());
         }
+        if let Some(name) = &self.name {
+            args.extend(["--name".into(), name.into()]);
+        }
+        if let Some(ms) = self.delay_ms {
+            args.extend(["--delay-ms".into(), ms.to_string().into()]);
+        }
+        if self.no_health {
+            args.push("--no-health".into());
+        }
         args
     }
 }
+
+/// What a server counted since it (re)started (`/zctest.Test/Stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Handler invocations dropped before they finished (client cancel, deadline, reset).
+    pub cancelled: u64,
+    /// Handler invocations that ran to the end.
+    pub completed: u64,
+    /// Calls that reached the server (every method but Stats and health), injected failures
+    /// included.
+    pub received: u64,
+    /// Calls answered by failure injection (`x-fail-until-attempt`).
+    pub injected: u64,
+    /// `grpc.health.v1.Health/Watch` streams open now.
+    pub health_watches: u64,
+}
+
+/// How long [`GrpcServer::set_serving`] waits for the health service to report the change.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running `grpc-test-server`, killed on drop.
 #[derive(Debug)]
@@ -154,6 +209,12 @@ impl GrpcServer {
 
     /// Starts `bin` (tests of this crate pass `env!("CARGO_BIN_EXE_grpc-test-server")`).
     pub fn start_bin(bin: &Path, opts: GrpcServerOpts) -> GrpcServer {
+        Self::try_start_bin(bin, opts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`GrpcServer::start_bin`] that returns why the server did not start (e.g. its address
+    /// is taken) instead of panicking, for callers that try another address.
+    pub fn try_start_bin(bin: &Path, opts: GrpcServerOpts) -> Result<GrpcServer, String> {
         assert!(
             bin.exists(),
             "{} is missing: run `cargo build --release -p testkit`",
@@ -166,11 +227,15 @@ impl GrpcServer {
             child: None,
         };
         let listen = server.opts.listen.clone();
-        server.launch(listen.as_deref().unwrap_or("127.0.0.1:0"));
-        server
+        server.try_launch(listen.as_deref().unwrap_or("127.0.0.1:0"))?;
+        Ok(server)
     }
 
     fn launch(&mut self, listen: &str) {
+        self.try_launch(listen).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_launch(&mut self, listen: &str) -> Result<(), String> {
         let mut child = Command::new(&self.bin)
             .args(self.opts.args(listen))
             .stdin(Stdio::null())
@@ -198,13 +263,14 @@ impl GrpcServer {
         let Some(addr) = addr else {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "grpc-test-server did not start within {START_TIMEOUT:?} (got {line:?}; \
-                 its stderr is above)"
-            );
+            return Err(format!(
+                "grpc-test-server --listen {listen} did not start within {START_TIMEOUT:?} \
+                 (got {line:?}; its stderr is above)"
+            ));
         };
         self.addr = addr;
         self.child = Some(child);
+        Ok(())
     }
 
     /// `127.0.0.1:PORT`, or `unix:/path` with [`GrpcServerOpts::uds`]. Stays the same across
@@ -230,6 +296,11 @@ impl GrpcServer {
         } else {
             format!("http://{}", self.addr)
         }
+    }
+
+    /// The options the server runs with.
+    pub fn opts(&self) -> &GrpcServerOpts {
+        &self.opts
     }
 
     /// The server's pid (panics while it is stopped).
@@ -323,6 +394,13 @@ impl GrpcServer {
     /// `(cancelled, completed)` handler invocations since the server (re)started, from
     /// `/zctest.Test/Stats` on a fresh connection.
     pub async fn stats_async(&self) -> (u64, u64) {
+        let stats = self.server_stats_async().await;
+        (stats.cancelled, stats.completed)
+    }
+
+    /// Everything the server counted since it (re)started, from `/zctest.Test/Stats` on a
+    /// fresh connection.
+    pub async fn server_stats_async(&self) -> ServerStats {
         let channel = self
             .endpoint()
             .connect()
@@ -333,7 +411,76 @@ impl GrpcServer {
             .await
             .expect("/zctest.Test/Stats")
             .into_inner();
-        (reply.cancelled, reply.completed)
+        ServerStats {
+            cancelled: reply.cancelled,
+            completed: reply.completed,
+            received: reply.received,
+            injected: reply.injected,
+            health_watches: reply.health_watches,
+        }
+    }
+
+    /// [`GrpcServer::server_stats_async`] for plain `#[test]` functions (see
+    /// [`GrpcServer::stats`]).
+    pub fn server_stats(&self) -> ServerStats {
+        on_own_thread(self.server_stats_async())
+    }
+
+    /// What `grpc.health.v1.Health/Check` reports for `service` (`""`: the whole server), on
+    /// a fresh connection: the status, or the call's error (NOT_FOUND for an unknown service,
+    /// UNIMPLEMENTED with [`GrpcServerOpts::no_health`]).
+    pub async fn health_async(&self, service: &str) -> Result<ServingStatus, tonic::Status> {
+        let channel = self
+            .endpoint()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {} for Health: {e:?}", self.url()));
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await?
+            .into_inner();
+        Ok(reply.status())
+    }
+
+    /// Turns every status of the server's health service SERVING (`true`) or NOT_SERVING
+    /// (SIGUSR2 / SIGUSR1), and returns once `Health/Check` reports it: the change is in effect
+    /// for any client that looks after this. Panics after 5 s, and with
+    /// [`GrpcServerOpts::no_health`].
+    pub async fn set_serving_async(&self, serving: bool) {
+        assert!(
+            !self.opts.no_health,
+            "set_serving on a server started with no_health"
+        );
+        let (signal, want) = if serving {
+            (libc::SIGUSR2, ServingStatus::Serving)
+        } else {
+            (libc::SIGUSR1, ServingStatus::NotServing)
+        };
+        assert!(
+            crate::procfs::signal(self.pid(), signal),
+            "signalling the server: {}",
+            std::io::Error::last_os_error()
+        );
+        let deadline = Instant::now() + HEALTH_TIMEOUT;
+        loop {
+            let now = self.health_async("").await;
+            if matches!(&now, Ok(status) if *status == want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "health still {now:?}, not {want:?}, {HEALTH_TIMEOUT:?} after the signal"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// [`GrpcServer::set_serving_async`] for plain `#[test]` functions (see
+    /// [`GrpcServer::stats`]).
+    pub fn set_serving(&self, serving: bool) {
+        on_own_thread(self.set_serving_async(serving))
     }
 
     /// [`GrpcServer::stats_async`] for plain `#[test]` functions, on a runtime of its own in a

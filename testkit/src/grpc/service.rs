@@ -37,11 +37,15 @@ use tokio::time::Sleep;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::Stream;
 use tonic::codec::CompressionEncoding;
+use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::backend::BackendNameLayer;
 use super::echo_meta::EchoMetaLayer;
+use super::health::{health_service, HealthSwitch};
+use super::inject::InjectLayer;
 use super::pb::helloworld::greeter_server::{Greeter, GreeterServer};
 use super::pb::helloworld::{HelloReply, HelloRequest};
 use super::pb::routeguide::route_guide_server::RouteGuideServer;
@@ -100,11 +104,16 @@ impl Limits {
 /// port of a process that was just killed).
 const BIND_RETRY: Duration = Duration::from_secs(5);
 
-/// Handler invocations since start, excluding `Stats` itself.
+/// What a server counts since start: handler invocations (excluding `Stats` itself), the calls
+/// that reached it ([`InjectLayer`](super::InjectLayer) counts them, injected failures too, so a
+/// test can tell which backend of a fleet saw which attempt) and the health watches open.
 #[derive(Debug, Default)]
 pub struct Counters {
     cancelled: AtomicU64,
     completed: AtomicU64,
+    received: AtomicU64,
+    injected: AtomicU64,
+    health_watches: AtomicU64,
 }
 
 impl Counters {
@@ -114,6 +123,37 @@ impl Counters {
             self.cancelled.load(Ordering::SeqCst),
             self.completed.load(Ordering::SeqCst),
         )
+    }
+
+    /// Everything counted, as `zctest.Test/Stats` replies it.
+    pub fn reply(&self) -> StatsReply {
+        let (cancelled, completed) = self.snapshot();
+        StatsReply {
+            cancelled,
+            completed,
+            received: self.received.load(Ordering::SeqCst),
+            injected: self.injected.load(Ordering::SeqCst),
+            health_watches: self.health_watches.load(Ordering::SeqCst),
+        }
+    }
+
+    /// A call reached the server (before its handler, if any, runs).
+    pub(super) fn count_received(&self) {
+        self.received.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A call was answered by failure injection.
+    pub(super) fn count_injected(&self) {
+        self.injected.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A health Watch stream opened (`true`) or ended (`false`).
+    pub(super) fn count_watch(&self, open: bool) {
+        if open {
+            self.health_watches.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.health_watches.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     fn guard(self: &Arc<Self>) -> CallGuard {
@@ -173,11 +213,12 @@ fn millis(ms: u32) -> Duration {
     Duration::from_millis(u64::from(ms))
 }
 
-/// `helloworld.Greeter`: replies "Hello " + name.
+/// `helloworld.Greeter`: replies "Hello " + name (after [`GreeterService::with_delay`]).
 #[derive(Debug, Clone, Default)]
 pub struct GreeterService {
     counters: Arc<Counters>,
     limits: Limits,
+    delay: Duration,
 }
 
 #[tonic::async_trait]
@@ -187,6 +228,9 @@ impl Greeter for GreeterService {
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloReply>, Status> {
         let guard = self.counters.guard();
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         let request = request.into_inner();
         let result = self.limits.check_recv(&request).and_then(|()| {
             let reply = HelloReply {
@@ -205,19 +249,39 @@ impl Greeter for GreeterService {
 pub struct TestService {
     counters: Arc<Counters>,
     limits: Limits,
+    delay: Duration,
 }
 
 impl TestService {
     /// A service counting into `counters` (share them with [`GreeterService`]).
     pub fn new(counters: Arc<Counters>, limits: Limits) -> TestService {
-        TestService { counters, limits }
+        TestService {
+            counters,
+            limits,
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// `Unary` waits `delay` before answering, on top of the request's `sleep_ms`: a slow
+    /// backend among fast ones.
+    pub fn with_delay(self, delay: Duration) -> TestService {
+        TestService { delay, ..self }
     }
 }
 
 impl GreeterService {
     /// A service counting into `counters`.
     pub fn new(counters: Arc<Counters>, limits: Limits) -> GreeterService {
-        GreeterService { counters, limits }
+        GreeterService {
+            counters,
+            limits,
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// `SayHello` waits `delay` before answering (see [`TestService::with_delay`]).
+    pub fn with_delay(self, delay: Duration) -> GreeterService {
+        GreeterService { delay, ..self }
     }
 }
 
@@ -229,8 +293,9 @@ impl Test for TestService {
         let result = match self.limits.check_recv(&req) {
             Err(status) => Err(status),
             Ok(()) => {
-                if req.sleep_ms > 0 {
-                    tokio::time::sleep(millis(req.sleep_ms)).await;
+                let wait = millis(req.sleep_ms) + self.delay;
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
                 }
                 match requested_status(&req) {
                     Some(status) => Err(status),
@@ -314,11 +379,7 @@ impl Test for TestService {
     }
 
     async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
-        let (cancelled, completed) = self.counters.snapshot();
-        Ok(Response::new(StatsReply {
-            cancelled,
-            completed,
-        }))
+        Ok(Response::new(self.counters.reply()))
     }
 }
 
@@ -465,11 +526,18 @@ pub struct ServeConfig {
     /// `zctest.Test` gzips its replies to clients that accept gzip (the default). Off for
     /// benchmarks comparing clients that differ in what they accept.
     pub gzip_replies: bool,
+    /// Every response carries `x-backend: <name>` ([`BackendNameLayer`]).
+    pub name: Option<String>,
+    /// `Unary` and `SayHello` wait this long before answering (a slow backend).
+    pub delay: Duration,
+    /// Serve `grpc.health.v1.Health`, its statuses following this switch (the default: one
+    /// that starts SERVING). `None`: health calls answer UNIMPLEMENTED.
+    pub health: Option<HealthSwitch>,
 }
 
 impl ServeConfig {
-    /// Plaintext on `listen`, [`DEFAULT_MAX_MESSAGE`] both ways, metadata echo and gzipped
-    /// replies on.
+    /// Plaintext on `listen`, [`DEFAULT_MAX_MESSAGE`] both ways, metadata echo, gzipped
+    /// replies and the health service on, no name, no delay.
     pub fn new(listen: Listen) -> ServeConfig {
         ServeConfig {
             listen,
@@ -477,6 +545,9 @@ impl ServeConfig {
             limits: Limits::default(),
             echo_meta: true,
             gzip_replies: true,
+            name: None,
+            delay: Duration::ZERO,
+            health: Some(HealthSwitch::default()),
         }
     }
 }
@@ -495,9 +566,23 @@ async fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     }
 }
 
+/// The services [`serve`] runs besides health and reflection: what the health service reports
+/// on (with `""`).
+const HEALTH_REPORTED: &[&str] = &[
+    <GreeterServer<GreeterService> as NamedService>::NAME,
+    <TestServer<TestService> as NamedService>::NAME,
+    <RouteGuideServer<RouteGuideService> as NamedService>::NAME,
+    "grpc.reflection.v1.ServerReflection",
+];
+
 /// Binds `config.listen`, calls `ready` with the bound address (`127.0.0.1:PORT` or
-/// `unix:/path`), then serves Greeter, Test and RouteGuide until `shutdown` completes
-/// (graceful: GOAWAY, then in-flight calls drain).
+/// `unix:/path`), then serves Greeter, Test, RouteGuide, reflection and (unless
+/// `config.health` is `None`) health until `shutdown` completes (graceful: GOAWAY, then
+/// in-flight calls drain).
+///
+/// Layers, outermost first: [`EchoMetaLayer`] (unless `echo_meta` is off), then
+/// [`BackendNameLayer`] (with `name`), then [`InjectLayer`]: the echo sees the injected
+/// Trailers-Only responses like any other.
 pub async fn serve(
     config: ServeConfig,
     counters: Arc<Counters>,
@@ -514,10 +599,14 @@ pub async fn serve(
         builder = builder.tls_config(tls_config)?;
     }
     // tonic's own limits off: the handlers check `config.limits` (see the module docs).
-    let greeter = GreeterServer::new(GreeterService::new(Arc::clone(&counters), config.limits))
+    let greeter = GreeterServer::new(
+        GreeterService::new(Arc::clone(&counters), config.limits).with_delay(config.delay),
+    )
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-    let test = TestServer::new(TestService::new(counters, config.limits))
+    let test = TestServer::new(
+        TestService::new(Arc::clone(&counters), config.limits).with_delay(config.delay),
+    )
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX)
         // Compressed requests are accepted; replies are compressed when the client accepts it.
@@ -532,6 +621,14 @@ pub async fn serve(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(super::pb::DESCRIPTORS)
         .build_v1()?;
+    let health = match &config.health {
+        Some(switch) => {
+            Some(health_service(switch, HEALTH_REPORTED, Arc::clone(&counters)).await)
+        }
+        None => None,
+    };
+    let name = BackendNameLayer::new(config.name.as_deref());
+    let inject = InjectLayer::new(counters);
     // The two router types differ (with and without the layer): one body for both.
     macro_rules! run {
         ($router:expr) => {
@@ -558,16 +655,22 @@ pub async fn serve(
     if config.echo_meta {
         run!(builder
             .layer(EchoMetaLayer)
+            .layer(name)
+            .layer(inject)
             .add_service(greeter)
             .add_service(test)
             .add_service(route_guide)
-            .add_service(reflection));
+            .add_service(reflection)
+            .add_optional_service(health));
     } else {
         run!(builder
+            .layer(name)
+            .layer(inject)
             .add_service(greeter)
             .add_service(test)
             .add_service(route_guide)
-            .add_service(reflection));
+            .add_service(reflection)
+            .add_optional_service(health));
     }
     Ok(())
 }
