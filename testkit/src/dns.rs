@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The sockets and protocol handling are `hickory-server`'s ([`ServerFuture`]); the answers
-//! come from [`Zone`], a table of names to addresses, rather than from hickory's in-memory
+//! come from `Zone`, a table of names to addresses, rather than from hickory's in-memory
 //! authority: records there are replaced through its dynamic-update path or by rebuilding
 //! the authority, while a test wants "these names now resolve to these addresses", at once
 //! and without serials. Every answer is authoritative with TTL 1 s; a name without the
@@ -57,8 +57,12 @@ struct Zone {
 impl Zone {
     fn new(origin: Name) -> Zone {
         let soa = SOA::new(
-            Name::from_ascii("ns").and_then(|ns| ns.append_domain(&origin)).expect("ns name"),
-            Name::from_ascii("hostmaster").and_then(|h| h.append_domain(&origin)).expect("rname"),
+            Name::from_ascii("ns")
+                .and_then(|ns| ns.append_domain(&origin))
+                .expect("ns name"),
+            Name::from_ascii("hostmaster")
+                .and_then(|h| h.append_domain(&origin))
+                .expect("rname"),
             1,
             3600,
             600,
@@ -83,7 +87,11 @@ impl Zone {
         if self.origin.zone_of(&absolute) {
             return absolute;
         }
-        assert!(!name.ends_with('.'), "{name} is outside the zone {}", self.origin);
+        assert!(
+            !name.ends_with('.'),
+            "{name} is outside the zone {}",
+            self.origin
+        );
         let relative = parsed
             .append_domain(&Name::from(&self.origin))
             .unwrap_or_else(|e| panic!("{name} in {}: {e}", self.origin));

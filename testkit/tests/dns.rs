@@ -78,7 +78,10 @@ async fn a_caching_resolver_sees_a_change_after_the_ttl() {
     let dns = DnsServer::start();
     let r = resolver(dns.addr(), Protocol::Udp, true);
     dns.set("svc", &[ip("127.0.0.2")]);
-    assert_eq!(lookup(&r, "svc.fleet.test.").await.unwrap(), ips(&["127.0.0.2"]));
+    assert_eq!(
+        lookup(&r, "svc.fleet.test.").await.unwrap(),
+        ips(&["127.0.0.2"])
+    );
     let asked = dns.queries();
     dns.set("svc", &[ip("127.0.0.3")]);
     let changed = Instant::now();
@@ -88,12 +91,20 @@ async fn a_caching_resolver_sees_a_change_after_the_ttl() {
         if got == ips(&["127.0.0.3"]) {
             break;
         }
-        assert_eq!(got, ips(&["127.0.0.2"]), "neither the old nor the new record");
+        assert_eq!(
+            got,
+            ips(&["127.0.0.2"]),
+            "neither the old nor the new record"
+        );
         assert!(Instant::now() < deadline, "still the old record after 10 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The cache answered until the 1 s TTL ran out, then the resolver asked again.
-    assert!(changed.elapsed() < Duration::from_secs(5), "{:?}", changed.elapsed());
+    assert!(
+        changed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        changed.elapsed()
+    );
     assert!(dns.queries() > asked, "no new query reached the server");
 }
 

@@ -80,10 +80,7 @@ fn injected(headers: &HeaderMap, attempt: u32) -> Option<http::Response<Body>> {
     let code: i32 = number(headers, "x-fail-code").unwrap_or(Code::Unavailable as i32);
     let mut response = http::Response::new(Body::empty());
     let out = response.headers_mut();
-    out.insert(
-        "content-type",
-        HeaderValue::from_static("application/grpc"),
-    );
+    out.insert("content-type", HeaderValue::from_static("application/grpc"));
     out.insert("grpc-status", HeaderValue::from(code));
     out.insert(
         "grpc-message",

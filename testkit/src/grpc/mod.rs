@@ -1,22 +1,31 @@
 //! gRPC test servers for the integration tests: the `grpc-test-server` binary's services, the
-//! process handle tests start it with, test certificates, and a misbehaving HTTP/2 peer.
+//! process handle tests start it with, fleets of them for load balancing, test certificates,
+//! and a misbehaving HTTP/2 peer.
 //!
 //! ```text
 //!  test ── GrpcServer::start(opts) ──spawn──► target/release/grpc-test-server --listen 127.0.0.1:0
 //!    │        waits for "listening 127.0.0.1:PORT" on its stdout (10 s)      │
 //!    ├── addr() / url() / channel() ──────── gRPC over h2 (TLS, mTLS) ──────►├─ helloworld.Greeter
-//!    ├── stats() ── /zctest.Test/Stats ─────────────────────────────────────►├─ zctest.Test
+//!    ├── stats() / server_stats() ── /zctest.Test/Stats ────────────────────►├─ zctest.Test
 //!    │                                                                       ├─ routeguide.RouteGuide
 //!    │                                                                       ├─ server reflection (v1)
-//!    └── restart() / stop() ── SIGKILL, same port again ────────────────────►└─ EchoMetaLayer
+//!    ├── set_serving(bool) ── SIGUSR1/SIGUSR2, then Health/Check ───────────►├─ grpc.health.v1.Health
+//!    │                                                                       ├─ EchoMetaLayer
+//!    │                                                                       ├─ BackendNameLayer (x-backend)
+//!    └── restart() / stop() ── SIGKILL, same port again ────────────────────►└─ InjectLayer (x-fail-*, x-attempt)
+//!
+//!  Fleet::start(n, ..) ── n GrpcServers "b0".. on 127.0.0.2.. and one port
 //! ```
 //!
 //! Modules: [`pb`] (prost messages and tonic stubs generated from `testkit/proto/*.proto` by
 //! `build.rs` with `protox`, into `OUT_DIR`), `service` (what each method does, [`serve`]),
 //! [`routeguide`] (`routeguide.RouteGuide` and its generated feature database), `echo_meta`
-//! (request `x-*` metadata echoed as response headers and trailers), `process`
-//! ([`GrpcServer`]), `certs` ([`certs()`], [`TestCerts`]), `rogue` ([`RogueServer`], an HTTP/2
-//! peer that breaks the protocol in the ways [`Misbehaviour`] lists).
+//! (request `x-*` metadata echoed as response headers and trailers), `backend`
+//! (`x-backend: NAME` on every response), `inject` (failures injected by request metadata, the
+//! attempt number on every response), `health` (the standard health service and the switch
+//! that turns all its statuses), `process` ([`GrpcServer`]), `fleet` ([`Fleet`]), `certs`
+//! ([`certs()`], [`TestCerts`]), `rogue` ([`RogueServer`], an HTTP/2 peer that breaks the
+//! protocol in the ways [`Misbehaviour`] lists).
 
 mod backend;
 mod certs;
@@ -29,8 +38,8 @@ mod rogue;
 pub mod routeguide;
 mod service;
 
-pub use certs::{certs, TestCerts};
 pub use backend::{BackendName, BackendNameLayer};
+pub use certs::{certs, TestCerts};
 pub use echo_meta::{EchoMeta, EchoMetaLayer};
 pub use fleet::Fleet;
 pub use health::{health_service, HealthSwitch, WatchCount};

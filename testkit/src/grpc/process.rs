@@ -426,6 +426,37 @@ impl GrpcServer {
         on_own_thread(self.server_stats_async())
     }
 
+    /// Polls [`GrpcServer::server_stats_async`] until `pred` holds and returns those stats;
+    /// panics with the last ones after `timeout`.
+    pub async fn wait_server_stats_async(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&ServerStats) -> bool,
+    ) -> ServerStats {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.server_stats_async().await;
+            if pred(&stats) {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stats still {stats:?} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// [`GrpcServer::wait_server_stats_async`] for plain `#[test]` functions (see
+    /// [`GrpcServer::stats`]).
+    pub fn wait_server_stats(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&ServerStats) -> bool + Send,
+    ) -> ServerStats {
+        on_own_thread(self.wait_server_stats_async(timeout, pred))
+    }
+
     /// What `grpc.health.v1.Health/Check` reports for `service` (`""`: the whole server), on
     /// a fresh connection: the status, or the call's error (NOT_FOUND for an unknown service,
     /// UNIMPLEMENTED with [`GrpcServerOpts::no_health`]).

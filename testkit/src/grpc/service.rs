@@ -12,6 +12,9 @@
 //! | `Bidi` | echoes each message at once (`index` = sequence number); a message with a non-zero `status` ends the call with it; ends when the client half-closes |
 //! | `Stats` | [`Counters`] since start |
 //!
+//! `--delay-ms` ([`ServeConfig::delay`]) adds a fixed wait to `Unary` and to
+//! `helloworld.Greeter/SayHello`, the two methods load-balancing tests time.
+//!
 //! Message size limits are checked by the handlers, not by tonic (whose limits answer
 //! OUT_OF_RANGE): a message over [`Limits`] ends the call with RESOURCE_EXHAUSTED, as grpc-go
 //! does.
@@ -602,15 +605,15 @@ pub async fn serve(
     let greeter = GreeterServer::new(
         GreeterService::new(Arc::clone(&counters), config.limits).with_delay(config.delay),
     )
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
+    .max_decoding_message_size(usize::MAX)
+    .max_encoding_message_size(usize::MAX);
     let test = TestServer::new(
         TestService::new(Arc::clone(&counters), config.limits).with_delay(config.delay),
     )
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
-        // Compressed requests are accepted; replies are compressed when the client accepts it.
-        .accept_compressed(CompressionEncoding::Gzip);
+    .max_decoding_message_size(usize::MAX)
+    .max_encoding_message_size(usize::MAX)
+    // Compressed requests are accepted; replies are compressed when the client accepts it.
+    .accept_compressed(CompressionEncoding::Gzip);
     let test = if config.gzip_replies {
         test.send_compressed(CompressionEncoding::Gzip)
     } else {
@@ -622,9 +625,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(super::pb::DESCRIPTORS)
         .build_v1()?;
     let health = match &config.health {
-        Some(switch) => {
-            Some(health_service(switch, HEALTH_REPORTED, Arc::clone(&counters)).await)
-        }
+        Some(switch) => Some(health_service(switch, HEALTH_REPORTED, Arc::clone(&counters)).await),
         None => None,
     };
     let name = BackendNameLayer::new(config.name.as_deref());
