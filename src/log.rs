@@ -26,8 +26,11 @@ pub enum Level {
     Alert = 2,
     /// An operation failed and the operator should know (an instance did not start).
     Error = 4,
-    /// Worked, but not as configured (a fallback was taken).
+    /// Worked, but not as configured (a fallback was taken), or a backend failing.
     Warn = 5,
+    /// A change the operator may want to see at nginx's default level (an endpoint added,
+    /// removed, unhealthy).
+    Notice = 6,
     /// Lifecycle news (an instance finished).
     Info = 7,
 }
@@ -39,6 +42,7 @@ impl Level {
             Level::Alert => "alert",
             Level::Error => "error",
             Level::Warn => "warn",
+            Level::Notice => "notice",
             Level::Info => "info",
         }
     }
@@ -165,11 +169,17 @@ mod tests {
 
     #[test]
     fn levels_are_nginx_numbers_and_names() {
-        let all = [Level::Alert, Level::Error, Level::Warn, Level::Info];
+        let all = [
+            Level::Alert,
+            Level::Error,
+            Level::Warn,
+            Level::Notice,
+            Level::Info,
+        ];
         let numbers: Vec<i32> = all.iter().map(|&l| l as i32).collect();
         let names: Vec<&str> = all.iter().map(|l| l.name()).collect();
-        assert_eq!(numbers, [2, 4, 5, 7]);
-        assert_eq!(names, ["alert", "error", "warn", "info"]);
+        assert_eq!(numbers, [2, 4, 5, 6, 7]);
+        assert_eq!(names, ["alert", "error", "warn", "notice", "info"]);
     }
 
     #[test]

@@ -217,24 +217,28 @@ impl Drop for Balancer {
     }
 }
 
-/// gRFC A48: `choice_count` endpoints drawn at random, the one with the fewest calls in flight.
+/// gRFC A48: `choice_count` distinct endpoints drawn at random (each the first usable one from
+/// a random start), the one with the fewest calls in flight. Distinct: with two draws of three
+/// endpoints, drawing the slow one twice would send it a ninth of the calls whatever its load.
 fn least_request(list: &[Arc<Endpoint>], choice_count: u32) -> Option<Picked> {
+    const MAX_CHOICES: usize = 10;
     let n = list.len();
-    if n == 0 {
-        return None;
-    }
-    let mut best: Option<&Arc<Endpoint>> = None;
-    for _ in 0..choice_count.max(1) {
-        // A random start, then the first usable endpoint from there.
-        let start = fastrand::usize(..n);
-        let e = (0..n)
-            .map(|i| &list[(start + i) % n])
-            .find(|e| e.usable())?;
-        if best.is_none_or(|b| e.in_flight() < b.in_flight()) {
-            best = Some(e);
+    let mut chosen = [usize::MAX; MAX_CHOICES];
+    let mut best: Option<usize> = None;
+    for k in 0..(choice_count as usize).clamp(1, MAX_CHOICES) {
+        let start = fastrand::usize(..n.max(1));
+        let Some(i) = (0..n)
+            .map(|j| (start + j) % n)
+            .find(|&i| list[i].usable() && !chosen[..k].contains(&i))
+        else {
+            break;
+        };
+        chosen[k] = i;
+        if best.is_none_or(|b| list[i].in_flight() < list[b].in_flight()) {
+            best = Some(i);
         }
     }
-    best.and_then(|e| e.pick())
+    best.and_then(|i| list[i].pick())
 }
 
 impl Shared {
@@ -311,7 +315,7 @@ impl Shared {
                         self.settings.health_service.is_some(),
                     ));
                     crate::log!(
-                        Info,
+                        Notice,
                         self.origin(),
                         "endpoint {} added",
                         address_text(&e.address)
@@ -328,7 +332,7 @@ impl Shared {
         {
             e.remove();
             crate::log!(
-                Info,
+                Notice,
                 self.origin(),
                 "endpoint {} removed (calls in flight finish)",
                 address_text(&e.address)
@@ -363,12 +367,21 @@ impl Observer for Shared {
                 crate::log!(Info, self.origin(), "endpoint {addr} READY");
             }
             Change::State(_) => {}
-            Change::ConnectFailed(e) => {
-                crate::log!(
-                    Info,
-                    self.origin(),
-                    "endpoint {addr} TRANSIENT_FAILURE: {e}"
-                );
+            Change::ConnectFailed { error: e, again } => {
+                // Once per outage at warn; the retries of a dead endpoint at info.
+                if *again {
+                    crate::log!(
+                        Info,
+                        self.origin(),
+                        "endpoint {addr} TRANSIENT_FAILURE: {e}"
+                    );
+                } else {
+                    crate::log!(
+                        Warn,
+                        self.origin(),
+                        "endpoint {addr} TRANSIENT_FAILURE: {e}"
+                    );
+                }
                 *self
                     .last_error
                     .lock()
@@ -376,11 +389,11 @@ impl Observer for Shared {
                 self.reresolve.notify_one();
             }
             Change::Health(h) => {
-                crate::log!(Info, self.origin(), "endpoint {addr} health {}", h.name());
+                crate::log!(Notice, self.origin(), "endpoint {addr} health {}", h.name());
             }
             Change::NoHealthService => {
                 crate::log!(
-                    Info,
+                    Notice,
                     self.origin(),
                     "endpoint {addr} has no health service (UNIMPLEMENTED): counted healthy"
                 );
@@ -426,5 +439,50 @@ pub(super) fn address_text(a: &Address) -> String {
         Address::Tcp(s) => s.to_string(),
         Address::Unix(p) => format!("unix:{}", p.display()),
         Address::UnixAbstract(n) => format!("unix-abstract:{}", String::from_utf8_lossy(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Quiet;
+    impl Observer for Quiet {
+        fn changed(&self, _: &Endpoint, _: Change) {}
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let list: Vec<Arc<Endpoint>> = (0..3)
+            .map(|i| {
+                let tpl = TonicEndpoint::from_static("http://localhost");
+                let e = Arc::new(Endpoint::new(
+                    Address::Tcp(format!("127.0.0.{}:1", i + 2).parse().unwrap()),
+                    tpl,
+                    None,
+                    false,
+                ));
+                e.force_ready(
+                    TonicEndpoint::from_static("http://localhost").connect_lazy(),
+                    &Quiet,
+                );
+                e
+            })
+            .collect();
+        let busy: Vec<Picked> = (0..5).map(|_| list[0].pick().unwrap()).collect();
+        let mut to_busy = 0;
+        for _ in 0..1000 {
+            let p = least_request(&list, 2).unwrap();
+            if Arc::ptr_eq(&p.endpoint, &list[0]) {
+                to_busy += 1;
+            }
+        }
+        assert_eq!(to_busy, 0);
+        drop(busy);
     }
 }

@@ -101,8 +101,12 @@ pub(super) trait Observer: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Change {
     State(State),
-    /// A connect failed (with this error): worth resolving the name again.
-    ConnectFailed(String),
+    /// A connect failed (with this error): worth resolving the name again. `again`: the one
+    /// before failed too.
+    ConnectFailed {
+        error: String,
+        again: bool,
+    },
     Health(Health),
     /// The server has no health service: counted healthy.
     NoHealthService,
@@ -222,6 +226,13 @@ impl Endpoint {
         })
     }
 
+    /// READY on `channel` (tests of the pickers).
+    #[cfg(test)]
+    pub fn force_ready(&self, channel: Channel, obs: &dyn Observer) {
+        *self.channel.lock().unwrap_or_else(PoisonError::into_inner) = Some(channel);
+        self.set_state(State::Ready, obs);
+    }
+
     /// Takes the endpoint out of service: no more picks or reconnects; calls in flight finish
     /// on the channel they hold, which closes with the last of them.
     pub fn remove(&self) {
@@ -253,6 +264,7 @@ impl Endpoint {
     /// Keeps the endpoint connected until it is removed.
     pub async fn run(self: Arc<Self>, obs: Arc<dyn Observer>, health_service: Option<String>) {
         let mut backoff = Backoff::default();
+        let mut failing = false;
         while !self.is_removed() {
             self.set_state(State::Connecting, &*obs);
             let live = Arc::new(Liveness::default());
@@ -278,6 +290,7 @@ impl Endpoint {
                         return;
                     }
                     backoff = Backoff::default();
+                    failing = false;
                     self.set_state(State::Ready, &*obs);
                     let watch = health_service.clone().map(|svc| {
                         tokio::spawn(watch_health(
@@ -321,7 +334,13 @@ impl Endpoint {
             };
             self.kicked.store(false, Ordering::Release);
             self.set_state(State::TransientFailure, &*obs);
-            obs.changed(&self, Change::ConnectFailed(error));
+            obs.changed(
+                &self,
+                Change::ConnectFailed {
+                    error,
+                    again: std::mem::replace(&mut failing, true),
+                },
+            );
             let failed = tokio::time::Instant::now();
             tokio::select! {
                 () = tokio::time::sleep(backoff.next()) => {}

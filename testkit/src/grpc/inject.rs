@@ -86,8 +86,9 @@ fn injected(headers: &HeaderMap, attempt: u32) -> Option<http::Response<Body>> {
         "grpc-message",
         HeaderValue::from_static("injected%20failure"),
     );
-    if let Some(pushback) = number::<u64>(headers, "x-pushback-ms") {
-        out.insert("grpc-retry-pushback-ms", HeaderValue::from(pushback));
+    // As given, so that tests can send the negative and unreadable values A6 speaks of.
+    if let Some(pushback) = headers.get("x-pushback-ms") {
+        out.insert("grpc-retry-pushback-ms", pushback.clone());
     }
     Some(response)
 }
