@@ -388,6 +388,8 @@ impl Observer for Shared {
                     .unwrap_or_else(PoisonError::into_inner) = Some(format!("{addr}: {e}"));
                 self.reresolve.notify_one();
             }
+            // Unchecked: the server has no health service (said just below).
+            Change::Health(Health::Unchecked) => {}
             Change::Health(h) => {
                 crate::log!(Notice, self.origin(), "endpoint {addr} health {}", h.name());
             }
@@ -410,11 +412,15 @@ async fn resolve_loop(shared: Arc<Shared>, resolve: Resolve) {
         Resolve::Static(addrs) => return shared.update(addrs),
         Resolve::Dns { server, host, port } => (server, host, port),
     };
-    let dns = match Dns::new(server) {
-        Ok(d) => d,
-        Err(e) => return shared.resolution_failed(e),
-    };
     let interval = shared.settings.resolve_interval;
+    // The resolver's own set-up (the system's configuration) is tried again every interval.
+    let dns = loop {
+        match Dns::new(server) {
+            Ok(d) => break d,
+            Err(e) => shared.resolution_failed(e),
+        }
+        tokio::time::sleep(interval).await;
+    };
     loop {
         let at = tokio::time::Instant::now();
         match dns.lookup(&host, port).await {

@@ -28,6 +28,9 @@ use super::retry::Throttle;
 use super::service_config::{MethodConfig, ServiceConfig};
 use crate::log::Origin;
 
+/// The shortest `resolve_interval` (a DNS server is not to be asked every millisecond).
+const MIN_RESOLVE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Default limit of a received message, as in grpc-go.
 pub const DEFAULT_MAX_RECV: usize = 4 << 20;
 
@@ -70,7 +73,14 @@ impl ConnectOpts {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&self.ca_pem, &self.cert_pem, &self.key_pem).hash(&mut h);
-        self.service_config.hash(&mut h);
+        // The config as parsed, keys sorted: the same config written in another key order
+        // (a Lua table's encoding) shares the channel. Text that does not parse keeps its own
+        // key; connect refuses it anyway.
+        let text = self.service_config.as_deref().unwrap_or_default();
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) => v.to_string().hash(&mut h),
+            Err(_) => text.hash(&mut h),
+        }
         format!(
             "{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{:x}",
             self.target,
@@ -298,6 +308,15 @@ fn target(
     metrics: &Metrics,
 ) -> Result<Target, Status> {
     let name = name::parse(&opts.target).map_err(Status::invalid_argument)?;
+    if opts
+        .resolve_interval
+        .is_some_and(|i| i < MIN_RESOLVE_INTERVAL)
+    {
+        return Err(Status::invalid_argument(format!(
+            "resolve_interval: at least {} ms",
+            MIN_RESOLVE_INTERVAL.as_millis()
+        )));
+    }
     let config = match opts.service_config.as_deref() {
         None | Some("") => ServiceConfig::default(),
         Some(json) => ServiceConfig::parse(json)
@@ -440,5 +459,34 @@ mod tests {
         assert!(g.conns.table().by_id.contains_key(&b));
         assert!(g.close(b));
         assert_eq!(g.connections(), (0, 0));
+    }
+
+    #[test]
+    fn a_service_config_in_another_key_order_shares_the_id() {
+        let g = grpc();
+        let with = |sc: &str| ConnectOpts {
+            service_config: Some(sc.into()),
+            ..opts("127.0.0.1:1", 10)
+        };
+        let a = g
+            .connect(&with(
+                r#"{"loadBalancingConfig":[{"round_robin":{}}],"methodConfig":[]}"#,
+            ))
+            .unwrap();
+        let b = g
+            .connect(&with(
+                r#"{ "methodConfig": [], "loadBalancingConfig": [{"round_robin": {}}] }"#,
+            ))
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(g.connections(), (1, 1));
+        let e = g
+            .connect(&ConnectOpts {
+                resolve_interval: Some(Duration::from_millis(5)),
+                ..opts("127.0.0.1:1", 10)
+            })
+            .unwrap_err();
+        assert_eq!(e.message(), "resolve_interval: at least 100 ms");
+        assert_eq!(g.connections(), (1, 1), "nothing made by a refused connect");
     }
 }

@@ -83,7 +83,7 @@ impl Health {
 
     pub fn name(self) -> &'static str {
         match self {
-            Health::Unchecked => "UNKNOWN",
+            Health::Unchecked => "UNCHECKED",
             Health::Serving => "SERVING",
             Health::NotServing => "NOT_SERVING",
             Health::Pending => "UNKNOWN",
@@ -131,6 +131,8 @@ pub(super) struct Endpoint {
     /// been tried yet.
     kicked: AtomicBool,
     kick: Notify,
+    /// The "no health service" line was logged.
+    said_no_health: AtomicBool,
 }
 
 /// An endpoint picked for one attempt: its channel, counted in flight until dropped.
@@ -169,6 +171,7 @@ impl Endpoint {
             stop: Notify::new(),
             kicked: AtomicBool::new(false),
             kick: Notify::new(),
+            said_no_health: AtomicBool::new(false),
         }
     }
 
@@ -266,6 +269,8 @@ impl Endpoint {
         let mut backoff = Backoff::default();
         let mut failing = false;
         while !self.is_removed() {
+            // A kick is answered by this connect, whatever its outcome.
+            self.kicked.store(false, Ordering::Release);
             self.set_state(State::Connecting, &*obs);
             let live = Arc::new(Liveness::default());
             let connector = handshake::connector(
@@ -332,7 +337,6 @@ impl Endpoint {
                 }
                 Err(_) => format!("connect timed out after {} ms", bound.as_millis()),
             };
-            self.kicked.store(false, Ordering::Release);
             self.set_state(State::TransientFailure, &*obs);
             obs.changed(
                 &self,
@@ -389,7 +393,10 @@ async fn watch_health(
             }
             Err(st) if st.code() == Code::Unimplemented => {
                 ep.set_health(Health::Unchecked, &*obs);
-                obs.changed(&ep, Change::NoHealthService);
+                // Said once per endpoint, not on every reconnect.
+                if !ep.said_no_health.swap(true, Ordering::Relaxed) {
+                    obs.changed(&ep, Change::NoHealthService);
+                }
                 return;
             }
             Err(_) => {}

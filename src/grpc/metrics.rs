@@ -95,7 +95,8 @@ pub struct EndpointView {
     pub address: String,
     /// `IDLE`, `CONNECTING`, `READY` or `TRANSIENT_FAILURE`.
     pub state: &'static str,
-    /// `SERVING`, `NOT_SERVING` or `UNKNOWN`.
+    /// `SERVING`, `NOT_SERVING`, `UNKNOWN` (checked, no answer yet) or `UNCHECKED` (no health
+    /// checking, or the server has no health service).
     pub health: &'static str,
     pub in_flight: usize,
     pub picks: u64,

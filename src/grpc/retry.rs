@@ -173,8 +173,7 @@ where
     let mut transparent = 1;
     let mut n = 0;
     loop {
-        let picked = pick().await?;
-        match timed(rec, attempt(n, picked)).await {
+        match timed(rec, picked_attempt(&pick, &attempt, n)).await {
             Ok(v) => return Ok(v),
             Err(f) if f.unsent && transparent > 0 => transparent -= 1,
             Err(f) => return Err(f.status),
@@ -183,7 +182,20 @@ where
     }
 }
 
-/// An attempt, recorded (as CANCELLED if it is dropped unfinished: a hedge that lost, a call
+/// One attempt: its pick (a failed pick is an uncommitted failure, retried as the policy
+/// says), then the exchange.
+async fn picked_attempt<T, P, PF, A, AF>(pick: &P, attempt: &A, n: u32) -> Result<T, Failure>
+where
+    P: Fn() -> PF,
+    PF: Future<Output = Result<Picked, Status>>,
+    A: Fn(u32, Picked) -> AF,
+    AF: Future<Output = Result<T, Failure>>,
+{
+    let picked = pick().await.map_err(Failure::uncommitted)?;
+    attempt(n, picked).await
+}
+
+/// An attempt, its pick included, recorded (as CANCELLED if it is dropped unfinished: a hedge that lost, a call
 /// Lua let go of).
 async fn timed<T>(
     rec: &dyn Record,
@@ -257,8 +269,7 @@ where
     let mut backoff = p.initial_backoff;
     let mut n = 0u32;
     loop {
-        let picked = pick().await?;
-        let f = match timed(rec, attempt(n, picked)).await {
+        let f = match timed(rec, picked_attempt(&pick, &attempt, n)).await {
             Ok(v) => {
                 throttle.map(Throttle::success);
                 return Ok(v);
@@ -314,10 +325,7 @@ where
     let one = |n: u32| {
         let pick = &pick;
         let attempt = &attempt;
-        async move {
-            let picked = pick().await.map_err(Failure::uncommitted)?;
-            timed(rec, attempt(n, picked)).await
-        }
+        timed(rec, picked_attempt(pick, attempt, n))
     };
     let mut running = FuturesUnordered::new();
     running.push(one(0));
@@ -337,7 +345,8 @@ where
                     None => continue,
                 };
                 let non_fatal = p.non_fatal.contains(&f.status.code());
-                if !non_fatal {
+                // A committed attempt's end is the call's (A6).
+                if !non_fatal || f.committed {
                     throttle.map(Throttle::success);
                     return Err(f.status);
                 }

@@ -46,6 +46,11 @@ end
 -- parses and checks the text itself, so a string goes as it is. Raises at level 3 (connect's
 -- caller) on any other type or a table cjson cannot encode (a function, a sparse array, a
 -- cycle).
+-- A table's text is kept (weakly) by the table: Lua code that connects in every request with
+-- one config table encodes it once. A table changed after its first connect must be a new
+-- table to take effect.
+local encoded = setmetatable({}, { __mode = "k" })
+
 local function service_config_json(v)
     if v == nil or type(v) == "string" then
         return v
@@ -53,10 +58,16 @@ local function service_config_json(v)
     if type(v) ~= "table" then
         error("bad option service_config: JSON string or table expected", 3)
     end
-    local json, err = cjson.encode(v)
+    local json = encoded[v]
+    if json then
+        return json
+    end
+    local err
+    json, err = cjson.encode(v)
     if not json then
         error("bad option service_config: " .. tostring(err), 3)
     end
+    encoded[v] = json
     return json
 end
 

@@ -202,7 +202,7 @@ local FAMILIES = {
       "1 for the connectivity state an endpoint is in, per worker." },
     { "grpc_zc_endpoint_in_flight", "gauge", "Calls in flight on an endpoint, per worker." },
     { "grpc_zc_endpoint_healthy", "gauge",
-      "1 unless the endpoint's health check says NOT_SERVING, per worker." },
+      "1 when the endpoint may get calls (health SERVING, or not checked), per worker." },
 }
 local COUNTER_FIELDS = {
     grpc_client_attempt_started_total = "attempt_started",
@@ -297,7 +297,7 @@ local function fold(sums, gauges, snap, worker, fresh)
                 g.grpc_zc_endpoint_in_flight[#g.grpc_zc_endpoint_in_flight + 1] =
                     labels(kv) .. " " .. num(tonumber(e.in_flight) or 0)
                 g.grpc_zc_endpoint_healthy[#g.grpc_zc_endpoint_healthy + 1] =
-                    labels(kv) .. " " .. (e.health == "NOT_SERVING" and "0" or "1")
+                    labels(kv) .. " " .. ((e.health == "SERVING" or e.health == "UNCHECKED") and "1" or "0")
             end
         end
     end
