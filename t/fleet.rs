@@ -706,3 +706,75 @@ fn bad_names_and_service_configs_are_refused_clearly() {
     assert_eq!(m["targets"].as_array().map_or(0, Vec::len), 0, "{m}");
     n.assert_log_clean(&[]);
 }
+
+#[test]
+fn streams_retry_while_uncommitted_and_replay_what_was_sent() {
+    let fleet = Fleet::start(2, |o| o);
+    let n = nginx(
+        "fleet-streams",
+        1,
+        r#"
+        location = /bidi {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local grpc = require "resty.grpc_zc"
+                ngx.req.read_body()
+                local q = assert(cjson.decode(ngx.req.get_body_data()))
+                local ok, conn = assert(grpc.connect(q.target, { service_config = q.sc }))
+                local ok, s = assert(conn:new_stream("/zctest.Test/Bidi",
+                                                     { metadata = q.md, timeout = 5000 }))
+                local out = {}
+                for i, m in ipairs(q.send) do
+                    assert(s:send(echo_req(m)))
+                end
+                assert(s:close_send())
+                while true do
+                    local ok, msg, st = s:recv()
+                    if not ok then
+                        out[#out + 1] = "error " .. tostring(msg)
+                        break
+                    end
+                    if msg == nil then break end
+                    out[#out + 1] = (echo_reply(msg))
+                end
+                s:close()
+                ngx.say(table.concat(out, ","))
+            }
+        }
+        location = /usage {
+            content_by_lua_block { ngx.say(usage()) }
+        }
+        "#,
+    );
+    let total = |f: &Fleet| received(f).iter().sum::<u64>();
+    let sc = with_policy(retry_policy(3), json!({}));
+    let bidi = |md: Value, send: Value| {
+        let q = json!({ "target": fleet.ipv4_target(), "sc": sc, "md": md, "send": send });
+        n.post("/bidi", q.to_string().as_bytes())
+            .text()
+            .trim()
+            .to_owned()
+    };
+    // The first attempt fails before any response header: the second gets both messages.
+    let got = bidi(
+        json!({ "x-fail-until-attempt": "1" }),
+        json!([{ "payload": "one" }, { "payload": "two" }]),
+    );
+    assert_eq!(got, "one,two");
+    assert_eq!(
+        total(&fleet),
+        2,
+        "an injected attempt, then the one that worked"
+    );
+    // Committed (the server answered a message, then failed): not retried.
+    let got = bidi(
+        json!({}),
+        json!([{ "payload": "one" }, { "payload": "x", "status": 14 }]),
+    );
+    assert!(got.starts_with("one,error UNAVAILABLE"), "{got}");
+    assert_eq!(total(&fleet), 3);
+    wait_until(Duration::from_secs(5), "an idle arena", || {
+        n.get_ok("/usage") == format!("{IDLE}\n")
+    });
+    n.assert_log_clean(&[]);
+}

@@ -31,6 +31,7 @@ mod metadata;
 mod metrics;
 mod name;
 mod op;
+mod replay;
 mod resolver;
 mod response;
 mod retry;

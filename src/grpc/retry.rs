@@ -104,7 +104,7 @@ impl Throttle {
             });
     }
 
-    fn success(&self) {
+    pub fn success(&self) {
         let _ = self
             .milli
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
@@ -266,7 +266,7 @@ where
     A: Fn(u32, Picked) -> AF,
     AF: Future<Output = Result<T, Failure>>,
 {
-    let mut backoff = p.initial_backoff;
+    let mut backoff = Backoff::new(p);
     let mut n = 0u32;
     loop {
         let f = match timed(rec, picked_attempt(&pick, &attempt, n)).await {
@@ -276,6 +276,39 @@ where
             }
             Err(f) => f,
         };
+        n += 1;
+        match backoff.after(&f, n, throttle, rec) {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => return Err(f.status),
+        }
+    }
+}
+
+/// A retry policy's state over one call's attempts.
+pub(super) struct Backoff<'a> {
+    p: &'a RetryPolicy,
+    next: Duration,
+}
+
+impl<'a> Backoff<'a> {
+    pub fn new(p: &'a RetryPolicy) -> Backoff<'a> {
+        Backoff {
+            p,
+            next: p.initial_backoff,
+        }
+    }
+
+    /// After failure `f` of attempt `n` (1-based), how long to wait before the next attempt,
+    /// or `None`: the failure is the call's (committed, not retryable, attempts or tokens used
+    /// up, the server said no). Counts the failure in `throttle`, and the retry in `rec`.
+    pub fn after(
+        &mut self,
+        f: &Failure,
+        n: u32,
+        throttle: Option<&Throttle>,
+        rec: &dyn Record,
+    ) -> Option<Duration> {
+        let p = self.p;
         let retryable = p.retryable.contains(&f.status.code());
         let push = pushback(&f.status);
         if retryable || push == Pushback::Stop {
@@ -283,28 +316,27 @@ where
         } else {
             throttle.map(Throttle::success);
         }
-        n += 1;
         if f.committed || !(retryable || f.unsent) || n >= p.max_attempts || push == Pushback::Stop
         {
-            return Err(f.status);
+            return None;
         }
         if !allows(throttle) {
             rec.throttled();
-            return Err(f.status);
+            return None;
         }
         let delay = match push {
             Pushback::After(d) => {
-                backoff = p.initial_backoff;
+                self.next = p.initial_backoff;
                 d
             }
             _ => {
-                let d = backoff.mul_f64(fastrand::f64());
-                backoff = backoff.mul_f64(p.backoff_multiplier).min(p.max_backoff);
+                let d = self.next.mul_f64(fastrand::f64());
+                self.next = self.next.mul_f64(p.backoff_multiplier).min(p.max_backoff);
                 d
             }
         };
         rec.retried();
-        tokio::time::sleep(delay).await;
+        Some(delay)
     }
 }
 

@@ -23,15 +23,20 @@ use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tonic::{Response, Status, Streaming};
+use tonic::{Code, Response, Status, Streaming};
 
 use super::channel::Conn;
 use super::endpoint::Picked;
 use super::metadata::{metadata_list, request};
+use super::metrics::MethodMetrics;
 use super::op::{CallSpec, Kind, OpResult, Received};
+use super::replay::Replay;
+use super::retry::{Backoff, Failure};
+use super::service_config::{Policy, RetryPolicy};
 use super::status::{
     at_deadline, deadline_exceeded, local_status, second_response_message, too_large_to_send,
 };
+use super::unary::refused;
 use crate::codec::{ArenaCodec, Inbound};
 
 /// Messages queued between a `send` and tonic (a send is answered once queued).
@@ -114,7 +119,6 @@ impl Streams {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let compression = call.compression.clone();
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let outbound = if call.kind == Kind::ServerStreaming {
             // The one request goes in now; the channel closes with the sender.
@@ -125,28 +129,31 @@ impl Streams {
         } else {
             Some(out_tx)
         };
-        let (req, path) = request(
-            tokio_stream::wrappers::ReceiverStream::new(out_rx),
-            &call,
-            timeout,
-            0,
-        )?;
+        // Checked now, so that a bad path or metadata fails the open, not the first attempt.
+        request(tokio_stream::empty::<Bytes>(), &call, timeout, 0)?;
+        let retry = match method.and_then(|m| m.policy.as_ref()) {
+            Some(Policy::Retry(p)) => Some(p.clone()),
+            _ => None,
+        };
+        let replay = Replay::new(out_rx, retry.as_ref().map_or(0, |p| p.per_rpc_buffer_limit));
         let deadline = timeout.map(|t| Instant::now() + t);
         let (wtx, wrx) = mpsc::unbounded_channel();
-        // Streams take one attempt (no retries yet), on the endpoint picked when they open.
-        let opening = async move {
-            let picked = conn.target.balancer.pick(wait_for_ready).await?;
-            let mut grpc = conn.client(picked.channel.clone(), compression.as_deref(), max_recv)?;
-            grpc.ready()
-                .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            let r = grpc.streaming(req, path, codec).await.map_err(local_status);
-            // The stream counts in flight while it runs.
-            r.map(|resp| (resp, picked))
-        };
+        let rec = conn.target.metrics.method(&call.path);
+        let clock = StreamClock::start(Arc::clone(&rec));
+        let opening = open_attempts(
+            conn,
+            codec,
+            call,
+            deadline,
+            wait_for_ready,
+            max_recv,
+            retry,
+            replay,
+            rec,
+        );
         let ended = Arc::new(AtomicBool::new(false));
         let driver = rt
-            .spawn(drive(opening, wrx, deadline, Arc::clone(&ended)))
+            .spawn(drive(opening, wrx, deadline, Arc::clone(&ended), clock))
             .abort_handle();
         self.map().insert(
             id,
@@ -266,6 +273,157 @@ impl Streams {
     }
 }
 
+/// Opens the stream on the wire: an attempt on a picked endpoint, and (with a retryPolicy)
+/// more while the call is uncommitted and its messages fit the replay buffer; an attempt that
+/// never left the client goes once more whatever the policy. Response headers commit the call.
+#[allow(clippy::too_many_arguments)]
+async fn open_attempts(
+    conn: Conn,
+    codec: ArenaCodec,
+    call: CallSpec,
+    deadline: Option<Instant>,
+    wait_for_ready: bool,
+    max_recv: usize,
+    retry: Option<RetryPolicy>,
+    replay: Arc<Replay>,
+    rec: Arc<MethodMetrics>,
+) -> Result<Opened, Status> {
+    let mut backoff = retry.as_ref().map(Backoff::new);
+    let mut transparent = 1;
+    let mut n = 0u32;
+    loop {
+        rec.attempt_started();
+        let t0 = std::time::Instant::now();
+        let failure = match open_once(
+            &conn,
+            codec.clone(),
+            &call,
+            deadline,
+            wait_for_ready,
+            max_recv,
+            &replay,
+            n,
+        )
+        .await
+        {
+            Ok(opened) => {
+                replay.commit();
+                if let Some(t) = conn.target.throttle.as_ref() {
+                    t.success();
+                }
+                return Ok(opened);
+            }
+            Err(f) => f,
+        };
+        rec.attempt_done(failure.status.code(), t0.elapsed());
+        n += 1;
+        let delay = match backoff.as_mut() {
+            Some(b) if replay.replayable() => {
+                b.after(&failure, n, conn.target.throttle.as_ref(), &*rec)
+            }
+            _ if failure.unsent && transparent > 0 && replay.replayable() => {
+                transparent -= 1;
+                Some(Duration::ZERO)
+            }
+            _ => None,
+        };
+        match delay {
+            Some(d) => tokio::time::sleep(d).await,
+            None => return Err(failure.status),
+        }
+    }
+}
+
+/// One attempt at opening: pick, ready, request head (`grpc-previous-rpc-attempts` on a
+/// retry), the response headers.
+#[allow(clippy::too_many_arguments)]
+async fn open_once(
+    conn: &Conn,
+    codec: ArenaCodec,
+    call: &CallSpec,
+    deadline: Option<Instant>,
+    wait_for_ready: bool,
+    max_recv: usize,
+    replay: &Arc<Replay>,
+    previous: u32,
+) -> Result<Opened, Failure> {
+    let picked = conn
+        .target
+        .balancer
+        .pick(wait_for_ready)
+        .await
+        .map_err(Failure::uncommitted)?;
+    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let (req, path) =
+        request(replay.body(), call, timeout, previous).map_err(Failure::uncommitted)?;
+    let mut grpc = conn
+        .client(
+            picked.channel.clone(),
+            call.compression.as_deref(),
+            max_recv,
+        )
+        .map_err(Failure::uncommitted)?;
+    if let Err(e) = grpc.ready().await {
+        return Err(Failure {
+            status: Status::unavailable(e.to_string()),
+            committed: false,
+            unsent: true,
+        });
+    }
+    match grpc.streaming(req, path, codec).await {
+        // The stream counts in flight on its endpoint while it runs.
+        Ok(resp) => Ok((resp, picked)),
+        Err(st) => Err(Failure {
+            unsent: refused(&st),
+            status: local_status(st),
+            committed: false,
+        }),
+    }
+}
+
+/// A stream's metrics: the call and its last attempt end with the stream (CANCELLED if the
+/// driver is dropped first: Lua closed or forgot the stream).
+struct StreamClock {
+    rec: Arc<MethodMetrics>,
+    started: std::time::Instant,
+    /// When the attempt that went on (the committed one) started.
+    attempt: std::time::Instant,
+    done: bool,
+}
+
+impl StreamClock {
+    fn start(rec: Arc<MethodMetrics>) -> StreamClock {
+        let now = std::time::Instant::now();
+        StreamClock {
+            rec,
+            started: now,
+            attempt: now,
+            done: false,
+        }
+    }
+
+    /// The committed attempt began now-ish (its headers arrived).
+    fn committed(&mut self, attempt_started: std::time::Instant) {
+        self.attempt = attempt_started;
+    }
+
+    fn end(&mut self, code: Code, with_attempt: bool) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        if with_attempt {
+            self.rec.attempt_done(code, self.attempt.elapsed());
+        }
+        self.rec.call_done(code, self.started.elapsed());
+    }
+}
+
+impl Drop for StreamClock {
+    fn drop(&mut self) {
+        self.end(Code::Cancelled, true);
+    }
+}
+
 /// The call on the wire, and the endpoint it went to (counted in flight while the driver runs).
 type Opened = (Response<Streaming<Inbound>>, Picked);
 
@@ -281,8 +439,11 @@ async fn drive(
     mut waiters: mpsc::UnboundedReceiver<Waiter>,
     deadline: Option<Instant>,
     ended: Arc<AtomicBool>,
+    mut clock: StreamClock,
 ) {
     let mut opening: Option<Opening> = Some(Box::pin(opening));
+    // Whether an attempt is open on the wire (its end is recorded with the call's).
+    let mut attempt_open = false;
     let mut _endpoint: Option<Picked> = None;
     let mut body: Option<Streaming<Inbound>> = None;
     let mut headers: Option<Vec<(String, Vec<u8>)>> = None;
@@ -292,8 +453,12 @@ async fn drive(
     let mut queue: VecDeque<Waiter> = VecDeque::new();
 
     loop {
-        if end.is_some() {
+        if let Some(e) = &end {
             ended.store(true, Ordering::Release);
+            clock.end(
+                e.as_ref().map_or_else(Status::code, |_| Code::Ok),
+                attempt_open,
+            );
         }
         // Answer whatever can be answered without waiting.
         while let Some(w) = queue.front() {
@@ -332,6 +497,10 @@ async fn drive(
             biased;
             _ = sleep_until(deadline), if deadline.is_some() && end.is_none() => {
                 // Dropping the response resets the stream on the wire.
+                if opening.is_some() {
+                    // The attempt being opened ends here too.
+                    attempt_open = true;
+                }
                 opening = None;
                 body = None;
                 end = Some(Err(deadline_exceeded()));
@@ -346,6 +515,8 @@ async fn drive(
                 match r {
                     Ok((resp, picked)) => {
                         _endpoint = Some(picked);
+                        attempt_open = true;
+                        clock.committed(std::time::Instant::now());
                         let (md, b, _) = resp.into_parts();
                         headers = Some(metadata_list(&md));
                         body = Some(b);

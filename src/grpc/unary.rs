@@ -137,7 +137,7 @@ async fn exchange(
 
 /// The server refused the stream before reading it (RST_STREAM or GOAWAY with
 /// REFUSED_STREAM): A6 lets it go again.
-fn refused(st: &Status) -> bool {
+pub(super) fn refused(st: &Status) -> bool {
     let mut source = std::error::Error::source(st);
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
