@@ -142,9 +142,9 @@ pub fn svg(rolls: &[Roll]) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" \
          font-family=\"sans-serif\" font-size=\"11\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{LEFT}\" y=\"20\" font-size=\"13\">Rolling restart of three backends under \
-         load (nginx, round_robin, {} calls in flight; dashed: a backend killed and started \
-         again)</text>",
+         <text x=\"{LEFT}\" y=\"20\" font-size=\"13\">Rolling restart of three backends: \
+         nginx, round_robin, {} calls in flight; dashed: a backend killed and started \
+         again</text>",
         rolls.first().map_or(0, |r| r.in_flight)
     );
     top.axes(&mut s, "calls completed per second (per 100 ms bucket)");
