@@ -47,6 +47,7 @@ demo: build
 bench: build
 	$(CARGO) bench --bench transport
 	$(CARGO) bench --bench grpc
+	$(CARGO) bench --bench fleet
 
 # Fuzzes the envelope verifier/decoder and the runtime's serving path (cargo-fuzz, nightly
 # toolchain; not part of CI). FUZZ_SECONDS per target.
