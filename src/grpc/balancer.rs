@@ -166,16 +166,20 @@ impl Balancer {
         Some(p)
     }
 
-    /// The next usable endpoint after the last one picked.
+    /// The usable endpoints in turn: the cursor counts over the usable ones only, so an
+    /// endpoint that is down does not hand its turn to its neighbour (which would get twice
+    /// the calls).
     fn round_robin(&self, list: &[Arc<Endpoint>]) -> Option<Picked> {
-        let n = list.len();
-        if n == 0 {
+        let usable = list.iter().filter(|e| e.usable()).count();
+        if usable == 0 {
             return None;
         }
-        let start = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| &list[(start + i) % n])
+        let turn = self.shared.next.fetch_add(1, Ordering::Relaxed) % usable;
+        list.iter()
             .filter(|e| e.usable())
+            .cycle()
+            .skip(turn)
+            .take(usable)
             .find_map(|e| e.pick())
     }
 
