@@ -12,7 +12,7 @@ LIBS := libresty_ffi.so libresty_ffi_echo.so libresty_grpc_zc.so
 # Integration tests start real nginx instances; on 2 cores two at a time keeps timings sane.
 TEST_THREADS ?= 2
 
-.PHONY: all deps nginx-tree build test lint gen gen-check demo bench fuzz miri install uninstall clean
+.PHONY: all deps nginx-tree build test lint gen gen-check demo bench deb fuzz miri install uninstall clean
 
 all: build
 
@@ -40,6 +40,12 @@ lint: nginx-tree gen-check
 test: build lint
 	lua/t/run.sh
 	$(CARGO) test --release --workspace -- --test-threads=$(TEST_THREADS)
+	scripts/deb-test.sh
+
+# Debian packages for the system nginx (target/debian/*.deb), checked by lintian; see
+# docs/debian.md. `apt install ./target/debian/resty-grpc-zc_*.deb` installs it.
+deb: build
+	scripts/deb.sh --lintian
 
 demo: build
 	@scripts/demo.sh

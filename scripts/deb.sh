@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# `make deb`: Debian binary packages of what `make build` made, for the system nginx.
+#
+#   resty-grpc-zc   the ngx.load_ffi host, the gRPC runtime, the echo runtime and the Lua
+#                   modules: libraries in the multiarch library folder (the dynamic loader's
+#                   default search, so ngx.load_ffi("resty_grpc_zc") needs no LD_LIBRARY_PATH),
+#                   Lua in /usr/share/lua/5.1 (LuaJIT's default package.path)
+#
+# Built with dpkg-deb from a staged tree; the control files, changelog, copyright and docs are
+# in packaging/deb. Depends is what dpkg-shlibdeps reads off the libraries plus the Lua stack.
+# Output: target/debian/<package>_<version>_<arch>.deb; `--lintian` then runs lintian on them.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+release=target/release
+out=target/debian
+run_lintian=0
+[ "${1:-}" = "--lintian" ] && run_lintian=1
+
+version=$(sed -n '/^\[package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+arch=$(dpkg --print-architecture)
+multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
+libdir="usr/lib/$multiarch"
+
+rm -rf "$out/stage"
+mkdir -p "$out/stage"
+
+# stage_lib PKG FILE...: stripped shared libraries, mode 0644 (Debian's rule for libraries).
+stage_lib() {
+  local pkg=$1
+  shift
+  install -d -m 0755 "$out/stage/$pkg/$libdir"
+  for f in "$@"; do
+    install -m 0644 "$release/$f" "$out/stage/$pkg/$libdir/$f"
+    strip --strip-unneeded --remove-section=.comment --remove-section=.note \
+      "$out/stage/$pkg/$libdir/$f"
+  done
+}
+
+# stage_docs PKG: copyright, the changelog (gzipped, as Debian ships it), the man page.
+stage_docs() {
+  local pkg=$1 doc="$out/stage/$1/usr/share/doc/$1"
+  install -d -m 0755 "$doc"
+  install -m 0644 packaging/deb/copyright "$doc/copyright"
+  gzip -9n <packaging/deb/changelog >"$doc/changelog.gz"
+  chmod 0644 "$doc/changelog.gz"
+  for page in packaging/deb/"$pkg"/*.[1-8]; do
+    [ -e "$page" ] || continue
+    local sec=${page##*.}
+    install -d -m 0755 "$out/stage/$pkg/usr/share/man/man$sec"
+    sed "s|@MULTIARCH@|$multiarch|g" "$page" | gzip -9n \
+      >"$out/stage/$pkg/usr/share/man/man$sec/$(basename "$page").gz"
+    chmod 0644 "$out/stage/$pkg/usr/share/man/man$sec/$(basename "$page").gz"
+  done
+}
+
+# shlibs PKG: the Depends dpkg-shlibdeps derives from the package's ELF files.
+shlibs() {
+  local pkg=$1 work
+  work=$(mktemp -d)
+  mkdir "$work/debian"
+  printf 'Source: %s\n\nPackage: %s\nArchitecture: any\n' "$pkg" "$pkg" >"$work/debian/control"
+  local files
+  files=$(find "$repo/$out/stage/$pkg" -name '*.so' -type f)
+  (cd "$work" && dpkg-shlibdeps -O -e $files 2>/dev/null) | sed -n 's/^shlibs:Depends=//p'
+  rm -rf "$work"
+}
+
+# build_pkg PKG: control file (from packaging/deb/PKG/control.in), md5sums, triggers, .deb.
+build_pkg() {
+  local pkg=$1 root="$out/stage/$1"
+  install -d -m 0755 "$root/DEBIAN"
+  local deps
+  deps=$(shlibs "$pkg")
+  local size
+  size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
+  sed -e "s|@VERSION@|$version|" -e "s|@ARCH@|$arch|" -e "s|@SHLIBS@|$deps|" \
+    packaging/deb/"$pkg"/control.in >"$root/DEBIAN/control"
+  echo "Installed-Size: $size" >>"$root/DEBIAN/control"
+  # New libraries in the system folder: refresh ld.so.cache after install and removal.
+  echo "activate-noawait ldconfig" >"$root/DEBIAN/triggers"
+  chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/triggers"
+  (cd "$root" && find usr -type f -print0 | sort -z | xargs -0 md5sum >DEBIAN/md5sums)
+  chmod 0644 "$root/DEBIAN/md5sums"
+  find "$root" -type d -exec chmod 0755 {} +
+  dpkg-deb --root-owner-group -Zxz --build "$root" "$out/${pkg}_${version}_${arch}.deb" >/dev/null
+  echo "deb: $out/${pkg}_${version}_${arch}.deb"
+}
+
+# --- resty-grpc-zc ------------------------------------------------------------------------
+pkg=resty-grpc-zc
+stage_lib $pkg libresty_ffi.so libresty_grpc_zc.so libresty_ffi_echo.so
+lua="$out/stage/$pkg/usr/share/lua/5.1"
+install -d -m 0755 "$lua"
+install -m 0644 lua/resty_ffi.lua "$lua/resty_ffi.lua"
+(cd lua && find resty -name '*.lua' -print0) | while IFS= read -r -d '' f; do
+  install -D -m 0644 "lua/$f" "$lua/$f"
+done
+stage_docs $pkg
+doc="$out/stage/$pkg/usr/share/doc/$pkg"
+install -d -m 0755 "$doc/examples"
+install -m 0644 packaging/deb/$pkg/grpc.conf "$doc/examples/grpc.conf"
+for d in README.md docs/grpc_zc.md docs/fleet.md docs/host.md docs/protobuf.md; do
+  gzip -9n <"$d" >"$doc/$(basename "$d").gz"
+  chmod 0644 "$doc/$(basename "$d").gz"
+done
+build_pkg $pkg
+
+if ((run_lintian)); then
+  # Errors fail the build; warnings are printed (docs/debian.md says which remain and why).
+  lintian --fail-on error --no-tag-display-limit "$out"/*_"${version}"_"$arch".deb
+fi
