@@ -6,7 +6,8 @@
 //! | `arena_size` | `64m` | size of the shared arena mapping (`k`, `m`, `g` suffixes) |
 //! | `max_message` | `4m` | largest payload, at most `64m`; the arena must hold one |
 //! | `cpus` | (the worker's) | CPUs the runtime's own threads (poll thread, tokio workers) may run on: numbers and ranges separated by `:`, e.g. `1`, `2-3`, `1:3` |
-//! | `busy_poll_us` | `500` | while gRPC operations are in flight, how long after the last task the poll thread keeps polling the network (yielding its CPU to any other runnable thread between polls) before it sleeps, backing off after windows that saw no answer; `0` turns it off. Only where the poll thread is the event loop (a host with asynchronous polling, as this project's) |
+//! | `busy_poll_us` | `500` | while gRPC operations are in flight, the longest the poll thread keeps polling the network after its last task (yielding its CPU to any other runnable thread between polls) before it sleeps, backing off after windows that saw no answer; `0` turns it off. Only where the poll thread is the event loop (a host with asynchronous polling, as this project's) |
+//! | `busy_poll` | `adaptive` | `adaptive`: chosen by placement (src/runtime/busy.rs): off under a cgroup CPU quota, polling from the last task where the poll thread shares the worker's one CPU, else sleeping until shortly before the answers it has learned to expect and polling from there; `fixed`: always poll from the last task for `busy_poll_us`; `off` |
 
 use std::fmt;
 use std::io;
@@ -23,6 +24,19 @@ pub struct Config {
     /// How long the poll thread busy-polls for answers after its last task (see the module's
     /// table); zero: it sleeps as soon as it has nothing to do.
     pub busy_poll: Duration,
+    /// How the busy-polling window is placed (`busy_poll`).
+    pub busy_poll_mode: BusyPollMode,
+}
+
+/// `busy_poll`: how the poll thread places its busy-polling windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyPollMode {
+    /// By placement and learned answer times (the default).
+    Adaptive,
+    /// From the last task, for the whole `busy_poll_us`.
+    Fixed,
+    /// Never.
+    Off,
 }
 
 /// `busy_poll_us` default: a gRPC round trip to a server on the same host or rack fits in it.
@@ -115,6 +129,7 @@ impl Default for Config {
             max_message: 4 << 20,
             cpus: None,
             busy_poll: DEFAULT_BUSY_POLL,
+            busy_poll_mode: BusyPollMode::Adaptive,
         }
     }
 }
@@ -169,6 +184,18 @@ impl Config {
                 "max_message" => c.max_message = size(k, v)?,
                 "cpus" => c.cpus = Some(CpuList::parse(v)?),
                 "busy_poll_us" => c.busy_poll = busy_poll(v)?,
+                "busy_poll" => {
+                    c.busy_poll_mode = match v {
+                        "adaptive" => BusyPollMode::Adaptive,
+                        "fixed" => BusyPollMode::Fixed,
+                        "off" => BusyPollMode::Off,
+                        _ => {
+                            return Err(ConfigError(format!(
+                                "busy_poll: bad value {v:?} (want adaptive, fixed or off)"
+                            )))
+                        }
+                    }
+                }
                 _ => return Err(ConfigError(format!("unknown key {k:?}"))),
             }
         }
@@ -198,6 +225,12 @@ mod tests {
         assert_eq!((d.arena_size, d.max_message), (64 << 20, 4 << 20));
         assert_eq!(d.cpus, None);
         assert_eq!(d.busy_poll, DEFAULT_BUSY_POLL);
+        assert_eq!(d.busy_poll_mode, BusyPollMode::Adaptive);
+        let c = Config::parse("instance=x,busy_poll=fixed").unwrap();
+        assert_eq!(c.busy_poll_mode, BusyPollMode::Fixed);
+        let c = Config::parse("instance=x,busy_poll=off").unwrap();
+        assert_eq!(c.busy_poll_mode, BusyPollMode::Off);
+        assert!(Config::parse("instance=x,busy_poll=sometimes").is_err());
         let c = Config::parse("instance=x,busy_poll_us=0").unwrap();
         assert_eq!(c.busy_poll, Duration::ZERO);
         let c = Config::parse("instance=x,busy_poll_us=1000000").unwrap();

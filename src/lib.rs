@@ -16,7 +16,8 @@
 //! Modules: `arena` (the shared mapping), `wire` (the FlatBuffers envelope), `queue` (the
 //! lua-resty-ffi task queue), `runtime` (an instance and its poll thread), `grpc` and `codec`
 //! (tonic over arena bytes), `proto` (.proto compilation for the Lua codec), `copy` (payload
-//! copies that avoid a slow `memcpy` band), `ffi` (the C door), `log` (the one logging path:
+//! copies that avoid a slow `memcpy` band), `cpu` (affinity and cgroup CPU quota), `timer` (a
+//! microsecond timer for the event loop), `ffi` (the C door), `log` (the one logging path:
 //! nginx's levels, to the host's log or stderr) and `guard` (the one panic guard).
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -26,6 +27,7 @@ pub mod arena;
 pub mod codec;
 pub mod config;
 pub mod copy;
+pub mod cpu;
 pub mod ffi;
 pub mod grpc;
 mod guard;
@@ -33,4 +35,5 @@ pub mod log;
 pub mod proto;
 pub mod queue;
 pub mod runtime;
+pub mod timer;
 pub mod wire;

@@ -458,7 +458,7 @@ fn busy_polling_backs_off_and_stops_when_nothing_happens() {
     );
     let n = start(
         "grpc-busy-poll",
-        "assert(grpc.init({ busy_poll_us = 1000 }))",
+        r#"assert(grpc.init({ busy_poll_us = 1000, busy_poll = "fixed" }))"#,
         &conf,
     );
     let t = server.addr();
@@ -475,6 +475,10 @@ fn busy_polling_backs_off_and_stops_when_nothing_happens() {
         for _, bad in ipairs({ -1, 1.5, 1000001, "200", 0 / 0 }) do
             local ok, err = pcall(grpc.init, { busy_poll_us = bad })
             assert(not ok and err:find("busy_poll_us"), tostring(bad))
+        end
+        for _, bad in ipairs({ "always", 1, true }) do
+            local ok, err = pcall(grpc.init, { busy_poll = bad })
+            assert(not ok and err:find("bad option busy_poll"), tostring(bad))
         end
         assert(grpc.init({ busy_poll_us = 0 }))
         "#,
@@ -494,6 +498,96 @@ fn busy_polling_backs_off_and_stops_when_nothing_happens() {
         format!("{IDLE} polled 0\n")
     );
     n.assert_log_clean(&[]);
+}
+
+/// `busy_poll = "adaptive"` (the default) picks its plan from where the poll thread runs: on
+/// the worker's one CPU it polls from the last task; with CPUs of its own it learns when
+/// answers come and sleeps until shortly before them, so a 3 ms answer costs a fraction of
+/// the 3 ms that polling from the last task spends on it.
+#[test]
+fn adaptive_busy_polling_plans_by_placement_and_sleeps_until_the_answer_is_near() {
+    let server = GrpcServer::start(GrpcServerOpts::default());
+    let helpers = helpers();
+    let start = |name: &str, main: &str, init: &str| {
+        testkit::NginxBuilder::new(name)
+            .workers(1)
+            .main_conf(main)
+            .error_log_level("info")
+            .http_conf(&format!(
+                "{helpers}\ninit_worker_by_lua_block {{\n\
+                 local grpc = require \"resty.grpc_zc\"\n{init}\n}}"
+            ))
+            .server_conf(&location(
+                "/slow",
+                r#"
+                local grpc = require "resty.grpc_zc"
+                -- 40 calls answered 3 ms late (learning), then 40 measured.
+                local function calls(n)
+                    for _ = 1, n do
+                        local ok, res = conn:unary("/zctest.Test/Unary", echo_req({ sleep_ms = 3 }))
+                        assert(ok, res)
+                    end
+                end
+                calls(40)
+                local p0 = grpc.stats().busy_polled_us
+                calls(40)
+                ngx.say((grpc.stats().busy_polled_us - p0) / 40)
+                "#,
+            ))
+            .start()
+    };
+    let t = server.addr();
+    let polled =
+        |n: &testkit::Nginx| -> f64 { n.get_ok(&format!("/slow?t={t}")).trim().parse().unwrap() };
+    let plan = |n: &testkit::Nginx, want: &str| {
+        let (found, log) = n.wait_log_contains(
+            &format!("busy polling: {want} ("),
+            std::time::Duration::from_secs(5),
+        );
+        assert!(found, "no 'busy polling: {want}' line in:\n{log}");
+    };
+    let window = "busy_poll_us = 5000";
+
+    let ahead = start(
+        "busy-ahead",
+        "",
+        &format!("assert(grpc.init({{ {window} }}))"),
+    );
+    let ahead_us = polled(&ahead);
+    plan(&ahead, "ahead of the answers");
+    let fixed = start(
+        "busy-fixed",
+        "",
+        &format!(r#"assert(grpc.init({{ {window}, busy_poll = "fixed" }}))"#),
+    );
+    let fixed_us = polled(&fixed);
+    plan(&fixed, "from the last task");
+    // Polling from the last task polls while the 3 ms pass (less when a loaded machine makes
+    // windows miss and back off); ahead of the answer, the timer wakes the loop shortly
+    // before it, so it polls for a fraction of them.
+    assert!(fixed_us > 0.0, "fixed polled {fixed_us} us per 3 ms call");
+    assert!(
+        ahead_us < 1000.0,
+        "ahead polled {ahead_us} us per 3 ms call (fixed {fixed_us})"
+    );
+
+    let pinned = start(
+        "busy-pinned",
+        "worker_cpu_affinity 0001;",
+        &format!("assert(grpc.init({{ {window} }}))"),
+    );
+    polled(&pinned);
+    plan(&pinned, "from the last task");
+    let off = start(
+        "busy-off",
+        "",
+        r#"assert(grpc.init({ busy_poll = "off" }))"#,
+    );
+    assert_eq!(polled(&off), 0.0);
+    plan(&off, "off");
+    for n in [&ahead, &fixed, &pinned, &off] {
+        n.assert_log_clean(&[]);
+    }
 }
 
 /// The runtime's log lines reach nginx's error log in nginx's own format, from the poll thread

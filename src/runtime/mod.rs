@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
+use std::time::Instant;
 
 use crate::arena::{Arena, ArenaConfig, Handle, Stats};
 use crate::config::Config;
@@ -73,6 +74,14 @@ pub struct Instance {
     finished: AtomicU64,
     /// Time the poll thread has spent busy-polling, in ns.
     busy_polled_ns: AtomicU64,
+    /// When the first operation finished since busy polling last looked, in ns after
+    /// `epoch` (`u64::MAX`: none did).
+    first_finish_ns: AtomicU64,
+    epoch: Instant,
+    /// The CPUs of the thread that started the instance (the nginx worker's main thread).
+    worker_cpus: Vec<usize>,
+    /// How the poll thread busy-polls (`busy.rs`), once it has chosen.
+    busy_plan: OnceLock<busy::Plan>,
 }
 
 /// Every instance of this process, by name, for Lua to find. Instances live until the process
@@ -106,6 +115,10 @@ impl Instance {
             io: OnceLock::new(),
             finished: AtomicU64::new(0),
             busy_polled_ns: AtomicU64::new(0),
+            first_finish_ns: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            worker_cpus: crate::cpu::current_affinity().unwrap_or_default(),
+            busy_plan: OnceLock::new(),
         }))
     }
 
@@ -249,6 +262,27 @@ impl Instance {
     /// Cancels (and forgets) a stream; false when it is unknown.
     pub fn cancel_stream(&self, stream_id: u64) -> bool {
         self.grpc.get().is_some_and(|g| g.cancel_stream(stream_id))
+    }
+
+    /// How the poll thread busy-polls: `off`, `from the last task`, `ahead of the answers`
+    /// (None until its event loop has started).
+    pub fn busy_plan(&self) -> Option<&'static str> {
+        self.busy_plan.get().map(|p| p.name())
+    }
+
+    /// An operation finished now (busy polling learns answer times from the first one).
+    fn finished_one(&self) {
+        self.finished.fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.first_finish_ns.fetch_min(ns, Ordering::Relaxed);
+    }
+
+    /// When the first operation finished since the last call, if one did.
+    fn take_first_finish(&self) -> Option<Instant> {
+        match self.first_finish_ns.swap(u64::MAX, Ordering::Relaxed) {
+            u64::MAX => None,
+            ns => Some(self.epoch + std::time::Duration::from_nanos(ns)),
+        }
     }
 
     /// Microseconds the poll thread has spent busy-polling (`busy_poll_us`) so far.

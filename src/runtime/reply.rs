@@ -9,8 +9,6 @@
 //!                                                         gave up  ─► slot freed, RC_ABANDONED
 //! ```
 
-use std::sync::atomic::Ordering;
-
 use tonic::Status;
 
 use super::answer::{Answer, RC_ABANDONED, RC_BAD_REQUEST, RC_EXHAUSTED};
@@ -52,7 +50,7 @@ impl Instance {
     /// answer the task.
     pub(super) fn grpc_done(&self, task: Task, req: &Handle, result: OpResult) {
         self.running().remove(&calls::key(req));
-        self.finished.fetch_add(1, Ordering::Relaxed);
+        self.finished_one();
         let opened = result.as_ref().map_or(0, |r| r.stream_id);
         let reply = match result {
             Ok(Received {

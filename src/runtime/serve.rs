@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::answer::{Answer, RC_ABANDONED, RC_BAD_REQUEST};
-use super::busy::BusyPoll;
+use super::busy::{BusyPoll, Next, Placement, Plan};
 use super::calls;
 use super::command::{Claimed, Delays, Run};
 use super::Instance;
@@ -29,6 +29,8 @@ use crate::grpc::Op;
 use crate::guard::guard;
 use crate::log;
 use crate::queue::{Desc, Task, TaskQueue, TryPoll};
+use crate::timer::Timer;
+use futures_util::future::Either;
 
 /// Tasks served before the calls in flight get a turn.
 const BATCH: usize = 64;
@@ -66,8 +68,8 @@ impl Instance {
     /// runs the gRPC calls they start, and waits on the host's eventfd when there is nothing
     /// to do. Before it sleeps it spins: while no gRPC operation is in flight, for the next
     /// task, as the blocking poll does (`poll_spin_us`); while some are, it busy-polls the
-    /// network for up to `busy_poll_us` after the last task, backing off when servers answer
-    /// later than that (`busy.rs`).
+    /// network as its plan says (`busy.rs`): from the last task, or from a timer set shortly
+    /// before the answers it expects.
     async fn serve_async(self: &Arc<Self>, mut queue: TaskQueue) {
         let readable = match queue.readable() {
             Ok(r) => r,
@@ -76,8 +78,26 @@ impl Instance {
                 return;
             }
         };
-        let mut busy = BusyPoll::new(self.config.busy_poll);
+        let mut busy = self.busy_poll();
+        let mut timer = match busy.plan() {
+            Plan::Ahead => match Timer::new() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    log!(
+                        Warn,
+                        self.origin(),
+                        "no timer for busy polling ({e}): polling from the last task"
+                    );
+                    busy = BusyPoll::new(Plan::FromLastTask, self.config.busy_poll);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let _ = self.busy_plan.set(busy.plan());
         let finished = || self.finished.load(Ordering::Relaxed);
+        // Whether the loop last woke for its timer (not for a task).
+        let mut woke_by_timer = false;
         loop {
             let mut served = 0;
             while served < BATCH {
@@ -91,35 +111,93 @@ impl Instance {
                 }
             }
             if served > 0 {
-                busy.tasks_served(finished());
+                woke_by_timer = false;
+                busy.tasks_served(finished(), self.take_first_finish());
                 tokio::task::yield_now().await;
                 continue;
             }
+            let mut sleep_for = None;
             if self.idle() {
-                busy.all_done(finished());
-                if queue.spin_poll() {
+                busy.all_done(finished(), self.take_first_finish());
+                // A timer that fired after its answer came is no reason to wait for a task.
+                if !woke_by_timer && queue.spin_poll() {
                     continue;
                 }
-            } else if busy.poll_again(finished()) {
-                // Busy polling: a yielded event loop polls its I/O driver without sleeping, so
-                // an answer is seen without the wake-up of a sleeping thread (35-70 µs between
-                // vCPUs here; docs/benchmarks.md). sched_yield first lets any other thread that
-                // is runnable on this CPU (the server, the nginx worker) go before us.
-                let round = Instant::now();
-                thread::yield_now();
-                tokio::task::yield_now().await;
-                let ns = u64::try_from(round.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                self.busy_polled_ns.fetch_add(ns, Ordering::Relaxed);
-                continue;
+            } else {
+                match busy.next(finished()) {
+                    Next::Poll => {
+                        // Busy polling: a yielded event loop polls its I/O driver without
+                        // sleeping, so an answer is seen without the wake-up of a sleeping
+                        // thread (35-70 µs between vCPUs here; docs/benchmarks.md).
+                        // sched_yield first lets any other thread that is runnable on this CPU
+                        // (the server, the nginx worker) go before us.
+                        let round = Instant::now();
+                        thread::yield_now();
+                        tokio::task::yield_now().await;
+                        let ns = u64::try_from(round.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        self.busy_polled_ns.fetch_add(ns, Ordering::Relaxed);
+                        continue;
+                    }
+                    Next::SleepFor(after) => sleep_for = Some(after),
+                    Next::Sleep => {}
+                }
+            }
+            if let Some(t) = timer.as_mut() {
+                let set = match sleep_for {
+                    Some(after) => t.arm(after),
+                    None => t.disarm(),
+                };
+                if let Err(e) = set {
+                    log!(Warn, self.origin(), "busy polling timer: {e}");
+                }
             }
             if !queue.arm() {
                 continue;
             }
-            if let Err(e) = readable.wait().await {
+            woke_by_timer = false;
+            let woke = match timer.as_mut() {
+                Some(t) if t.is_armed() => {
+                    let task = std::pin::pin!(readable.wait());
+                    let fired = std::pin::pin!(t.fired());
+                    match futures_util::future::select(task, fired).await {
+                        Either::Left((r, _)) => r,
+                        Either::Right((r, _)) => {
+                            woke_by_timer = true;
+                            busy.timer_fired();
+                            r
+                        }
+                    }
+                }
+                _ => readable.wait().await,
+            };
+            if let Err(e) = woke {
                 log!(Alert, self.origin(), "waiting on the host queue: {e}");
                 return;
             }
         }
+    }
+
+    /// The busy-polling plan for where this thread runs (its CPUs against the worker's, the
+    /// cgroup's CPU quota), logged once.
+    fn busy_poll(&self) -> BusyPoll {
+        let mine = crate::cpu::current_affinity().unwrap_or_default();
+        let placement = Placement {
+            quota: crate::cpu::cgroup_quota(),
+            shares_one_cpu: mine.len() == 1 && mine == self.worker_cpus,
+        };
+        let plan = Plan::choose(self.config.busy_poll_mode, self.config.busy_poll, placement);
+        log!(
+            Info,
+            self.origin(),
+            "busy polling: {} (busy_poll={:?}, up to {} us; CPUs {:?}, worker's {:?}, cgroup CPU quota {})",
+            plan.name(),
+            self.config.busy_poll_mode,
+            self.config.busy_poll.as_micros(),
+            mine,
+            self.worker_cpus,
+            placement.quota.map_or("none".to_string(), |q| format!("{q:.2}"))
+        );
+        BusyPoll::new(plan, self.config.busy_poll)
     }
 
     /// One task: claim its request, run it, then answer it, launch its gRPC operation or delay

@@ -88,6 +88,14 @@ local function init_cfg(name, opts)
         cfg = cfg .. format(",busy_poll_us=%d",
                             number(opts.busy_poll_us, "busy_poll_us", 0, 1000000, true, 3))
     end
+    local mode = opts.busy_poll
+    if mode ~= nil then
+        if mode ~= "adaptive" and mode ~= "fixed" and mode ~= "off" then
+            error("bad option busy_poll: \"adaptive\", \"fixed\" or \"off\" expected, got "
+                  .. tostring(mode), 3)
+        end
+        cfg = cfg .. ",busy_poll=" .. mode
+    end
     return cfg
 end
 
