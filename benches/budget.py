@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""CPU budget of one gRPC call from nginx Lua, both threads, step by step (issue 15).
+
+Starts the test gRPC server and one nginx worker running `resty.grpc_zc`, makes sequential and
+64-in-flight SayHello calls, samples the worker's threads with `perf record` (cpu-clock, call
+graphs off: self time), and splits the worker's CPU time per call (from /proc, all threads)
+over the steps of a call by where the samples fell (thread, library, symbol). Placements:
+everything on one CPU (`taskset`/`worker_cpu_affinity`), and unpinned.
+
+    benches/budget.py [--calls N] [--busy-poll adaptive|fixed|off] [--quick]
+
+Writes target/bench/cpu-budget.json and prints a markdown table per case (make bench puts it in
+docs/benchmarks.md between the cpu-budget markers). Needs perf (linux-perf) and a release
+build (make build).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIB = os.path.join(REPO, "target", "release")
+
+# Steps of a call, by thread; first match wins. (dso pattern, symbol pattern) -> step.
+NGINX_STEPS = [
+    ("Lua: envelope building, reply decode, resume (LuaJIT)", r"luajit|^\[JIT\]|perf-\d+\.map|^\[unknown\]", r""),
+    ("ngx.semaphore wait/post, coroutine resume (lua-nginx-module)", r"ngx_http_lua_module", r""),
+    ("nginx event loop (epoll, eventfd handler, timers)", r"^nginx$", r""),
+    ("host: post, spin, wait, result, release (libresty_ffi)", r"libresty_ffi", r""),
+    ("arena lease and release (libresty_grpc_zc, called from Lua)", r"libresty_grpc_zc", r""),
+    ("libc: malloc, memcpy", r"libc\.so|ld-linux", r""),
+    ("kernel: epoll_wait, eventfd, futex, scheduling", r"kernel", r""),
+]
+POLL_STEPS = [
+    ("queue hand-off: spin, pop, respond (libresty_ffi)", r"libresty_ffi", r""),
+    ("runtime: envelope verify, command, call set-up, reply", r"libresty_grpc_zc", r"resty_grpc_zc::(runtime|wire|codec|arena|queue|copy|ffi)|flatbuffers::"),
+    ("runtime: gRPC layer (retry, balancer, metrics, streams)", r"libresty_grpc_zc", r"resty_grpc_zc::grpc"),
+    ("tonic, tower (codec, Channel, buffer)", r"libresty_grpc_zc", r"tonic|tower"),
+    ("hyper, h2, http (HTTP/2 framing, HPACK, headers)", r"libresty_grpc_zc", r"h2::|hyper|http::|hpack|httparse"),
+    ("tokio (scheduler, reactor, wakers, mpsc)", r"libresty_grpc_zc", r"tokio"),
+    ("allocation (malloc, free, Rust alloc)", r"", r"malloc|free|_int_|__rust_alloc|__rust_dealloc|__rdl_|realloc|cfree"),
+    ("other Rust code (bytes, hashbrown, core)", r"libresty_grpc_zc", r""),
+    ("libc: memcpy, send/recv wrappers, clock", r"libc\.so|ld-linux|vdso", r""),
+    ("kernel: TCP/IP send and receive", r"kernel", r"tcp|ip_|skb|sock|inet|net_|__dev|loopback|napi|_rcv|__sys_send|__sys_recv|sendto|recvfrom|__x64_sys_send|__x64_sys_recv|softirq|irq"),
+    ("kernel: sched_yield, epoll, eventfd, futex, scheduling", r"kernel", r""),
+]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def ticks(pid, tid=None):
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def threads(pid):
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            out[tid] = f.read().strip()
+    return out
+
+
+def start(work, placement, busy_poll):
+    os.makedirs(os.path.join(work, "logs"), exist_ok=True)
+    os.makedirs(os.path.join(work, "conf"), exist_ok=True)
+    server_cmd = [os.path.join(LIB, "grpc-test-server"), "--listen", "127.0.0.1:0",
+                  "--threads", "0", "--no-gzip-replies"]
+    if placement == "one CPU":
+        server_cmd = ["taskset", "-c", "0"] + server_cmd
+    out = open(os.path.join(work, "grpc.out"), "w")
+    server = subprocess.Popen(server_cmd, stdout=out, stderr=subprocess.STDOUT)
+    addr = None
+    for _ in range(100):
+        with open(os.path.join(work, "grpc.out")) as f:
+            m = re.search(r"^listening (\S+)", f.read(), re.M)
+        if m:
+            addr = m.group(1)
+            break
+        time.sleep(0.05)
+    if not addr:
+        sys.exit("budget: the gRPC server did not start")
+    port = free_port()
+    aff = "worker_cpu_affinity 0001;" if placement == "one CPU" else ""
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf = f"""{user}
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+worker_processes 1; {aff}
+daemon off; master_process on; error_log logs/error.log warn; pid logs/nginx.pid;
+env LD_LIBRARY_PATH;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  lua_package_path "{REPO}/lua/?.lua;;";
+  lua_package_cpath "{LIB}/lib?.so;;";
+  client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;
+  uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+  init_worker_by_lua_block {{
+    require "resty_ffi"
+    assert(require("resty.grpc_zc").init({{ busy_poll = "{busy_poll}" }}))
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location /calls {{ content_by_lua_block {{
+      local ok, conn = require("resty.grpc_zc").connect("{addr}")
+      assert(ok, conn)
+      local n, c = tonumber(ngx.var.arg_n), tonumber(ngx.var.arg_c)
+      local function run(k)
+        for _ = 1, k do
+          local ok, r = conn:unary("/helloworld.Greeter/SayHello", "")
+          if not ok then error(r) end
+        end
+      end
+      local th = {{}}
+      for i = 1, c do th[i] = ngx.thread.spawn(run, n / c) end
+      for i = 1, c do assert(ngx.thread.wait(th[i])) end
+      ngx.say("ok")
+    }} }}
+  }}
+}}
+"""
+    with open(os.path.join(work, "conf", "nginx.conf"), "w") as f:
+        f.write(conf)
+    env = dict(os.environ, LD_LIBRARY_PATH=LIB)
+    nginx = subprocess.Popen(["nginx", "-p", work, "-c", "conf/nginx.conf"], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/calls"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{url}?n=64&c=1", timeout=5).read()
+            break
+        except OSError:
+            time.sleep(0.05)
+    if placement == "one CPU":
+        subprocess.run(["taskset", "-a", "-p", "-c", "0", str(server.pid)],
+                       stdout=subprocess.DEVNULL, check=True)
+    worker = int(subprocess.check_output(["pgrep", "-P", str(nginx.pid)]).split()[0])
+    return server, nginx, worker, url
+
+
+def categorize(report, steps_by_comm):
+    """Self samples per (comm, step) from `perf report --sort comm,dso,sym` lines."""
+    totals = {}
+    line_re = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+(\S+)\s+\[[.k]\]\s+(.*)$")
+    for line in report.splitlines():
+        m = line_re.match(line)
+        if not m:
+            continue
+        pct, comm, dso, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4)
+        steps = steps_by_comm.get(comm)
+        if steps is None:
+            continue
+        for name, dso_re, sym_re in steps:
+            if (not dso_re or re.search(dso_re, dso)) and (not sym_re or re.search(sym_re, sym)):
+                totals[(comm, name)] = totals.get((comm, name), 0.0) + pct
+                break
+        else:
+            totals[(comm, "other")] = totals.get((comm, "other"), 0.0) + pct
+    return totals
+
+
+def measure(placement, case, calls, busy_poll, warmup):
+    work = tempfile.mkdtemp(prefix="budget.")
+    server, nginx, worker, url = start(work, placement, busy_poll)
+    c = 1 if case == "sequential" else 64
+    try:
+        urllib.request.urlopen(f"{url}?n={warmup}&c={c}", timeout=120).read()
+        tids = threads(worker)
+        before = {tid: ticks(worker, tid) for tid in tids}
+        data = os.path.join(work, "perf.data")
+        perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4999",
+                                 "-p", str(worker), "-o", data],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        urllib.request.urlopen(f"{url}?n={calls}&c={c}", timeout=600).read()
+        wall = time.monotonic() - t0
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
+        after = {tid: ticks(worker, tid) for tid in tids}
+        hz = os.sysconf("SC_CLK_TCK")
+        per_thread = {}
+        for tid, comm in tids.items():
+            us = (after[tid] - before[tid]) * 1e6 / hz / calls
+            per_thread[comm] = per_thread.get(comm, 0.0) + us
+        report = subprocess.run(["perf", "report", "-i", data, "--no-children", "-g", "none",
+                                 "--sort", "comm,dso,sym", "--stdio"],
+                                capture_output=True, text=True).stdout
+        shares = categorize(report, {"nginx": NGINX_STEPS, "grpc_zc-poll": POLL_STEPS})
+        # Each thread's CPU per call split by its own samples' shares.
+        steps = []
+        for comm, steps_def in (("nginx", NGINX_STEPS), ("grpc_zc-poll", POLL_STEPS)):
+            names = [s[0] for s in steps_def] + ["other"]
+            total = sum(v for (c2, _), v in shares.items() if c2 == comm) or 1.0
+            for name in names:
+                pct = shares.get((comm, name), 0.0)
+                steps.append({"thread": comm, "step": name,
+                              "us_per_call": per_thread.get(comm, 0.0) * pct / total,
+                              "share_of_thread": pct / total})
+        return {"placement": placement, "case": case, "busy_poll": busy_poll, "calls": calls,
+                "us_per_call" if c == 1 else "calls_per_second":
+                    wall * 1e6 / calls if c == 1 else calls / wall,
+                "cpu_us_per_call": per_thread, "steps": steps}
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        server.terminate()
+        nginx.wait()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def table(r):
+    lines = []
+    speed = (f"{r['us_per_call']:.1f} µs per call" if "us_per_call" in r
+             else f"{r['calls_per_second']:.0f} calls/s")
+    cpu = r["cpu_us_per_call"]
+    lines.append(f"**{r['case']}, {r['placement']}** (busy_poll = {r['busy_poll']}): {speed}; "
+                 f"worker CPU {sum(cpu.values()):.1f} µs per call (nginx thread "
+                 f"{cpu.get('nginx', 0):.1f}, poll thread {cpu.get('grpc_zc-poll', 0):.1f})")
+    lines.append("")
+    lines.append("| thread | step | µs CPU per call | share of the thread |")
+    lines.append("|---|---|---|---|")
+    for s in r["steps"]:
+        if s["us_per_call"] < 0.05:
+            continue
+        lines.append(f"| {s['thread']} | {s['step']} | {s['us_per_call']:.1f} | "
+                     f"{100 * s['share_of_thread']:.0f} % |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=20000)
+    ap.add_argument("--busy-poll", default="adaptive")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    calls = args.calls // 10 if args.quick else args.calls
+    results = []
+    for placement in ("one CPU", "unpinned"):
+        for case, n in (("sequential", calls), ("64 in flight", calls * 5)):
+            r = measure(placement, case, n, args.busy_poll, warmup=max(1000, n // 10))
+            results.append(r)
+            print(table(r), end="\n\n", flush=True)
+    os.makedirs(os.path.join(REPO, "target", "bench"), exist_ok=True)
+    with open(os.path.join(REPO, "target", "bench", "cpu-budget.json"), "w") as f:
+        json.dump({"benchmark": "cpu-budget", "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
