@@ -7,6 +7,7 @@ PACKAGES=(
   nginx libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache
   lua-cjson luajit2 libluajit2-5.1-dev nginx-dev libclang-dev pkg-config ca-certificates
   util-linux
+  python3-dev python3-cffi  # loaders/python: libpython3.11 to embed, cffi for raw-style runtimes
 )
 
 missing=()
