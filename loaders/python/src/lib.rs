@@ -14,7 +14,7 @@
 //!                                     or the resty_ffi helper package next to this crate)
 //! ```
 //!
-//! Modules: [`cfg`] parses the cfg string; `signals` keeps nginx's signals on the main thread;
+//! Modules: [`cfg`](mod@cfg) parses the cfg string; `signals` keeps nginx's signals on the main thread;
 //! `interp` owns the interpreter's start; `module` imports and calls under the GIL; `log`
 //! writes error.log lines through the host's `resty_ffi_log`. The C export is below, the only
 //! `extern "C"` of the crate; a panic never crosses it.
