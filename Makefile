@@ -9,6 +9,9 @@ CARGO ?= cargo
 NGINX_TREE := target/nginx
 RELEASE := target/release
 LIBS := libresty_ffi.so libresty_ffi_echo.so libresty_grpc_zc.so
+LIBS += libffi_python3.so
+# Debian's python3 finds packages here (the resty_ffi helper of loaders/python).
+PYTHON_DIR ?= /usr/lib/python3/dist-packages
 # Integration tests start real nginx instances; on 2 cores two at a time keeps timings sane.
 TEST_THREADS ?= 2
 
@@ -75,11 +78,16 @@ install: build
 	for l in $(LIBS); do install -m 0755 $(RELEASE)/$$l $(DESTDIR)$(LIB_DIR)/$$l; done
 	install -m 0644 lua/resty_ffi.lua $(DESTDIR)$(LUA_DIR)/resty_ffi.lua
 	if [ -d lua/resty ]; then cp -r lua/resty $(DESTDIR)$(LUA_DIR)/ ; fi
+	ln -sf libffi_python3.so $(DESTDIR)$(LIB_DIR)/libresty_ffi_python.so
+	install -d $(DESTDIR)$(PYTHON_DIR)/resty_ffi
+	install -m 0644 loaders/python/resty_ffi/__init__.py $(DESTDIR)$(PYTHON_DIR)/resty_ffi/
 	-[ -z "$(DESTDIR)" ] && ldconfig
 
 uninstall:
 	for l in $(LIBS); do rm -f $(DESTDIR)$(LIB_DIR)/$$l; done
 	rm -f $(DESTDIR)$(LUA_DIR)/resty_ffi.lua
+	rm -f $(DESTDIR)$(LIB_DIR)/libresty_ffi_python.so
+	rm -rf $(DESTDIR)$(PYTHON_DIR)/resty_ffi
 
 clean:
 	$(CARGO) clean

@@ -8,6 +8,7 @@ PACKAGES=(
   lua-cjson luajit2 libluajit2-5.1-dev nginx-dev libclang-dev pkg-config ca-certificates
   util-linux
   dpkg-dev lintian curl   # make deb: dpkg-shlibdeps, lintian; the package test's calls
+  python3-dev python3-cffi  # loaders/python: libpython3.11 to embed, cffi for raw-style runtimes
 )
 
 missing=()
