@@ -201,6 +201,7 @@ def measure(placement, case, calls, busy_poll, warmup):
         for tid, comm in tids.items():
             us = (after[tid] - before[tid]) * 1e6 / hz / calls
             per_thread[comm] = per_thread.get(comm, 0.0) + us
+        allocs = count_allocations(worker, tids, url, max(200, calls // 5), c)
         report = subprocess.run(["perf", "report", "-i", data, "--no-children", "-g", "none",
                                  "--sort", "comm,dso,sym", "--stdio"],
                                 capture_output=True, text=True).stdout
@@ -218,13 +219,52 @@ def measure(placement, case, calls, busy_poll, warmup):
         return {"placement": placement, "case": case, "busy_poll": busy_poll, "calls": calls,
                 "us_per_call" if c == 1 else "calls_per_second":
                     wall * 1e6 / calls if c == 1 else calls / wall,
-                "cpu_us_per_call": per_thread, "steps": steps}
+                "cpu_us_per_call": per_thread, "allocations_per_call": allocs, "steps": steps}
     finally:
         nginx.send_signal(signal.SIGQUIT)
         server.terminate()
         nginx.wait()
         server.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+PROBES = ("malloc", "calloc", "realloc")
+
+
+def probes_ready():
+    """uprobes on libc's allocation functions (perf probe, once per boot), or False."""
+    listed = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
+    libc = "/lib/x86_64-linux-gnu/libc.so.6"
+    for fn in PROBES:
+        if f"probe_libc:{fn} " not in listed:
+            r = subprocess.run(["perf", "probe", "-q", "-x", libc, "--add", fn],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                return False
+    return True
+
+
+def count_allocations(worker, tids, url, calls, c):
+    """malloc + calloc + realloc calls per call, per thread name (a separate pass: uprobes
+    slow every allocation down)."""
+    if not probes_ready():
+        return None
+    events = ",".join(f"probe_libc:{fn}" for fn in PROBES)
+    stat = subprocess.Popen(["perf", "stat", "-e", events, "--per-thread", "-x", ",",
+                             "-p", str(worker)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    urllib.request.urlopen(f"{url}?n={calls}&c={c}", timeout=600).read()
+    stat.send_signal(signal.SIGINT)
+    _, err = stat.communicate()
+    per = {}
+    for line in err.splitlines():
+        parts = line.split(",")
+        if len(parts) < 4 or not parts[1].strip().isdigit():
+            continue
+        name = parts[0].rsplit("-", 1)[0]
+        per[name] = per.get(name, 0) + int(parts[1])
+    return {name: n / calls for name, n in per.items() if name in tids.values()}
 
 
 def table(r):
@@ -235,6 +275,10 @@ def table(r):
     lines.append(f"**{r['case']}, {r['placement']}** (busy_poll = {r['busy_poll']}): {speed}; "
                  f"worker CPU {sum(cpu.values()):.1f} µs per call (nginx thread "
                  f"{cpu.get('nginx', 0):.1f}, poll thread {cpu.get('grpc_zc-poll', 0):.1f})")
+    a = r.get("allocations_per_call")
+    if a:
+        lines[-1] += (f"; allocations per call (malloc, calloc, realloc): nginx thread "
+                      f"{a.get('nginx', 0):.1f}, poll thread {a.get('grpc_zc-poll', 0):.1f}")
     lines.append("")
     lines.append("| thread | step | µs CPU per call | share of the thread |")
     lines.append("|---|---|---|---|")
