@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The Debian package on this machine, the way its users get it: builds it (scripts/deb.sh,
-# lintian errors fail), installs it with apt, starts the SYSTEM nginx (/usr/sbin/nginx) with a
-# Debian-style configuration (modules from /etc/nginx/modules-enabled, the package's example
-# as conf.d/grpc.conf) that has no lua_package_path and no LD_LIBRARY_PATH, makes a unary gRPC
-# call, a server stream and a metrics scrape through it against the test gRPC server, checks
-# the libraries came from the system folder, then reinstalls over the installed package, removes
-# and purges it and checks every file it had is gone.
+# The Debian packages on this machine, the way their users get them: builds them
+# (scripts/deb.sh, lintian errors fail), installs them with apt, starts the SYSTEM nginx
+# (/usr/sbin/nginx) with a Debian-style configuration (modules from /etc/nginx/modules-enabled,
+# the package's example as conf.d/grpc.conf) that has no lua_package_path and no
+# LD_LIBRARY_PATH, makes a unary gRPC call, a server stream and a metrics scrape through it
+# against the test gRPC server, calls the article's Python runtime through the packaged Python
+# loader, checks the libraries came from the system folder, then reinstalls over the installed
+# packages, removes and purges them and checks every file they had is gone.
 #
 # It runs nginx on its own prefix and a free port (the machine's /etc/nginx is only read), and
-# purges the package at the end, so the machine is as it was; a package that was installed
+# purges the packages at the end, so the machine is as it was; a package that was installed
 # before the test is installed again from the same build at the end.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,13 +20,17 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 
 fail() { echo "deb-test: FAIL: $*" >&2; exit 1; }
-installed() { dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; }
-
-was_installed=0
-installed && was_installed=1
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 scripts/deb.sh --lintian
-deb=$(ls target/debian/${pkg}_*.deb | head -1)
+# The packages this machine can install: the gRPC client and the loaders whose interpreter
+# Debian can give it.
+pkgs=("$pkg")
+[ -e target/debian/resty-ffi-python3_*.deb ] && pkgs+=(resty-ffi-python3)
+debs=()
+for p in "${pkgs[@]}"; do debs+=("./$(ls target/debian/${p}_*.deb | head -1)"); done
+was_installed=()
+for p in "${pkgs[@]}"; do installed "$p" && was_installed+=("$p"); done
 
 work=$(mktemp -d /tmp/deb-test.XXXXXX)
 chmod 0755 "$work"
@@ -33,19 +38,20 @@ nginx_pid="" grpc_pid=""
 cleanup() {
   [ -n "$nginx_pid" ] && { kill -QUIT "$nginx_pid" 2>/dev/null; wait "$nginx_pid" 2>/dev/null; }
   [ -n "$grpc_pid" ] && { kill "$grpc_pid" 2>/dev/null; wait "$grpc_pid" 2>/dev/null; }
-  if ((was_installed)); then
-    $SUDO apt-get install -y -qq --reinstall "./$deb" >/dev/null 2>&1 || true
-  else
-    $SUDO apt-get purge -y -qq "$pkg" >/dev/null 2>&1 || true
+  $SUDO apt-get purge -y -qq "${pkgs[@]}" >/dev/null 2>&1 || true
+  if ((${#was_installed[@]})); then
+    $SUDO apt-get install -y -qq "${debs[@]}" >/dev/null 2>&1 || true
   fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo "deb-test: apt-get install ./$deb"
-$SUDO apt-get install -y -qq "./$deb" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "apt install"; }
-installed || fail "$pkg not installed after apt install"
-dpkg -L "$pkg" | while read -r f; do [ -f "$f" ] && echo "$f"; done | sort >"$work/files"
+echo "deb-test: apt-get install ${debs[*]}"
+$SUDO apt-get install -y -qq "${debs[@]}" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "apt install"; }
+for p in "${pkgs[@]}"; do installed "$p" || fail "$p not installed after apt install"; done
+for p in "${pkgs[@]}"; do dpkg -L "$p"; done | while read -r f; do
+  [ -f "$f" ] || [ -L "$f" ] && echo "$f"
+done | sort -u >"$work/files"
 [ -s "$work/files" ] || fail "dpkg -L lists no files"
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
 for f in /usr/lib/$multiarch/libresty_ffi.so /usr/lib/$multiarch/libresty_grpc_zc.so \
@@ -53,6 +59,8 @@ for f in /usr/lib/$multiarch/libresty_ffi.so /usr/lib/$multiarch/libresty_grpc_z
          /usr/share/doc/$pkg/examples/grpc.conf /usr/share/doc/$pkg/copyright; do
   grep -qx "$f" "$work/files" || fail "$f is not in the package"
 done
+python=0
+[[ " ${pkgs[*]} " == *" resty-ffi-python3 "* ]] && python=1
 
 # The test gRPC server (Greeter, RouteGuide) on a free port.
 target/release/grpc-test-server --listen 127.0.0.1:0 >"$work/grpc.out" 2>&1 &
@@ -76,12 +84,34 @@ sed -e "s|127.0.0.1:50051|$grpc_addr|g" -e "s|/etc/nginx/proto|$work/proto|g" \
     -e "s|listen 127.0.0.1:8080;|listen 127.0.0.1:$port;|" \
     "/usr/share/doc/$pkg/examples/grpc.conf" >"$work/conf.d/grpc.conf"
 grep -q "listen 127.0.0.1:$port;" "$work/conf.d/grpc.conf" || fail "the example's listen line moved"
+if ((python)); then
+  # The article's Python runtime through the packaged loader (a second server on the same
+  # port: only its location is new).
+  mkdir -p "$work/python/ffi"
+  cp t/runtimes/python/ffi/echo.py "$work/python/ffi/echo.py"
+  cat >"$work/conf.d/python.conf" <<PY
+server {
+    listen 127.0.0.1:$port;
+    server_name python.test;
+    location = /py {
+        content_by_lua_block {
+            local demo = ngx.load_ffi("ffi_python3", "ffi.echo?,init", {is_global = true, unpin = true})
+            local ok, res = demo:echo("hello")
+            assert(ok)
+            assert(res == "hello")
+            ngx.say(res, " from Python")
+        }
+    }
+}
+PY
+fi
 cat >"$work/nginx.conf" <<CONF
 $( [ "$(id -u)" -eq 0 ] && echo "user root;" )
 worker_processes 2;
 pid $work/nginx.pid;
 error_log $work/logs/error.log info;
 daemon off;
+env PYTHONPATH;
 include /etc/nginx/modules-enabled/*.conf;
 events { worker_connections 256; }
 http {
@@ -100,11 +130,12 @@ cat "$work/nginx.conf" "$work/conf.d/grpc.conf" | grep -v '^ *#' | grep -Eq 'lua
 # start_nginx [LD_LIBRARY_PATH]: the system nginx on the prefix, waiting until it answers.
 start_nginx() {
   if [ -n "${1:-}" ]; then
-    env -u LUA_PATH -u LUA_CPATH LD_LIBRARY_PATH="$1" /usr/sbin/nginx -p "$work" \
-      -c "$work/nginx.conf" -g 'env LD_LIBRARY_PATH;' >"$work/logs/stdout" 2>&1 &
+    env -u LUA_PATH -u LUA_CPATH LD_LIBRARY_PATH="$1" PYTHONPATH="$work/python" \
+      /usr/sbin/nginx -p "$work" -c "$work/nginx.conf" -g 'env LD_LIBRARY_PATH;' \
+      >"$work/logs/stdout" 2>&1 &
   else
-    env -u LD_LIBRARY_PATH -u LUA_PATH -u LUA_CPATH /usr/sbin/nginx -p "$work" \
-      -c "$work/nginx.conf" >"$work/logs/stdout" 2>&1 &
+    env -u LD_LIBRARY_PATH -u LUA_PATH -u LUA_CPATH PYTHONPATH="$work/python" \
+      /usr/sbin/nginx -p "$work" -c "$work/nginx.conf" >"$work/logs/stdout" 2>&1 &
   fi
   nginx_pid=$!
   for _ in $(seq 100); do
@@ -149,6 +180,11 @@ sleep 1.2   # metrics_sync publishes every second
 curl -s "http://127.0.0.1:$port/metrics" >"$work/metrics"
 grep -q '^grpc_client_attempt_started_total{grpc_method="helloworld.Greeter/SayHello"' "$work/metrics" \
   || { cat "$work/metrics"; fail "no SayHello attempts on /metrics"; }
+if ((python)); then
+  py=$(curl -s -H 'Host: python.test' "http://127.0.0.1:$port/py")
+  echo "deb-test: /py -> $py"
+  [ "$py" = "hello from Python" ] || fail "the Python runtime: $py"
+fi
 mapped "/usr/lib/$multiarch"
 echo "deb-test: the workers run the system folder's libraries"
 stop_nginx
@@ -161,18 +197,20 @@ mapped "$repo/target/release"
 echo "deb-test: with LD_LIBRARY_PATH the workers run the build tree's libraries"
 stop_nginx
 
-echo "deb-test: reinstall over the installed package"
-$SUDO apt-get install -y -qq --reinstall "./$deb" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "reinstall"; }
-installed || fail "not installed after reinstall"
-while read -r f; do [ -f "$f" ] || fail "$f missing after reinstall"; done <"$work/files"
+echo "deb-test: reinstall over the installed packages"
+$SUDO apt-get install -y -qq --reinstall "${debs[@]}" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "reinstall"; }
+for p in "${pkgs[@]}"; do installed "$p" || fail "$p not installed after reinstall"; done
+while read -r f; do [ -e "$f" ] || fail "$f missing after reinstall"; done <"$work/files"
 
-echo "deb-test: apt-get remove"
-$SUDO apt-get remove -y -qq "$pkg" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "remove"; }
-while read -r f; do [ -e "$f" ] && fail "$f left after remove"; done <"$work/files"
-$SUDO apt-get install -y -qq "./$deb" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "install after remove"; }
-echo "deb-test: apt-get purge"
-$SUDO apt-get purge -y -qq "$pkg" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "purge"; }
-while read -r f; do [ -e "$f" ] && fail "$f left after purge"; done <"$work/files"
-dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null | grep -q '^i' && fail "still known to dpkg"
-[ -e "/usr/share/doc/$pkg" ] && fail "/usr/share/doc/$pkg left after purge"
-echo "deb-test: ok ($(wc -l <"$work/files") files installed and gone again)"
+echo "deb-test: apt-get remove ${pkgs[*]}"
+$SUDO apt-get remove -y -qq "${pkgs[@]}" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "remove"; }
+while read -r f; do [ -e "$f" ] || [ -L "$f" ] && fail "$f left after remove"; done <"$work/files"
+$SUDO apt-get install -y -qq "${debs[@]}" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "install after remove"; }
+echo "deb-test: apt-get purge ${pkgs[*]}"
+$SUDO apt-get purge -y -qq "${pkgs[@]}" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "purge"; }
+while read -r f; do [ -e "$f" ] || [ -L "$f" ] && fail "$f left after purge"; done <"$work/files"
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^i' && fail "$p still known to dpkg"
+  [ -e "/usr/share/doc/$p" ] && fail "/usr/share/doc/$p left after purge"
+done
+echo "deb-test: ok (${pkgs[*]}: $(wc -l <"$work/files") files installed and gone again)"

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # `make deb`: Debian binary packages of what `make build` made, for the system nginx.
 #
-#   resty-grpc-zc   the ngx.load_ffi host, the gRPC runtime, the echo runtime and the Lua
-#                   modules: libraries in the multiarch library folder (the dynamic loader's
-#                   default search, so ngx.load_ffi("resty_grpc_zc") needs no LD_LIBRARY_PATH),
-#                   Lua in /usr/share/lua/5.1 (LuaJIT's default package.path)
+#   resty-grpc-zc      the ngx.load_ffi host, the gRPC runtime, the echo runtimes and the Lua
+#                      modules: libraries in the multiarch library folder (the dynamic loader's
+#                      default search, so ngx.load_ffi("resty_grpc_zc") needs no
+#                      LD_LIBRARY_PATH), Lua in /usr/share/lua/5.1 (LuaJIT's default path)
+#   resty-ffi-python3  the Python loader (libffi_python3.so, also as libresty_ffi_python.so)
+#                      and the resty_ffi helper module in Debian's dist-packages
+#
+# Each language loader is a package of its own, as Debian splits plugins by what they pull in:
+# installing the gRPC client does not install a Python, a JVM or Node.js.
 #
 # Built with dpkg-deb from a staged tree; the control files, changelog, copyright and docs are
 # in packaging/deb. Depends is what dpkg-shlibdeps reads off the libraries plus the Lua stack.
@@ -100,11 +105,23 @@ stage_docs $pkg
 doc="$out/stage/$pkg/usr/share/doc/$pkg"
 install -d -m 0755 "$doc/examples"
 install -m 0644 packaging/deb/$pkg/grpc.conf "$doc/examples/grpc.conf"
-for d in README.md docs/grpc_zc.md docs/fleet.md docs/host.md docs/protobuf.md; do
+for d in README.md docs/grpc_zc.md docs/fleet.md docs/host.md docs/protobuf.md docs/runtimes.md docs/debian.md; do
   gzip -9n <"$d" >"$doc/$(basename "$d").gz"
   chmod 0644 "$doc/$(basename "$d").gz"
 done
 build_pkg $pkg
+
+# --- resty-ffi-python3 ----------------------------------------------------------------------
+if [ -f "$release/libffi_python3.so" ]; then
+  pkg=resty-ffi-python3
+  stage_lib $pkg libffi_python3.so
+  ln -s libffi_python3.so "$out/stage/$pkg/$libdir/libresty_ffi_python.so"
+  py="$out/stage/$pkg/usr/lib/python3/dist-packages/resty_ffi"
+  install -d -m 0755 "$py"
+  install -m 0644 loaders/python/resty_ffi/__init__.py "$py/__init__.py"
+  stage_docs $pkg
+  build_pkg $pkg
+fi
 
 if ((run_lintian)); then
   # Errors fail the build; warnings are printed (docs/debian.md says which remain and why).
