@@ -9,10 +9,12 @@ CARGO ?= cargo
 NGINX_TREE := target/nginx
 RELEASE := target/release
 LIBS := libresty_ffi.so libresty_ffi_echo.so libresty_grpc_zc.so
+# The Go echo runtime (runtimes/go/echo), built by go-build.
+LIBS += libffi_go_echo.so
 # Integration tests start real nginx instances; on 2 cores two at a time keeps timings sane.
 TEST_THREADS ?= 2
 
-.PHONY: all deps nginx-tree build test lint gen gen-check demo bench fuzz miri install uninstall clean
+.PHONY: all deps nginx-tree build go-build go-lint test lint gen gen-check demo bench fuzz miri install uninstall clean
 
 all: build
 
@@ -22,8 +24,18 @@ deps:
 nginx-tree: deps
 	@scripts/nginx-tree.sh $(NGINX_TREE)
 
-build: nginx-tree
+build: nginx-tree go-build
 	$(CARGO) build --release --workspace --bins --lib
+
+# Go runtimes are c-shared libraries built by go (offline: no module proxy, no toolchain
+# download); see runtimes/go/build.sh.
+go-build: deps
+	runtimes/go/build.sh $(RELEASE)/libffi_go_echo.so runtimes/go/echo
+
+go-lint: deps
+	@out=$$(gofmt -l runtimes/go t/runtimes/go); [ -z "$$out" ] || { echo "gofmt: $$out"; exit 1; }
+	cd runtimes/go && GOPROXY=off GOFLAGS=-mod=mod go vet ./...
+	cd t/runtimes/go && GOPROXY=off GOFLAGS=-mod=mod go vet ./...
 
 # FlatBuffers code generated from schema/ is checked in; `make gen` regenerates it.
 gen:
@@ -32,7 +44,7 @@ gen:
 gen-check:
 	scripts/gen.sh --check
 
-lint: nginx-tree gen-check
+lint: nginx-tree gen-check go-lint
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --workspace --no-deps

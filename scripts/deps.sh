@@ -7,6 +7,7 @@ PACKAGES=(
   nginx libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache
   lua-cjson luajit2 libluajit2-5.1-dev nginx-dev libclang-dev pkg-config ca-certificates
   util-linux
+  golang-go  # Go runtimes: runtimes/go (the echo example and the restyffi helper)
 )
 
 missing=()
