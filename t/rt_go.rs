@@ -149,6 +149,7 @@ const SIGNAL_FFI: &str = r#"
         int poll(struct t_pollfd *fds, unsigned long n, int timeout);
         long read(int fd, void *buf, size_t n);
         int close(int fd);
+        int usleep(unsigned int us);
     ]]
     SIG = { ffi = ffi, C = ffi.C, SIGCHLD = 17, SIG_BLOCK = 0, SIG_SETMASK = 2 }
     function SIG.chld_set()
@@ -182,7 +183,8 @@ const SIGNAL_FFI: &str = r#"
 
 /// `/pipe_like`: what ngx.pipe does on OpenResty, with SIGCHLD blocked on the main thread since
 /// `init_worker` (as lua-nginx-module blocks it before any runtime starts): spawn a child, wait
-/// for SIGCHLD on a signalfd, reap the child. Prints `signalfd <r> <reap result>`.
+/// for SIGCHLD on a signalfd (`sleep_ms` after the spawn, then up to `wait_ms`), reap the
+/// child. Prints `signalfd <r> <reap result>`.
 /// `/execute`: os.execute (glibc's system(), which blocks SIGCHLD while it waits) `n` times;
 /// prints how many returned the child's status. `/pipe`: ngx.pipe itself where the nginx
 /// binary has it (prints `absent` on Debian's lua-nginx-module, which lacks its C half).
@@ -200,15 +202,26 @@ location /pipe_like {
         local fd = C.signalfd(-1, SIG.chld_set(), 2048 + 524288)   -- SFD_NONBLOCK | SFD_CLOEXEC
         assert(fd >= 0, "signalfd")
         local pid = SIG.spawn("exit 7")
+        -- Blocked in nanosleep, the main thread does not look at the signalfd while the child
+        -- exits: whichever thread takes SIGCHLD meanwhile runs nginx's handler.
+        C.usleep((tonumber(ngx.var.arg_sleep_ms) or 0) * 1000)
         local pfd = ffi.new("struct t_pollfd[1]")
         pfd[0].fd, pfd[0].events = fd, 1
-        local r = C.poll(pfd, 1, tonumber(ngx.var.arg_wait_ms) or 3000)
         local buf = ffi.new("unsigned char[128]")
-        if r == 1 then
-            assert(C.read(fd, buf, 128) == 128)
-        end
+        local wait_ms = tonumber(ngx.var.arg_wait_ms) or 3000
+        ngx.update_time()
+        local deadline = ngx.now() + wait_ms / 1000
+        local got = 0
+        repeat
+            -- Readable, then EAGAIN happens when another thread dequeued the signal between
+            -- the two; the event loop of ngx.pipe just waits for the next readiness.
+            if C.poll(pfd, 1, wait_ms) == 1 and C.read(fd, buf, 128) == 128 then
+                got = 1
+            end
+            ngx.update_time()
+        until got == 1 or ngx.now() >= deadline
         C.close(fd)
-        ngx.say("signalfd ", r, " ", SIG.reap(pid))
+        ngx.say("signalfd ", got, " ", SIG.reap(pid))
     }
 }
 location /execute {
@@ -268,8 +281,9 @@ fn sigchld_reaches_the_main_thread_with_a_go_runtime_loaded() {
     // The Go runtime's threads all unblock SIGCHLD; restyffi routes it back.
     let loaded = n.get_ok("/load");
     assert!(loaded.contains("sigchld=route"), "{loaded}");
-    for _ in 0..20 {
+    for _ in 0..10 {
         assert_eq!(n.get_ok("/pipe_like"), "signalfd 1 status 7\n");
+        assert_eq!(n.get_ok("/pipe_like?sleep_ms=50"), "signalfd 1 status 7\n");
     }
     assert!(stat_of(&n.get_ok("/load"), "forwarded") >= 1);
     assert_eq!(n.get_ok("/pipe"), "absent\n");
@@ -292,7 +306,7 @@ fn without_the_forwarder_a_go_thread_steals_the_child() {
     let loaded = n.get_ok("/load");
     assert!(loaded.contains("sigchld=keep"), "{loaded}");
     // lua-resty-ffi issue #5: nginx's handler runs on a Go thread and reaps the child.
-    let r = n.get_ok("/pipe_like?wait_ms=500");
+    let r = n.get_ok("/pipe_like?sleep_ms=300&wait_ms=0");
     assert_eq!(r, "signalfd 0 errno 10\n");
     let (found, log) = n.wait_log_contains("exited with code 7", Duration::from_secs(5));
     assert!(found, "{log}");
@@ -316,7 +330,7 @@ fn echo_is_byte_for_byte() {
         r#"
         location /sizes {
             content_by_lua_block {
-                local rt = assert(ngx.load_ffi(LIB))
+                local rt = assert(ngx.load_ffi(LIB, ngx.var.arg_cfg))
                 for _, size in ipairs({1, 2, 255, 4096, 65536, 1048576, 16 * 1048576}) do
                     local p = payload(size, size % 251)
                     local ok, res, err = rt:echo(p)
@@ -332,6 +346,12 @@ fn echo_is_byte_for_byte() {
                 ngx.say("ok")
             }
         }
+        location /bad_cfg {
+            content_by_lua_block {
+                local rt, rc = ngx.load_ffi(LIB, "bogus")
+                ngx.say(tostring(rt), " ", tostring(rc))
+            }
+        }
         location /body {
             client_max_body_size 32m;
             client_body_buffer_size 32m;
@@ -345,12 +365,15 @@ fn echo_is_byte_for_byte() {
         }
         "#,
     );
+    // One goroutine per call, and every call on the polling goroutine.
     assert_eq!(n.get_ok("/sizes"), "ok\n");
+    assert_eq!(n.get_ok("/sizes?cfg=inline"), "ok\n");
     let data = testkit::payload(16 << 20, 7);
     let r = n.post("/body", &data);
     assert_eq!(r.status, 200);
     assert!(r.body == data, "16 MiB body differs");
-    n.assert_log_clean(&[]);
+    assert_eq!(n.get_ok("/bad_cfg"), "nil 1\n");
+    n.assert_log_clean(&["go echo: libffi_init failed: unknown cfg \"bogus\""]);
 }
 
 /// Echoes a payload derived from `id` through the Go echo.

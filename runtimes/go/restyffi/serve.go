@@ -3,6 +3,7 @@ package restyffi
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -30,6 +31,14 @@ type Options struct {
 	CancelCheck time.Duration
 	// Name prefixes the server's log lines (default "restyffi").
 	Name string
+	// BorrowRequest hands the handler the host's request buffer instead of a copy: no
+	// allocation per call, but req is valid only until the handler returns (do not keep it, or
+	// let another goroutine use it after that). Returning req itself as the response is fine:
+	// the response is copied before the task is answered.
+	BorrowRequest bool
+	// Inline runs the handler on the polling goroutine: no goroutine per call, and calls are
+	// served one at a time, in order. Only for handlers that never block.
+	Inline bool
 }
 
 // Stats counts a Server's calls.
@@ -141,7 +150,12 @@ func (s *Server) pollLoop() {
 }
 
 func (s *Server) start(task unsafe.Pointer) {
-	req := getReq(task)
+	var req []byte
+	if s.opts.BorrowRequest {
+		req = reqView(task)
+	} else {
+		req = getReq(task)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &call{task: task, cancel: cancel}
 	s.mu.Lock()
@@ -151,7 +165,16 @@ func (s *Server) start(task unsafe.Pointer) {
 	if first {
 		s.nudge()
 	}
+	if s.opts.Inline {
+		s.run(ctx, c, req)
+		return
+	}
 	go s.run(ctx, c, req)
+	// Let the new goroutine run now, on this thread: a quick handler answers before the next
+	// poll, with no thread woken. A handler that blocks parks and hands the thread back; one
+	// that computes long is left to this thread while the poller moves on to another one
+	// (the go statement woke an idle P for it).
+	runtime.Gosched()
 }
 
 func (s *Server) run(ctx context.Context, c *call, req []byte) {
