@@ -186,7 +186,8 @@ const SIGNAL_FFI: &str = r#"
 /// for SIGCHLD on a signalfd (`sleep_ms` after the spawn, then up to `wait_ms`), reap the
 /// child. Prints `signalfd <r> <reap result>`.
 /// `/execute`: os.execute (glibc's system(), which blocks SIGCHLD while it waits) `n` times;
-/// prints how many returned the child's status. `/pipe`: ngx.pipe itself where the nginx
+/// prints how many returned the child's status; `/popen`: the same for io.popen's close.
+/// `/call?req=exec:N`: os/exec in the Go runtime. `/pipe`: ngx.pipe itself where the nginx
 /// binary has it (prints `absent` on Debian's lua-nginx-module, which lacks its C half).
 const CHILD_LOCATIONS: &str = r#"
 location /load {
@@ -238,6 +239,22 @@ location /execute {
         ngx.say(good, " ", table.concat(other, ","))
     }
 }
+location /popen {
+    content_by_lua_block {
+        local good, other = 0, {}
+        for i = 1, tonumber(ngx.var.arg_n) do
+            local f = io.popen("exit 3")
+            f:read("*a")
+            local ok, err = f:close()
+            if ok then
+                good = good + 1
+            else
+                other[#other + 1] = tostring(err)
+            end
+        end
+        ngx.say(good, " ", table.concat(other, ","))
+    }
+}
 location /pipe {
     content_by_lua_block {
         local C = require("ffi").C
@@ -266,7 +283,7 @@ fn child_nginx(name: &str, block_chld: bool, env: &[(&str, &str)]) -> Nginx {
              init_worker_by_lua_block {{ require \"resty_ffi\" {block} }}",
             test_lib()
         ))
-        .server_conf(CHILD_LOCATIONS);
+        .server_conf(&format!("{CHILD_LOCATIONS}{CALL}"));
     for (k, v) in env {
         b = b.env(k, v);
     }
@@ -892,4 +909,23 @@ fn go_leaves_nginx_signal_handlers_alone() {
         dispositions("go-signals-keep", &[("RESTYFFI_SIGCHLD", "keep")]),
         format!("ALRM=same+onstack BUS=changed+onstack CHLD=same+onstack {nginx}")
     );
+}
+
+#[test]
+fn noreap_leaves_every_child_to_its_owner() {
+    // nginx's worker handler reaps every child (waitpid(-1)), with or without Go: io.popen's
+    // close and Go's os/exec lose their child's status to it. RESTYFFI_SIGCHLD=noreap stops
+    // running it; each child is then reaped by whoever waits for it.
+    let n = child_nginx("go-noreap", false, &[("RESTYFFI_SIGCHLD", "noreap")]);
+    assert!(n.get_ok("/load").contains("sigchld=noreap"));
+    assert_eq!(n.get_ok("/call?req=exec:100"), "true map[status3:100]\n");
+    assert_eq!(n.get_ok("/popen?n=50"), "50 \n");
+    assert_eq!(n.get_ok("/execute?n=100"), "100 \n");
+    n.assert_log_clean(&[]);
+    let n = child_nginx("go-noreap-pipe", true, &[("RESTYFFI_SIGCHLD", "noreap")]);
+    assert!(n.get_ok("/load").contains("sigchld=noreap"));
+    for _ in 0..5 {
+        assert_eq!(n.get_ok("/pipe_like?sleep_ms=50"), "signalfd 1 status 7\n");
+    }
+    n.assert_log_clean(&[]);
 }

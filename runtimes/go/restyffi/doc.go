@@ -28,7 +28,8 @@
 //   - pins the library (dlopen of its own file with RTLD_NODELETE | RTLD_NOLOAD): a Go runtime
 //     can never be unloaded, so unpin = true must not unmap it;
 //   - routes SIGCHLD that the kernel hands to a Go thread back to nginx's main thread (see
-//     docs/runtimes.md, "Go and SIGCHLD"); RESTYFFI_SIGCHLD=keep turns that off.
+//     docs/runtimes.md, "Go and SIGCHLD"); RESTYFFI_SIGCHLD=keep turns that off, and
+//     RESTYFFI_SIGCHLD=noreap also stops nginx's handler from reaping every child.
 //
 // One Go runtime per process: load at most one Go library per nginx worker (serve several
 // cfgs from it instead).

@@ -118,6 +118,8 @@ int restyffi_pin(const char **err)
 
 static struct sigaction chld_prev;
 static volatile unsigned long chld_forwarded;
+/* 1: on the main thread, do not run the previous handler (nginx's reaps every child). */
+static int chld_noreap;
 
 static void chld_run_prev(int sig, siginfo_t *info, void *uc)
 {
@@ -149,13 +151,16 @@ static void chld_handler(int sig, siginfo_t *info, void *uc)
             return;
         }
     }
-    chld_run_prev(sig, info, uc);
+    if (!chld_noreap) {
+        chld_run_prev(sig, info, uc);
+    }
     errno = saved;
 }
 
-int restyffi_sigchld_route(void)
+int restyffi_sigchld_route(int noreap)
 {
     struct sigaction cur, sa;
+    chld_noreap = noreap;
     if (sigaction(SIGCHLD, NULL, &cur) != 0) {
         return -1;
     }

@@ -37,13 +37,21 @@ func init() {
 		pinErr = errors.New("restyffi: cannot pin the library: " + C.GoString(cerr))
 		Log(LevelWarn, "%v; unpin = true would unload a running Go runtime", pinErr)
 	}
-	switch os.Getenv("RESTYFFI_SIGCHLD") {
+	mode := os.Getenv("RESTYFFI_SIGCHLD")
+	switch mode {
 	case "keep":
 		sigchld = "keep"
 	default:
-		switch C.restyffi_sigchld_route() {
+		noreap := C.int(0)
+		if mode == "noreap" {
+			noreap = 1
+		}
+		switch C.restyffi_sigchld_route(noreap) {
 		case 1:
 			sigchld = "route"
+			if noreap != 0 {
+				sigchld = "noreap"
+			}
 		case 0:
 			sigchld = "none"
 		default:
@@ -67,6 +75,7 @@ func Pinned() bool { return pinErr == nil }
 func HasCancelled() bool { return C.restyffi_has_cancelled() != 0 }
 
 // SigchldMode says what package init did about SIGCHLD: "route" (the forwarder is installed),
+// "noreap" (installed, and nginx's reaping handler no longer runs: RESTYFFI_SIGCHLD=noreap),
 // "none" (SIGCHLD had no handler, nothing to route), "keep" (RESTYFFI_SIGCHLD=keep asked to
 // leave it alone) or "failed".
 func SigchldMode() string { return sigchld }

@@ -32,9 +32,10 @@ char *restyffi_dup(const void *src, size_t len);
 int restyffi_pin(const char **err);
 
 /* Routes SIGCHLD that lands on a thread other than the main one (the thread whose id is the
- * process id) to the main thread, then lets the handler that was installed before run there.
+ * process id) to the main thread, then lets the handler that was installed before run there
+ * (unless noreap: then nothing runs, and every child is left to whoever waits for it).
  * 1: installed; 0: nothing to do (no handler, SIG_DFL or SIG_IGN); -1: sigaction failed. */
-int restyffi_sigchld_route(void);
+int restyffi_sigchld_route(int noreap);
 /* How many SIGCHLD were forwarded to the main thread. */
 unsigned long restyffi_sigchld_forwarded(void);
 

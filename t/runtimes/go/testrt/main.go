@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -71,6 +72,23 @@ func handle(ctx context.Context, req []byte) ([]byte, error) {
 		return []byte(stats()), nil
 	case "version":
 		return []byte(version), nil
+	case "exec":
+		// Runs `sh -c "exit 3"` N times with os/exec; reports how each Wait ended.
+		n, _ := strconv.Atoi(arg)
+		results := map[string]int{}
+		for i := 0; i < n; i++ {
+			err := exec.Command("/bin/sh", "-c", "exit 3").Run()
+			var ee *exec.ExitError
+			switch {
+			case errors.As(err, &ee) && ee.ExitCode() == 3:
+				results["status3"]++
+			case err != nil:
+				results[err.Error()]++
+			default:
+				results["ok"]++
+			}
+		}
+		return []byte(fmt.Sprint(results)), nil
 	}
 	return req, nil
 }
