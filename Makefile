@@ -14,7 +14,7 @@ LIBS += libffi_go_echo.so
 # Integration tests start real nginx instances; on 2 cores two at a time keeps timings sane.
 TEST_THREADS ?= 2
 
-.PHONY: all deps nginx-tree build go-build go-lint test lint gen gen-check demo bench fuzz miri install uninstall clean
+.PHONY: all deps nginx-tree build go-build go-lint go-test test lint gen gen-check demo bench fuzz miri install uninstall clean
 
 all: build
 
@@ -31,6 +31,10 @@ build: nginx-tree go-build
 # download); see runtimes/go/build.sh.
 go-build: deps
 	runtimes/go/build.sh $(RELEASE)/libffi_go_echo.so runtimes/go/echo
+
+# restyffi's unit tests, against a mock host (no nginx), under the race detector.
+go-test: deps
+	cd runtimes/go && GOPROXY=off GOFLAGS=-mod=mod go test -race -count=1 ./...
 
 go-lint: deps
 	@out=$$(gofmt -l runtimes/go t/runtimes/go); [ -z "$$out" ] || { echo "gofmt: $$out"; exit 1; }
@@ -49,7 +53,7 @@ lint: nginx-tree gen-check go-lint
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --workspace --no-deps
 
-test: build lint
+test: build lint go-test
 	lua/t/run.sh
 	$(CARGO) test --release --workspace -- --test-threads=$(TEST_THREADS)
 

@@ -44,6 +44,14 @@ const char *restyffi_lookup(void)
     return NULL;
 }
 
+void restyffi_set_host(void *poll, void *get_req, void *respond, void *cancelled)
+{
+    host_poll = (poll_fn) poll;
+    host_get_req = (get_req_fn) get_req;
+    host_respond = (respond_fn) respond;
+    host_cancelled = (cancelled_fn) cancelled;
+}
+
 int restyffi_has_cancelled(void) { return host_cancelled != NULL; }
 int restyffi_has_log(void) { return host_log != NULL; }
 

@@ -61,6 +61,12 @@ func init() {
 	}
 }
 
+// setHost replaces the host's functions with the C functions given (unit tests' mock host).
+func setHost(poll, getReq, respond, cancelled unsafe.Pointer) {
+	C.restyffi_set_host(poll, getReq, respond, cancelled)
+	hostErr = nil
+}
+
 // HostError is nil when the process exports the three contract functions (the library was
 // loaded by ngx.load_ffi); otherwise it names the missing one. Serve and NewQueue return it.
 func HostError() error { return hostErr }

@@ -13,6 +13,8 @@
  * (task_cancelled, resty_ffi_log) are optional. */
 const char *restyffi_lookup(void);
 int restyffi_has_cancelled(void);
+/* Replaces the looked-up functions (unit tests run without a host). */
+void restyffi_set_host(void *poll, void *get_req, void *respond, void *cancelled);
 int restyffi_has_log(void);
 
 void *restyffi_task_poll(void *tq);

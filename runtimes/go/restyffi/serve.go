@@ -58,6 +58,7 @@ type Server struct {
 	opts    Options
 	slots   chan struct{} // nil without MaxInFlight
 	done    chan struct{}
+	doneOne sync.Once
 	kick    chan struct{}
 
 	mu       sync.Mutex
@@ -220,11 +221,7 @@ func (s *Server) invoke(ctx context.Context, req []byte) (rc int, rsp []byte, pa
 }
 
 func (s *Server) close() {
-	select {
-	case <-s.done:
-	default:
-		close(s.done)
-	}
+	s.doneOne.Do(func() { close(s.done) })
 }
 
 func (s *Server) nudge() {
