@@ -32,14 +32,17 @@ build: nginx-tree go-build
 go-build: deps
 	runtimes/go/build.sh $(RELEASE)/libffi_go_echo.so runtimes/go/echo
 
+# Go without the network: no module proxy, no checksum database, no toolchain download.
+GO_ENV := GOPROXY=off GOSUMDB=off GOTOOLCHAIN=local GOFLAGS=-mod=mod
+
 # restyffi's unit tests, against a mock host (no nginx), under the race detector.
 go-test: deps
-	cd runtimes/go && GOPROXY=off GOFLAGS=-mod=mod go test -race -count=1 ./...
+	cd runtimes/go && $(GO_ENV) go test -race -count=1 ./...
 
 go-lint: deps
 	@out=$$(gofmt -l runtimes/go t/runtimes/go); [ -z "$$out" ] || { echo "gofmt: $$out"; exit 1; }
-	cd runtimes/go && GOPROXY=off GOFLAGS=-mod=mod go vet ./...
-	cd t/runtimes/go && GOPROXY=off GOFLAGS=-mod=mod go vet ./...
+	cd runtimes/go && $(GO_ENV) go vet ./...
+	cd t/runtimes/go && $(GO_ENV) go vet ./...
 
 # FlatBuffers code generated from schema/ is checked in; `make gen` regenerates it.
 gen:
