@@ -12,10 +12,12 @@ LIBS := libresty_ffi.so libresty_ffi_echo.so libresty_grpc_zc.so
 LIBS += libffi_python3.so
 # Debian's python3 finds packages here (the resty_ffi helper of loaders/python).
 PYTHON_DIR ?= /usr/lib/python3/dist-packages
+# The Go echo runtime (runtimes/go/echo), built by go-build.
+LIBS += libffi_go_echo.so
 # Integration tests start real nginx instances; on 2 cores two at a time keeps timings sane.
 TEST_THREADS ?= 2
 
-.PHONY: all deps nginx-tree build test lint gen gen-check demo bench deb fuzz miri install uninstall clean
+.PHONY: all deps nginx-tree build go-build go-lint go-test test lint gen gen-check demo bench deb fuzz miri install uninstall clean
 
 all: build
 
@@ -25,8 +27,25 @@ deps:
 nginx-tree: deps
 	@scripts/nginx-tree.sh $(NGINX_TREE)
 
-build: nginx-tree
+build: nginx-tree go-build
 	$(CARGO) build --release --workspace --bins --lib
+
+# Go runtimes are c-shared libraries built by go (offline: no module proxy, no toolchain
+# download); see runtimes/go/build.sh.
+go-build: deps
+	runtimes/go/build.sh $(RELEASE)/libffi_go_echo.so runtimes/go/echo
+
+# Go without the network: no module proxy, no checksum database, no toolchain download.
+GO_ENV := GOPROXY=off GOSUMDB=off GOTOOLCHAIN=local GOFLAGS=-mod=mod
+
+# restyffi's unit tests, against a mock host (no nginx), under the race detector.
+go-test: deps
+	cd runtimes/go && $(GO_ENV) go test -race -count=1 ./...
+
+go-lint: deps
+	@out=$$(gofmt -l runtimes/go t/runtimes/go); [ -z "$$out" ] || { echo "gofmt: $$out"; exit 1; }
+	cd runtimes/go && $(GO_ENV) go vet ./...
+	cd t/runtimes/go && $(GO_ENV) go vet ./...
 
 # FlatBuffers code generated from schema/ is checked in; `make gen` regenerates it.
 gen:
@@ -35,12 +54,12 @@ gen:
 gen-check:
 	scripts/gen.sh --check
 
-lint: nginx-tree gen-check
+lint: nginx-tree gen-check go-lint
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --workspace --no-deps
 
-test: build lint
+test: build lint go-test
 	lua/t/run.sh
 	$(CARGO) test --release --workspace -- --test-threads=$(TEST_THREADS)
 	scripts/deb-test.sh

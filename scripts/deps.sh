@@ -9,6 +9,7 @@ PACKAGES=(
   util-linux
   dpkg-dev lintian curl   # make deb: dpkg-shlibdeps, lintian; the package test's calls
   python3-dev python3-cffi  # loaders/python: libpython3.11 to embed, cffi for raw-style runtimes
+  golang-go  # Go runtimes: runtimes/go (the echo example and the restyffi helper)
 )
 
 missing=()
