@@ -33,7 +33,8 @@ build: nginx-tree go-build
 # Go runtimes are c-shared libraries built by go (offline: no module proxy, no toolchain
 # download); see runtimes/go/build.sh.
 go-build: deps
-	runtimes/go/build.sh $(RELEASE)/libffi_go_echo.so runtimes/go/echo
+	runtimes/go/build.sh $(RELEASE)/libffi_go_echo.so runtimes/go/echo \
+	  -ldflags=-extldflags=-Wl,-soname,libffi_go_echo.so
 
 # Go without the network: no module proxy, no checksum database, no toolchain download.
 GO_ENV := GOPROXY=off GOSUMDB=off GOTOOLCHAIN=local GOFLAGS=-mod=mod

@@ -84,9 +84,24 @@ sed -e "s|127.0.0.1:50051|$grpc_addr|g" -e "s|/etc/nginx/proto|$work/proto|g" \
     -e "s|listen 127.0.0.1:8080;|listen 127.0.0.1:$port;|" \
     "/usr/share/doc/$pkg/examples/grpc.conf" >"$work/conf.d/grpc.conf"
 grep -q "listen 127.0.0.1:$port;" "$work/conf.d/grpc.conf" || fail "the example's listen line moved"
+# The Go echo runtime from the package (a second server on the same port: only its locations
+# are new).
+cat >"$work/conf.d/runtimes.conf" <<RT
+server {
+    listen 127.0.0.1:$port;
+    server_name runtimes.test;
+    location = /go {
+        content_by_lua_block {
+            local rt = assert(ngx.load_ffi("ffi_go_echo"))
+            local ok, res = rt:echo("hello")
+            assert(ok and res == "hello", tostring(res))
+            ngx.say(res, " from Go")
+        }
+    }
+}
+RT
 if ((python)); then
-  # The article's Python runtime through the packaged loader (a second server on the same
-  # port: only its location is new).
+  # The article's Python runtime through the packaged loader.
   mkdir -p "$work/python/ffi"
   cp t/runtimes/python/ffi/echo.py "$work/python/ffi/echo.py"
   cat >"$work/conf.d/python.conf" <<PY
@@ -180,6 +195,9 @@ sleep 1.2   # metrics_sync publishes every second
 curl -s "http://127.0.0.1:$port/metrics" >"$work/metrics"
 grep -q '^grpc_client_attempt_started_total{grpc_method="helloworld.Greeter/SayHello"' "$work/metrics" \
   || { cat "$work/metrics"; fail "no SayHello attempts on /metrics"; }
+go=$(curl -s -H 'Host: runtimes.test' "http://127.0.0.1:$port/go")
+echo "deb-test: /go -> $go"
+[ "$go" = "hello from Go" ] || fail "the Go echo runtime: $go"
 if ((python)); then
   py=$(curl -s -H 'Host: python.test' "http://127.0.0.1:$port/py")
   echo "deb-test: /py -> $py"

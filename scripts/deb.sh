@@ -95,6 +95,8 @@ build_pkg() {
 # --- resty-grpc-zc ------------------------------------------------------------------------
 pkg=resty-grpc-zc
 stage_lib $pkg libresty_ffi.so libresty_grpc_zc.so libresty_ffi_echo.so
+# The Go echo runtime (Go needs no loader: a c-shared library is a runtime).
+[ -f "$release/libffi_go_echo.so" ] && stage_lib $pkg libffi_go_echo.so
 lua="$out/stage/$pkg/usr/share/lua/5.1"
 install -d -m 0755 "$lua"
 install -m 0644 lua/resty_ffi.lua "$lua/resty_ffi.lua"
@@ -105,6 +107,12 @@ stage_docs $pkg
 doc="$out/stage/$pkg/usr/share/doc/$pkg"
 install -d -m 0755 "$doc/examples"
 install -m 0644 packaging/deb/$pkg/grpc.conf "$doc/examples/grpc.conf"
+# The Go runtime sources users copy: the restyffi helper and the echo runtime.
+(cd runtimes && find go -type f \( -name '*.go' -o -name '*.c' -o -name '*.h' -o -name go.mod \
+   -o -name build.sh \) ! -path '*/internal/*' ! -name '*_test.go' -print0) |
+  while IFS= read -r -d '' f; do
+    install -D -m 0644 "runtimes/$f" "$doc/examples/$f"
+  done
 for d in README.md docs/grpc_zc.md docs/fleet.md docs/host.md docs/protobuf.md docs/runtimes.md docs/debian.md; do
   gzip -9n <"$d" >"$doc/$(basename "$d").gz"
   chmod 0644 "$doc/$(basename "$d").gz"
