@@ -410,3 +410,240 @@ fn quit_respects_worker_shutdown_timeout() {
     }
     n.assert_log_clean(&[]);
 }
+
+#[test]
+fn failing_runtimes_return_nil_rc_and_log_why() {
+    let n = nginx(
+        "java-failing",
+        1,
+        r#"
+        location /t {
+            content_by_lua_block {
+                local cases = {
+                    {"rt.Nope,init", 4},
+                    {"rt.BadStatic,init", 4},
+                    {"rt.Bad,missing", 5},
+                    {"rt.Bad,notStatic", 5},
+                    {"rt.Bad,wrongReturn", 5},
+                    {"rt.Bad,initThrows", 6},
+                    {"rt.Bad?,initThrows", 6},
+                    {"no method", 2},
+                    {"rt..Bad,init", 2},
+                }
+                for _, c in ipairs(cases) do
+                    local o, rc = ngx.load_ffi("ffi_java", c[1])
+                    assert(o == nil and rc == c[2],
+                           c[1] .. ": expected nil, " .. c[2] .. ", got " .. tostring(o) .. ", "
+                           .. tostring(rc))
+                end
+                -- the worker and its JVM keep serving
+                local ok, res = java("rt.Echo,init"):echo("still here")
+                assert(ok and res == "still here")
+                ngx.say("ok")
+            }
+        }
+        "#,
+    );
+    assert_eq!(n.get_ok("/t"), "ok\n");
+    let log = n.error_log();
+    for needle in [
+        "rt.Nope,init: class rt.Nope not found",
+        "rt.BadStatic,init: cannot load class rt.BadStatic: java.lang.ExceptionInInitializerError",
+        "Caused by: java.lang.IllegalStateException: static initializer boom",
+        "rt.Bad,missing: no method static int missing(String, long) in rt.Bad",
+        "must be static and return int",
+        "rt.Bad,initThrows: init threw: java.lang.IllegalStateException: boom in init",
+        "at rt.Bad.initThrows(Bad.java:",
+        "rt.Bad?,initThrows: init threw",
+        "bad cfg \"no method\"",
+        "bad cfg \"rt..Bad,init\"",
+    ] {
+        assert!(log.contains(needle), "error.log lacks {needle:?}:\n{log}");
+    }
+    n.assert_log_clean(&["resty_ffi_java: "]);
+}
+
+#[test]
+fn a_jvm_that_cannot_start_leaves_the_worker_serving() {
+    let location = r#"
+        location /t {
+            content_by_lua_block {
+                for i = 1, 2 do
+                    local o, rc = ngx.load_ffi("ffi_java", "rt.Echo,init")
+                    assert(o == nil and rc == 3, "expected nil, 3, got " .. tostring(rc))
+                end
+                local echo = assert(ngx.load_ffi("resty_ffi_echo"))
+                local ok, res = echo:echo("served")
+                ngx.say(res, " ", ngx.worker.pid())
+            }
+        }
+    "#;
+    let classpath = rt_classes().to_string_lossy().into_owned();
+    // No libjvm where JAVA_HOME points; an option the JVM refuses; a heap the JVM cannot make
+    // (HotSpot ends the process for that one: the abort hook keeps the worker).
+    for (name, key, value, reason) in [
+        (
+            "java-nojvm-home",
+            "JAVA_HOME",
+            "/nonexistent",
+            "cannot load /nonexistent/lib/server/libjvm.so",
+        ),
+        (
+            "java-nojvm-opt",
+            "JAVA_OPTS",
+            "-XX:+NoSuchOptionAnywhere",
+            "JNI_CreateJavaVM failed (JNI_EINVAL: an invalid option; options [\"-Xrs\", \"-Djava.\
+             class.path=",
+        ),
+        (
+            "java-nojvm-heap",
+            "JAVA_OPTS",
+            "-Xmx1k",
+            "the JVM aborted while starting: Error occurred during initialization of VM; Too small \
+             maximum heap",
+        ),
+    ] {
+        let n = builder(name, 1, &classpath)
+            .env(key, value)
+            .server_conf(location)
+            .start();
+        let pid = n.worker_pids()[0];
+        assert_eq!(n.get_ok("/t"), format!("served {pid}\n"), "{name}");
+        assert_eq!(
+            n.get_ok("/t"),
+            format!("served {pid}\n"),
+            "{name}: same worker"
+        );
+        let log = n.error_log();
+        assert!(
+            log.contains(reason),
+            "{name}: error.log lacks {reason:?}:\n{log}"
+        );
+        if key == "JAVA_OPTS" && value.starts_with("-XX") {
+            assert!(
+                log.contains("\"-XX:+NoSuchOptionAnywhere\"]): Unrecognized VM option"),
+                "{name}: the JVM's own message is in the reason:\n{log}"
+            );
+        }
+        assert_eq!(
+            log.matches("the JVM did not start").count(),
+            4,
+            "{name}: every load reports it:\n{log}"
+        );
+        n.assert_log_clean(&["resty_ffi_java: "]);
+    }
+}
+
+#[test]
+fn hot_reload_with_a_question_mark_picks_up_the_changed_class() {
+    let dir = scratch().join("hot");
+    let src = dir.join("src/hot");
+    let classes = dir.join("classes");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&src).unwrap();
+    let write_version = |v: &str| {
+        let file = src.join("Hot.java");
+        fs::write(
+            &file,
+            format!(
+                "package hot;\n\
+                 import resty.ffi.Server;\n\
+                 public final class Hot {{\n\
+                 \x20   public static int init(String cfg, long tq) {{\n\
+                 \x20       Server.serve(tq, (req, call) -> (\"{v}:\" + new String(req)).getBytes());\n\
+                 \x20       return 0;\n\
+                 \x20   }}\n\
+                 }}\n"
+            ),
+        )
+        .unwrap();
+        javac(&classes, &[file]);
+    };
+    write_version("v1");
+    let classpath = format!("{}:{}", rt_classes().display(), classes.display());
+    let n = builder("java-hot", 1, &classpath)
+        .server_conf(
+            r#"
+            location /hot {
+                content_by_lua_block {
+                    local rt = java("hot.Hot?,init", {unpin = true})
+                    local ok, res = rt:call("x")
+                    assert(ok, tostring(res))
+                    rt:__unload()
+                    local plain = java("hot.Hot,init")
+                    local ok, pres = plain:call("x")
+                    ngx.say(res, " ", pres)
+                }
+            }
+            "#,
+        )
+        .start();
+    assert_eq!(n.get_ok("/hot"), "v1:x v1:x\n");
+    write_version("v2");
+    // `?` loads the changed class; the plain cfg (cached by nginx, its class by the JVM's
+    // system class loader) keeps the old one.
+    assert_eq!(n.get_ok("/hot"), "v2:x v1:x\n");
+    write_version("v3");
+    assert_eq!(n.get_ok("/hot"), "v3:x v1:x\n");
+    n.assert_log_clean(&[]);
+}
+
+#[test]
+fn helper_error_path() {
+    let n = nginx(
+        "java-errors",
+        1,
+        r#"
+        location /t {
+            content_by_lua_block {
+                local e = java("rt.Echo,errors")
+                local ok, rc, rsp = e:call("throw:bad input")
+                assert(ok == false and rc == 1 and rsp == "bad input", tostring(rsp))
+                local ok, rc, rsp = e:call("npe")
+                assert(ok == false and rc == 1 and rsp:find("is null", 1, true), tostring(rsp))
+                local ok, rc, rsp = e:call("reply:42:custom")
+                assert(ok == false and rc == 42 and rsp == "custom")
+                -- SIGSEGV-based null checks of JIT-compiled code, inside the worker
+                local ok, res = e:call("npe-loop")
+                assert(ok and res == "caught 100000", tostring(res))
+                local a = java("rt.Echo,async")
+                local ok, rc, rsp = a:call("fail:async failure")
+                assert(ok == false and rc == 1 and rsp == "async failure", tostring(rsp))
+                local ok, rc, rsp = a:call("throw")
+                assert(ok == false and rc == 1 and rsp == "thrown before the future")
+                local ok, res = a:call("fine")
+                assert(ok and res == "fine")
+                ngx.say("ok ", ngx.worker.pid())
+            }
+        }
+        "#,
+    );
+    let pid = n.worker_pids()[0];
+    assert_eq!(n.get_ok("/t"), format!("ok {pid}\n"));
+    assert_eq!(n.get_ok("/t"), format!("ok {pid}\n"));
+    n.assert_log_clean(&[]);
+}
+
+#[test]
+fn nginx_keeps_its_signals() {
+    let n = nginx("java-signals", 1, ECHO_BY_ID);
+    warm_up(&n, "init");
+    let pid = n.worker_pids()[0];
+    // nginx ignores SIGHUP and SIGUSR2 in a worker and reopens its logs on SIGUSR1; a JVM that
+    // took them would stop the worker (SIGHUP without -Xrs) or swallow them (SIGUSR2, HotSpot's
+    // default suspend signal) without nginx's notice.
+    for sig in [libc::SIGHUP, libc::SIGUSR2, libc::SIGUSR1] {
+        assert!(testkit::procfs::signal(pid, sig));
+        let name = match sig {
+            libc::SIGHUP => "signal 1 (SIGHUP) received",
+            libc::SIGUSR2 => "signal 12 (SIGUSR2) received",
+            _ => "signal 10 (SIGUSR1) received",
+        };
+        let (found, log) =
+            n.wait_log_contains(&format!("{pid}#{pid}: {name}"), Duration::from_secs(5));
+        assert!(found, "nginx's handler took it:\n{log}");
+    }
+    assert!(n.get("/id?id=5").body == expected_payload(5));
+    assert_eq!(n.worker_pids(), vec![pid], "same worker");
+    n.assert_log_clean(&[]);
+}

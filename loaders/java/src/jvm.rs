@@ -7,17 +7,14 @@
 //! - Options: `-Xrs` first (the JVM leaves SIGQUIT, SIGHUP, SIGINT and SIGTERM to nginx; a later
 //!   `-XX:-ReduceSignalUsage` in `JAVA_OPTS` undoes it), `-Djava.class.path=$CLASSPATH` (with
 //!   `dir/*` expanded to the jars in `dir`, as the launcher does), then `JAVA_OPTS` split at
-//!   whitespace, and an `abort` hook (below). `_JAVA_SR_SIGNUM` (the signal HotSpot suspends
+//!   whitespace, and the `abort` and `vfprintf` hooks (see `hooks`). `_JAVA_SR_SIGNUM` (the signal HotSpot suspends
 //!   threads with, SIGUSR2 by default, which nginx owns) is set to [`SR_SIGNUM`] unless set.
 //! - The thread is spawned with nginx's signals blocked, and every JVM thread descends from it,
 //!   so process-directed signals reach the nginx main thread only. It is never the nginx thread:
 //!   the nginx thread is never attached to the JVM, so nothing the JVM does to attached threads
 //!   (signal masks, safepoints, stack guard pages) touches it.
 //! - `JNI_CreateJavaVM` can end the process on some start-up errors (a heap it cannot reserve,
-//!   `-Xmx1k`): HotSpot then calls the `abort` hook first. The hook, on this thread during
-//!   start-up, reports the failure to the waiting `libffi_init` and parks the thread for good,
-//!   so the worker keeps serving (and `ngx.load_ffi` returns `nil, 3`). Later aborts (fatal JVM
-//!   errors) go on to end the process, as a crash would.
+//!   `-Xmx1k`); the `abort` hook keeps the worker alive then (see `hooks`).
 //! - A failed start is final for the worker: every later `libffi_init` returns [`RC_NO_JVM`]
 //!   with the same reason (a JVM cannot be created twice in one process).
 //! - The JVM is never destroyed: at worker exit the process ends with its threads (poll threads
@@ -35,7 +32,7 @@ use jni::sys;
 use jni::{jni_sig, jni_str, Env, JavaVM};
 
 use crate::cfg::Cfg;
-use crate::{classes, log, RC_INTERNAL, RC_NO_JVM};
+use crate::{classes, hooks, log, RC_INTERNAL, RC_NO_JVM};
 
 /// Debian's default JDK (`default-jdk-headless`).
 pub const DEFAULT_JAVA_HOME: &str = "/usr/lib/jvm/default-java";
@@ -73,14 +70,6 @@ struct Jvm {
 }
 
 static JVM: OnceLock<Result<Jvm, String>> = OnceLock::new();
-
-/// Where the abort hook reports a failed start (set while `JNI_CreateJavaVM` runs).
-static ABORT_REPORT: Mutex<Option<SyncSender<Result<(), String>>>> = Mutex::new(None);
-
-thread_local! {
-    /// True on the JVM thread while `JNI_CreateJavaVM` runs.
-    static CREATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
 
 /// Runs `cfg`'s init method with `tq` (starting the JVM first if this is the worker's first
 /// init) and returns its result. Nginx main thread.
@@ -120,7 +109,7 @@ pub fn init(cfg: Cfg, tq: usize) -> c_int {
 fn start() -> Result<Jvm, String> {
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     let (jobs_tx, jobs_rx) = mpsc::channel();
-    *ABORT_REPORT.lock().map_err(|_| "poisoned lock")? = Some(ready_tx.clone());
+    hooks::report_aborts_to(ready_tx.clone());
     let spawned = with_nginx_signals_blocked(|| {
         thread::Builder::new()
             .name("resty-ffi-jvm".to_owned())
@@ -128,7 +117,7 @@ fn start() -> Result<Jvm, String> {
             .spawn(move || jvm_thread(ready_tx, jobs_rx))
     });
     if let Err(e) = spawned {
-        ABORT_REPORT.lock().map(|mut r| r.take()).ok();
+        hooks::stop_reporting_aborts();
         return Err(format!("cannot spawn the JVM thread: {e}"));
     }
     match ready_rx.recv() {
@@ -144,7 +133,7 @@ fn jvm_thread(ready: SyncSender<Result<(), String>>, jobs: Receiver<Job>) {
     let started = std::panic::catch_unwind(|| {
         let vm = create()?;
         let boot = vm
-            .attach_current_thread(|env| classes::install(env))
+            .attach_current_thread(classes::install)
             .map_err(|e| format!("cannot install the resty.ffi classes: {e}"))?;
         Ok::<_, String>((vm, boot))
     })
@@ -243,17 +232,12 @@ fn create() -> Result<JavaVM, String> {
         std::env::set_var("_JAVA_SR_SIGNUM", SR_SIGNUM.to_string());
     }
     let strings = options();
-    let mut opts: Vec<sys::JavaVMOption> = strings
-        .iter()
-        .map(|s| sys::JavaVMOption {
-            optionString: s.as_ptr() as *mut _,
-            extraInfo: std::ptr::null_mut(),
-        })
-        .collect();
-    opts.push(sys::JavaVMOption {
-        optionString: c"abort".as_ptr() as *mut _,
-        extraInfo: on_abort as *mut c_void,
-    });
+    // The hooks first: HotSpot takes options in order, and complains about a bad one at once.
+    let mut opts = hooks::options();
+    opts.extend(strings.iter().map(|s| sys::JavaVMOption {
+        optionString: s.as_ptr() as *mut _,
+        extraInfo: std::ptr::null_mut(),
+    }));
     let mut args = sys::JavaVMInitArgs {
         version: sys::JNI_VERSION_1_8,
         nOptions: opts.len() as c_int,
@@ -262,20 +246,22 @@ fn create() -> Result<JavaVM, String> {
     };
     let mut vm: *mut sys::JavaVM = std::ptr::null_mut();
     let mut env: *mut c_void = std::ptr::null_mut();
-    CREATING.with(|c| c.set(true));
+    hooks::creating(true);
     // SAFETY: `args` and the option strings it points to live across the call; the out
     // pointers are writable. Called once per process (JVM is a OnceLock).
     let rc = unsafe { create_vm(&mut vm, &mut env, &mut args as *mut _ as *mut c_void) };
-    CREATING.with(|c| c.set(false));
-    ABORT_REPORT.lock().map(|mut r| r.take()).ok();
+    hooks::creating(false);
+    hooks::stop_reporting_aborts();
+    let said = hooks::take_startup_output();
     if rc != sys::JNI_OK || vm.is_null() {
         return Err(format!(
-            "JNI_CreateJavaVM failed ({}; options {:?}; the JVM's own message, if any, is on \
-             stderr, i.e. in the error log)",
+            "JNI_CreateJavaVM failed ({}; options {:?}){}",
             jni_error_name(rc),
-            strings
+            strings,
+            said
         ));
     }
+    hooks::log_startup_output(&said);
     // SAFETY: a JavaVM just created by JNI_CreateJavaVM (JNI 1.8); this thread is attached.
     Ok(unsafe { JavaVM::from_raw(vm) })
 }
@@ -344,27 +330,6 @@ fn dlerror() -> String {
     } else {
         // SAFETY: non-NULL, NUL-terminated.
         unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
-    }
-}
-
-/// HotSpot's `abort` hook: called before the JVM ends the process after a fatal error. During
-/// start-up on the JVM thread it reports the failure and parks the thread forever instead, so
-/// the worker survives a JVM that cannot start.
-extern "C" fn on_abort() {
-    let creating = CREATING.try_with(|c| c.get()).unwrap_or(false);
-    if !creating {
-        return;
-    }
-    let report = ABORT_REPORT.lock().ok().and_then(|mut r| r.take());
-    if let Some(report) = report {
-        let _ = report.send(Err(
-            "the JVM aborted while starting (its message is on stderr, i.e. in the error log); \
-             this thread is parked for good"
-                .to_owned(),
-        ));
-    }
-    loop {
-        thread::park();
     }
 }
 

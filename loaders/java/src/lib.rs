@@ -11,7 +11,7 @@
 //!  Java threads (daemon): Host.poll/request/respond/cancelled ──► natives ──► host's C calls
 //! ```
 //!
-//! Modules: [`cfg`] parses the cfg string; `jvm` finds and starts the JVM on its own thread
+//! Modules: [`mod@cfg`] parses the cfg string; `jvm` finds and starts the JVM on its own thread
 //! and runs the init calls there; `classes` defines the embedded Java side (`resty.ffi.*`,
 //! compiled by build.rs) and registers its natives; `natives` is the only code that calls the
 //! host's task functions; `log` writes to nginx's error log; `pin` keeps this library loaded.
@@ -19,6 +19,7 @@
 
 pub mod cfg;
 mod classes;
+mod hooks;
 mod jvm;
 mod log;
 mod natives;

@@ -52,41 +52,34 @@ fn cancelled_fn() -> Option<CancelledFn> {
 
 /// Host's natives, for `RegisterNatives`.
 pub fn methods() -> [NativeMethod<'static>; 5] {
-    [
-        // SAFETY (each entry): the function has the JNI signature of a static native method with
-        // exactly these Java parameter and return types (env, class, then the arguments).
-        unsafe {
-            NativeMethod::from_raw_parts(jni_str!("poll"), jni_str!("(J)J"), poll as *mut c_void)
-        },
-        unsafe {
+    // SAFETY: each of the five functions has the JNI signature of a static native method (env,
+    // class, then the arguments) with exactly the Java types of its descriptor:
+    // poll (J)J, request (J)[B, respond (JI[B)V, cancelled (J)Z, log_line (ILjava/lang/String;)V.
+    unsafe {
+        [
+            NativeMethod::from_raw_parts(jni_str!("poll"), jni_str!("(J)J"), poll as *mut c_void),
             NativeMethod::from_raw_parts(
                 jni_str!("request"),
                 jni_str!("(J)[B"),
                 request as *mut c_void,
-            )
-        },
-        unsafe {
+            ),
             NativeMethod::from_raw_parts(
                 jni_str!("respond"),
                 jni_str!("(JI[B)V"),
                 respond as *mut c_void,
-            )
-        },
-        unsafe {
+            ),
             NativeMethod::from_raw_parts(
                 jni_str!("cancelled"),
                 jni_str!("(J)Z"),
                 cancelled as *mut c_void,
-            )
-        },
-        unsafe {
+            ),
             NativeMethod::from_raw_parts(
                 jni_str!("log"),
                 jni_str!("(ILjava/lang/String;)V"),
                 log_line as *mut c_void,
-            )
-        },
-    ]
+            ),
+        ]
+    }
 }
 
 /// `static native long poll(long tq)`.
@@ -146,7 +139,7 @@ extern "system" fn respond<'l>(
                 return Ok((RC_NO_MEMORY, ptr::null_mut(), 0));
             }
             // SAFETY: `p` holds n + 1 writable bytes, not aliased.
-            let buf = unsafe { std::slice::from_raw_parts_mut(p as *mut i8, n) };
+            let buf = unsafe { std::slice::from_raw_parts_mut(p.cast::<jni::sys::jbyte>(), n) };
             if let Err(e) = rsp.get_region(env, 0, buf) {
                 // SAFETY: `p` came from malloc above and was not handed over.
                 unsafe { libc::free(p as *mut c_void) };
