@@ -7,6 +7,7 @@ PACKAGES=(
   nginx libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache
   lua-cjson luajit2 libluajit2-5.1-dev nginx-dev libclang-dev pkg-config ca-certificates
   util-linux
+  default-jdk-headless  # the Java loader: JVM (libjvm) and javac, at /usr/lib/jvm/default-java
 )
 
 missing=()
