@@ -4,11 +4,12 @@
 //!   JAVA_HOME;`), else Debian's `/usr/lib/jvm/default-java/lib/server/libjvm.so`; it is
 //!   dlopened (`RTLD_NOW | RTLD_GLOBAL`, as the `java` launcher does), never linked, so the
 //!   loader itself needs no rpath and a worker without a JVM still loads it.
-//! - Options: `-Xrs` first (the JVM leaves SIGQUIT, SIGHUP, SIGINT and SIGTERM to nginx; a later
+//! - Options: `-Xrs` (the JVM leaves SIGQUIT, SIGHUP, SIGINT and SIGTERM to nginx; a later
 //!   `-XX:-ReduceSignalUsage` in `JAVA_OPTS` undoes it), `-Djava.class.path=$CLASSPATH` (with
 //!   `dir/*` expanded to the jars in `dir`, as the launcher does), then `JAVA_OPTS` split at
-//!   whitespace, and the `abort` and `vfprintf` hooks (see `hooks`). `_JAVA_SR_SIGNUM` (the signal HotSpot suspends
-//!   threads with, SIGUSR2 by default, which nginx owns) is set to [`SR_SIGNUM`] unless set.
+//!   whitespace, after the `abort` and `vfprintf` hooks (see `hooks`). `_JAVA_SR_SIGNUM` (the
+//!   signal HotSpot suspends threads with, SIGUSR2 by default, which nginx owns) is set to
+//!   [`SR_SIGNUM`] unless set.
 //! - The thread is spawned with nginx's signals blocked, and every JVM thread descends from it,
 //!   so process-directed signals reach the nginx main thread only. It is never the nginx thread:
 //!   the nginx thread is never attached to the JVM, so nothing the JVM does to attached threads
@@ -227,8 +228,9 @@ fn create() -> Result<JavaVM, String> {
     let create_vm = unsafe { std::mem::transmute::<*mut c_void, CreateFn>(sym) };
 
     if std::env::var_os("_JAVA_SR_SIGNUM").is_none() {
-        // The JVM reads it in JNI_CreateJavaVM. The nginx thread waits for us; no other thread
-        // of this loader runs yet.
+        // The JVM reads it in JNI_CreateJavaVM. The nginx thread waits for us and no other thread
+        // of this loader runs yet; another library's thread reading the environment right now
+        // is setenv's one risk (`env _JAVA_SR_SIGNUM=39;` in nginx.conf avoids it).
         std::env::set_var("_JAVA_SR_SIGNUM", SR_SIGNUM.to_string());
     }
     let strings = options();
