@@ -14,6 +14,12 @@ LIBS += libffi_python3.so
 PYTHON_DIR ?= /usr/lib/python3/dist-packages
 # The Go echo runtime (runtimes/go/echo), built by go-build.
 LIBS += libffi_go_echo.so
+LIBS += libffi_java.so
+# The Java loader's classes as a jar to compile Java runtimes against (the loader embeds its own
+# copy); Debian's JDK, never whatever javac is first on PATH.
+JAVA_HOME_DEBIAN := /usr/lib/jvm/default-java
+JAVA_JAR := $(RELEASE)/resty-ffi.jar
+JAVA_DIR ?= $(PREFIX)/share/java
 # Integration tests start real nginx instances; on 2 cores two at a time keeps timings sane.
 TEST_THREADS ?= 2
 
@@ -29,6 +35,12 @@ nginx-tree: deps
 
 build: nginx-tree go-build
 	$(CARGO) build --release --workspace --bins --lib
+	$(MAKE) --no-print-directory $(JAVA_JAR)
+
+$(JAVA_JAR): $(wildcard loaders/java/java/resty/ffi/*.java)
+	rm -rf $(RELEASE)/resty-ffi-classes && mkdir -p $(RELEASE)/resty-ffi-classes
+	$(JAVA_HOME_DEBIAN)/bin/javac --release 11 -encoding UTF-8 -d $(RELEASE)/resty-ffi-classes $^
+	$(JAVA_HOME_DEBIAN)/bin/jar --create --file $@ -C $(RELEASE)/resty-ffi-classes .
 
 # Go runtimes are c-shared libraries built by go (offline: no module proxy, no toolchain
 # download); see runtimes/go/build.sh.
@@ -96,6 +108,7 @@ miri:
 install: build
 	install -d $(DESTDIR)$(LIB_DIR) $(DESTDIR)$(LUA_DIR)
 	for l in $(LIBS); do install -m 0755 $(RELEASE)/$$l $(DESTDIR)$(LIB_DIR)/$$l; done
+	install -d $(DESTDIR)$(JAVA_DIR) && install -m 0644 $(JAVA_JAR) $(DESTDIR)$(JAVA_DIR)/resty-ffi.jar
 	install -m 0644 lua/resty_ffi.lua $(DESTDIR)$(LUA_DIR)/resty_ffi.lua
 	if [ -d lua/resty ]; then cp -r lua/resty $(DESTDIR)$(LUA_DIR)/ ; fi
 	ln -sf libffi_python3.so $(DESTDIR)$(LIB_DIR)/libresty_ffi_python.so
@@ -108,6 +121,7 @@ uninstall:
 	rm -f $(DESTDIR)$(LUA_DIR)/resty_ffi.lua
 	rm -f $(DESTDIR)$(LIB_DIR)/libresty_ffi_python.so
 	rm -rf $(DESTDIR)$(PYTHON_DIR)/resty_ffi
+	rm -f $(DESTDIR)$(JAVA_DIR)/resty-ffi.jar
 
 clean:
 	$(CARGO) clean

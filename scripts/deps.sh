@@ -10,6 +10,7 @@ PACKAGES=(
   dpkg-dev lintian curl   # make deb: dpkg-shlibdeps, lintian; the package test's calls
   python3-dev python3-cffi  # loaders/python: libpython3.11 to embed, cffi for raw-style runtimes
   golang-go  # Go runtimes: runtimes/go (the echo example and the restyffi helper)
+  default-jdk-headless  # the Java loader: JVM (libjvm) and javac, at /usr/lib/jvm/default-java
 )
 
 missing=()
