@@ -27,6 +27,7 @@ scripts/deb.sh --lintian
 # Debian can give it.
 pkgs=("$pkg")
 [ -e target/debian/resty-ffi-python3_*.deb ] && pkgs+=(resty-ffi-python3)
+[ -e target/debian/resty-ffi-java_*.deb ] && pkgs+=(resty-ffi-java)
 debs=()
 for p in "${pkgs[@]}"; do debs+=("./$(ls target/debian/${p}_*.deb | head -1)"); done
 was_installed=()
@@ -59,8 +60,9 @@ for f in /usr/lib/$multiarch/libresty_ffi.so /usr/lib/$multiarch/libresty_grpc_z
          /usr/share/doc/$pkg/examples/grpc.conf /usr/share/doc/$pkg/copyright; do
   grep -qx "$f" "$work/files" || fail "$f is not in the package"
 done
-python=0
+python=0 java=0
 [[ " ${pkgs[*]} " == *" resty-ffi-python3 "* ]] && python=1
+[[ " ${pkgs[*]} " == *" resty-ffi-java "* ]] && java=1
 
 # The test gRPC server (Greeter, RouteGuide) on a free port.
 target/release/grpc-test-server --listen 127.0.0.1:0 >"$work/grpc.out" 2>&1 &
@@ -100,6 +102,26 @@ server {
     }
 }
 RT
+if ((java)); then
+  # A Java runtime on the packaged helper, compiled against the packaged jar.
+  mkdir -p "$work/java"
+  /usr/lib/jvm/default-java/bin/javac -cp /usr/share/java/resty-ffi.jar -d "$work/java" \
+    t/runtimes/java/rt/Echo.java || fail "javac against /usr/share/java/resty-ffi.jar"
+  cat >>"$work/conf.d/runtimes.conf" <<RT
+server {
+    listen 127.0.0.1:$port;
+    server_name java.test;
+    location = /java {
+        content_by_lua_block {
+            local rt = assert(ngx.load_ffi("ffi_java", "rt.Echo,init"))
+            local ok, res = rt:echo("hello")
+            assert(ok and res == "hello", tostring(res))
+            ngx.say(res, " from Java")
+        }
+    }
+}
+RT
+fi
 if ((python)); then
   # The article's Python runtime through the packaged loader.
   mkdir -p "$work/python/ffi"
@@ -127,6 +149,7 @@ pid $work/nginx.pid;
 error_log $work/logs/error.log info;
 daemon off;
 env PYTHONPATH;
+env CLASSPATH;
 include /etc/nginx/modules-enabled/*.conf;
 events { worker_connections 256; }
 http {
@@ -146,11 +169,12 @@ cat "$work/nginx.conf" "$work/conf.d/grpc.conf" | grep -v '^ *#' | grep -Eq 'lua
 start_nginx() {
   if [ -n "${1:-}" ]; then
     env -u LUA_PATH -u LUA_CPATH LD_LIBRARY_PATH="$1" PYTHONPATH="$work/python" \
-      /usr/sbin/nginx -p "$work" -c "$work/nginx.conf" -g 'env LD_LIBRARY_PATH;' \
+      CLASSPATH="$work/java" /usr/sbin/nginx -p "$work" -c "$work/nginx.conf" \
+      -g 'env LD_LIBRARY_PATH;' \
       >"$work/logs/stdout" 2>&1 &
   else
     env -u LD_LIBRARY_PATH -u LUA_PATH -u LUA_CPATH PYTHONPATH="$work/python" \
-      /usr/sbin/nginx -p "$work" -c "$work/nginx.conf" >"$work/logs/stdout" 2>&1 &
+      CLASSPATH="$work/java" /usr/sbin/nginx -p "$work" -c "$work/nginx.conf" >"$work/logs/stdout" 2>&1 &
   fi
   nginx_pid=$!
   for _ in $(seq 100); do
@@ -198,6 +222,11 @@ grep -q '^grpc_client_attempt_started_total{grpc_method="helloworld.Greeter/SayH
 go=$(curl -s -H 'Host: runtimes.test' "http://127.0.0.1:$port/go")
 echo "deb-test: /go -> $go"
 [ "$go" = "hello from Go" ] || fail "the Go echo runtime: $go"
+if ((java)); then
+  j=$(curl -s -H 'Host: java.test' "http://127.0.0.1:$port/java")
+  echo "deb-test: /java -> $j"
+  [ "$j" = "hello from Java" ] || fail "the Java runtime: $j"
+fi
 if ((python)); then
   py=$(curl -s -H 'Host: python.test' "http://127.0.0.1:$port/py")
   echo "deb-test: /py -> $py"

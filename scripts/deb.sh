@@ -7,6 +7,8 @@
 #                      LD_LIBRARY_PATH), Lua in /usr/share/lua/5.1 (LuaJIT's default path)
 #   resty-ffi-python3  the Python loader (libffi_python3.so, also as libresty_ffi_python.so)
 #                      and the resty_ffi helper module in Debian's dist-packages
+#   resty-ffi-java     the Java loader (libffi_java.so, which carries the resty.ffi classes)
+#                      and resty-ffi.jar in /usr/share/java to compile runtimes against
 #
 # Each language loader is a package of its own, as Debian splits plugins by what they pull in:
 # installing the gRPC client does not install a Python, a JVM or Node.js.
@@ -127,6 +129,20 @@ if [ -f "$release/libffi_python3.so" ]; then
   py="$out/stage/$pkg/usr/lib/python3/dist-packages/resty_ffi"
   install -d -m 0755 "$py"
   install -m 0644 loaders/python/resty_ffi/__init__.py "$py/__init__.py"
+  stage_docs $pkg
+  build_pkg $pkg
+fi
+
+# --- resty-ffi-java ---------------------------------------------------------------------------
+if [ -f "$release/libffi_java.so" ]; then
+  pkg=resty-ffi-java
+  stage_lib $pkg libffi_java.so
+  if [ -f "$release/resty-ffi.jar" ]; then
+    install -d -m 0755 "$out/stage/$pkg/usr/share/java"
+    # Debian's Java habit: the versioned jar, and the plain name as a link to it.
+    install -m 0644 "$release/resty-ffi.jar" "$out/stage/$pkg/usr/share/java/resty-ffi-$version.jar"
+    ln -s "resty-ffi-$version.jar" "$out/stage/$pkg/usr/share/java/resty-ffi.jar"
+  fi
   stage_docs $pkg
   build_pkg $pkg
 fi

@@ -20,6 +20,9 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let src_dir = manifest.join("java/resty/ffi");
     println!("cargo:rerun-if-changed=java");
+    // Named by its SONAME (Debian keeps libraries in the system folder only with one;
+    // `ngx.load_ffi("ffi_java")` opens it by that name).
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libffi_java.so");
     println!("cargo:rerun-if-env-changed=RESTY_JAVAC");
 
     let mut sources: Vec<PathBuf> = fs::read_dir(&src_dir)
