@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: starts the demo gRPC server (Greeter, RouteGuide), a fleet of three backends on
 # 127.0.0.2-4 and nginx on 127.0.0.1, calls unary and streaming gRPC locations (resty.grpc_zc,
-# Lua tables), bad input refused with clear errors, the host's echo runtime, and the fleet
+# Lua tables), bad input refused with clear errors, the host's echo runtime, runtimes in Python,
+# Go and Java, and the fleet
 # (round_robin, a backend killed under a retry policy, the Prometheus page) with curl, prints
 # what came back and the runtime's own error-log lines, and stops them all.
 set -euo pipefail
@@ -51,7 +52,12 @@ sed -e "s|@PREFIX@|$prefix|g" -e "s|@REPO@|$repo|g" -e "s|@LIBDIR@|$libdir|g" \
     >"$prefix/conf/nginx.conf"
 [ "$(id -u)" -eq 0 ] && sed -i '1i user root;' "$prefix/conf/nginx.conf"
 
-LD_LIBRARY_PATH="$libdir" nginx -p "$prefix" -c "$prefix/conf/nginx.conf" &
+# The Java runtime the demo calls, compiled against the loader's jar (make build).
+mkdir -p "$prefix/java"
+/usr/lib/jvm/default-java/bin/javac -cp "$libdir/resty-ffi.jar" -d "$prefix/java" \
+  "$repo/t/runtimes/java/rt/Echo.java"
+LD_LIBRARY_PATH="$libdir" PYTHONPATH="$repo/t/runtimes/python:$repo/loaders/python" \
+  CLASSPATH="$prefix/java" nginx -p "$prefix" -c "$prefix/conf/nginx.conf" &
 nginx_pid=$!
 stop() {
   kill -QUIT "$nginx_pid" 2>/dev/null || true
@@ -79,6 +85,7 @@ run curl -s "$base/echo" --data-binary 'hello from nginx Lua, through a Rust thr
 run curl -s "$base/rc"
 run curl -s "$base/timeout"
 run curl -s "$base/loop"
+run curl -s "$base/runtimes"
 run curl -s "$base/fleet"
 echo "\$ kill -9 b1   # one backend dies: its endpoint leaves the picks, calls in flight on it are retried"
 disown "${fleet_pids[1]}"   # bash would print "Killed" when it reaps it
