@@ -90,6 +90,7 @@ bench: build
 	$(CARGO) bench --bench grpc
 	$(CARGO) bench --bench fleet
 	$(CARGO) bench --bench runtimes
+	$(CARGO) bench --bench cpu
 
 # Fuzzes the envelope verifier/decoder and the runtime's serving path (cargo-fuzz, nightly
 # toolchain; not part of CI). FUZZ_SECONDS per target.

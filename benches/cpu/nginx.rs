@@ -1,0 +1,117 @@
+//! The nginx sides: one worker whose runtime is started with a given busy-polling plan, the Lua
+//! of the two cases, and one timed Lua request.
+
+use std::time::Duration;
+
+use testkit::bench::LUA_BENCH_NOW;
+use testkit::{GrpcServer, Nginx, NginxBuilder};
+
+use crate::placement::Placement;
+use crate::{IN_FLIGHT, WARMUP};
+
+/// The runtime's `busy_poll` option of each nginx side, in side order.
+pub const MODES: [&str; 3] = ["adaptive", "fixed", "off"];
+
+const HTTP_CONF: &str = r#"
+init_worker_by_lua_block {
+    assert(require("resty.grpc_zc").init({ busy_poll = "@MODE@" }))
+}
+init_by_lua_block {
+    @BENCH_NOW@
+    WARMUP = @WARMUP@
+    HELLO = "/helloworld.Greeter/SayHello"
+    -- n SayHello calls with an empty name (an empty message).
+    function calls(conn, n)
+        for _ = 1, n do
+            local ok, res = conn:unary(HELLO, "")
+            if not ok then error(res) end
+        end
+    end
+    function connect()
+        local ok, conn = require("resty.grpc_zc").connect(ngx.var.arg_t)
+        assert(ok, conn)
+        return conn
+    end
+}
+"#;
+
+const SERVER_CONF: &str = r#"
+location /seq {
+    content_by_lua_block {
+        local conn = connect()
+        local n = tonumber(ngx.var.arg_n)
+        calls(conn, WARMUP)
+        local t0 = bench_now()
+        calls(conn, n)
+        ngx.say(bench_now() - t0)
+    }
+}
+location /conc {
+    content_by_lua_block {
+        -- c light threads of this request calling in a loop on one connection, n calls in all.
+        local conn = connect()
+        local c, n = tonumber(ngx.var.arg_c), tonumber(ngx.var.arg_n)
+        local function run(each, extra)
+            local threads = {}
+            for i = 1, c do
+                threads[i] = ngx.thread.spawn(calls, conn, each + (i <= extra and 1 or 0))
+            end
+            for i = 1, c do
+                local ok, err = ngx.thread.wait(threads[i])
+                if not ok then error(err) end
+            end
+        end
+        run(math.ceil(WARMUP / c), 0)
+        local t0 = bench_now()
+        run(math.floor(n / c), n % c)
+        ngx.say(bench_now() - t0)
+    }
+}
+"#;
+
+/// An nginx (one worker) for `placement` whose runtime runs `grpc.init({ busy_poll = mode })`,
+/// and the plan its poll thread chose (its `busy polling: <plan> (` line in error.log).
+pub fn start(placement: Placement, mode: &str) -> (Nginx, String) {
+    let nginx = NginxBuilder::new(&format!("bench-cpu-{}-{mode}", placement.key()))
+        .workers(1)
+        // The runtime's threads start in init_worker, after nginx set the worker's mask, and
+        // inherit it; the plan is chosen then.
+        .main_conf(placement.worker_conf())
+        // info: the plan's line.
+        .error_log_level("info")
+        .http_conf(
+            &HTTP_CONF
+                .replace("@MODE@", mode)
+                .replace("@BENCH_NOW@", LUA_BENCH_NOW)
+                .replace("@WARMUP@", &WARMUP.to_string()),
+        )
+        .server_conf(SERVER_CONF)
+        .start();
+    let (found, log) = nginx.wait_log_contains("busy polling: ", Duration::from_secs(10));
+    assert!(found, "no busy-polling plan in error.log:\n{log}");
+    let plan = log
+        .split("busy polling: ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (").next())
+        .unwrap_or("?")
+        .to_owned();
+    (nginx, plan)
+}
+
+/// The Lua request of a case with `calls` timed calls.
+pub fn query(sequential: bool, calls: usize) -> String {
+    if sequential {
+        format!("/seq?n={calls}")
+    } else {
+        format!("/conc?c={IN_FLIGHT}&n={calls}")
+    }
+}
+
+/// Seconds of a Lua request's timed loop, as Lua measured it.
+pub fn timed(nginx: &Nginx, server: &GrpcServer, query: &str) -> f64 {
+    let url = format!("{query}&t={}", server.addr());
+    let text = nginx.get_ok(&url);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{url}: {text}"))
+}
