@@ -91,6 +91,7 @@ bench: build
 	$(CARGO) bench --bench fleet
 	$(CARGO) bench --bench runtimes
 	$(CARGO) bench --bench cpu
+	python3 benches/budget.py
 
 # Fuzzes the envelope verifier/decoder and the runtime's serving path (cargo-fuzz, nightly
 # toolchain; not part of CI). FUZZ_SECONDS per target.

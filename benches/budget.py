@@ -297,15 +297,36 @@ def main():
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     calls = args.calls // 10 if args.quick else args.calls
-    results = []
+    results, tables = [], []
     for placement in ("one CPU", "unpinned"):
         for case, n in (("sequential", calls), ("64 in flight", calls * 5)):
             r = measure(placement, case, n, args.busy_poll, warmup=max(1000, n // 10))
             results.append(r)
-            print(table(r), end="\n\n", flush=True)
+            tables.append(table(r))
+            print(tables[-1], end="\n\n", flush=True)
     os.makedirs(os.path.join(REPO, "target", "bench"), exist_ok=True)
     with open(os.path.join(REPO, "target", "bench", "cpu-budget.json"), "w") as f:
         json.dump({"benchmark": "cpu-budget", "results": results}, f, indent=1)
+    # The cpu-budget section of docs/benchmarks.md.
+    cmd = "make bench (`benches/budget.py" + (" --quick" if args.quick else "") + "`)"
+    with open("/proc/cpuinfo") as f:
+        model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+    section = (f"Command: {cmd}. Machine: {model}, {os.cpu_count()} vCPU. perf samples "
+               f"(cpu-clock, 4999 Hz, self time) of the worker's threads over {calls} sequential "
+               f"and {calls * 5} concurrent calls, split by thread, library and symbol; each "
+               f"thread's CPU per call from /proc; allocations counted in a separate pass "
+               f"(uprobes). Results also in `target/bench/cpu-budget.json`.\n\n"
+               + "\n\n".join(tables) + "\n")
+    doc = os.path.join(REPO, "docs", "benchmarks.md")
+    with open(doc) as f:
+        text = f.read()
+    begin, end = "<!-- BEGIN cpu-budget -->", "<!-- END cpu-budget -->"
+    if begin in text and end in text:
+        text = text[:text.index(begin) + len(begin)] + "\n" + section + text[text.index(end):]
+    else:
+        text += f"\n### The CPU budget of one call\n\n{begin}\n{section}{end}\n"
+    with open(doc, "w") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":
