@@ -332,15 +332,18 @@ unsafe extern "C" fn load_call_js(
 
 /// The pending exception's stack (or its text), cleared.
 fn exception_text(env: Env) -> String {
-    let Some(e) = env.take_exception() else {
-        return "Node-API call failed".into();
-    };
-    env.get(e, c"stack")
+    pending_exception_text(env).unwrap_or_else(|| "Node.js is stopping".into())
+}
+
+/// The pending exception's stack (or its text), cleared; `None` without one.
+fn pending_exception_text(env: Env) -> Option<String> {
+    let e = env.take_exception()?;
+    let stack = env
+        .get(e, c"stack")
         .ok()
-        .filter(|s| env.type_of(*s).ok() == Some(napi::T_STRING))
-        .or(Some(e))
-        .and_then(|v| env.to_string_lossy(v).ok())
-        .unwrap_or_else(|| "exception".into())
+        .filter(|s| env.type_of(*s).ok() == Some(napi::T_STRING));
+    let text = env.to_string_lossy(stack.unwrap_or(e));
+    Some(text.unwrap_or_else(|_| "exception".into()))
 }
 
 fn loaded(env: Env, [id, rc, _]: [Value; 3]) -> JsResult {
@@ -472,28 +475,37 @@ unsafe extern "C" fn serve_call_js(
         }
         // SAFETY: a `call_js` callback on the environment's thread; `js_cb` is its handle.
         let (env, js_cb) = unsafe { (Env::new(raw), Value::from_raw(js_cb)) };
+        let id = match *item {
+            Item::Task(id) => id,
+            Item::End => 0,
+        };
         let call = || -> napi::Result<()> {
-            let (id, req) = match *item {
-                Item::Task(id) => {
-                    // The copy is made under the registry's lock, so the task cannot be
-                    // answered (its request freed) meanwhile.
-                    let req = registry::with_task(id, |t| match t.request() {
-                        Some(r) => env.buffer_copy(r),
-                        None => env.null(),
-                    });
-                    match req {
-                        Some(r) => (id, r?),
-                        None => return Ok(()),
-                    }
+            let req = if id == 0 {
+                env.null()?
+            } else {
+                // The copy is made under the registry's lock, so the task cannot be answered
+                // (its request freed) meanwhile.
+                let req = registry::with_task(id, |t| match t.request() {
+                    Some(r) => env.buffer_copy(r),
+                    None => env.null(),
+                });
+                match req {
+                    Some(r) => r?,
+                    None => return Ok(()),
                 }
-                Item::End => (0, env.null()?),
             };
             env.call(env.undefined()?, js_cb, &[env.number(id as f64)?, req])
                 .map(drop)
         };
         if call().is_err() {
-            let why = exception_text(env);
-            host::log(host::ERR, &format!("resty_ffi_nodejs: serve: {why}"));
+            // An exception from the helper's callback is a bug worth a line; without one,
+            // Node.js is stopping and runs no more JavaScript.
+            if let Some(why) = pending_exception_text(env) {
+                host::log(host::ERR, &format!("resty_ffi_nodejs: serve: {why}"));
+            }
+            if let Some(t) = registry::take_task(id) {
+                t.respond(RC_STOPPING, stopping());
+            }
         }
     });
     if catch_unwind(run).is_err() {

@@ -125,13 +125,27 @@ fn node_thread() {
     };
     // SAFETY: `opts` and the strings it points to outlive the call (static or on this frame);
     // the callbacks have the signatures the shim declares.
-    let rc = unsafe { resty_node_run(&opts) };
+    unsafe { resty_node_run(&opts) };
     let mut p = phase();
-    *p = Phase::Down(match (&*p, rc) {
-        (Phase::Starting, _) => "Node.js did not start (the reason is logged above)".into(),
-        _ => "Node.js stopped".into(),
+    *p = Phase::Down(if *p == Phase::Starting {
+        let why = std::mem::take(&mut *startup_errors());
+        if why.is_empty() {
+            "Node.js did not start".into()
+        } else {
+            format!("Node.js did not start: {}", why.join("; "))
+        }
+    } else {
+        "Node.js stopped".into()
     });
     PHASE_CV.notify_all();
+}
+
+/// What the shim reported while Node.js was starting: it becomes the reason `libffi_init`
+/// logs, on the nginx thread, in order.
+static STARTUP_ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn startup_errors() -> MutexGuard<'static, Vec<String>> {
+    STARTUP_ERRORS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The bootstrap called `start(load)`: Node.js serves loads from now on.
@@ -199,10 +213,12 @@ unsafe extern "C" fn report(level: c_int, msg: *const c_char, len: usize) {
     let _ = catch_unwind(|| {
         // SAFETY: the shim passes `len` readable bytes.
         let bytes = unsafe { std::slice::from_raw_parts(msg.cast::<u8>(), len) };
-        host::log(
-            level,
-            &format!("resty_ffi_nodejs: {}", String::from_utf8_lossy(bytes)),
-        );
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        if *phase() == Phase::Starting {
+            startup_errors().push(text);
+        } else {
+            host::log(level, &format!("resty_ffi_nodejs: {text}"));
+        }
     });
 }
 
