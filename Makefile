@@ -9,6 +9,8 @@ CARGO ?= cargo
 NGINX_TREE := target/nginx
 RELEASE := target/release
 LIBS := libresty_ffi.so libresty_ffi_echo.so libresty_grpc_zc.so
+# Loaders of runtimes in other languages (docs/runtimes.md).
+LIBS += libffi_nodejs.so
 # Integration tests start real nginx instances; on 2 cores two at a time keeps timings sane.
 TEST_THREADS ?= 2
 

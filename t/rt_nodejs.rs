@@ -673,3 +673,64 @@ fn nginx_keeps_its_signals() {
     assert!(threads >= 4, "Node.js runs threads ({threads})");
     n.assert_log_clean(&[]);
 }
+
+/// An N-API addon, compiled here against libnode's headers.
+const ADDON: &str = r#"
+#include <node_api.h>
+static napi_value hello(napi_env env, napi_callback_info info) {
+    napi_value s;
+    napi_create_string_utf8(env, "hello from an addon", NAPI_AUTO_LENGTH, &s);
+    return s;
+}
+NAPI_MODULE_INIT() {
+    napi_value fn;
+    napi_create_function(env, "hello", NAPI_AUTO_LENGTH, hello, NULL, &fn);
+    napi_set_named_property(env, exports, "hello", fn);
+    return exports;
+}
+"#;
+
+#[test]
+fn native_addons_load_and_process_state_is_nginx_s() {
+    let include = [
+        "/usr/include/node",
+        "/var/cache/resty-grpc-zc/libnode108/usr/include/node",
+    ]
+    .into_iter()
+    .find(|d| std::path::Path::new(d).join("node_api.h").is_file())
+    .expect("libnode's headers (scripts/deps.sh installs them)");
+    let n = nginx(
+        "node-addon",
+        1,
+        r#"
+        location /t {
+            content_by_lua_block {
+                -- is_global = false: the loader makes libnode's symbols global for addons
+                local rt = assert(ngx.load_ffi("ffi_nodejs", "echo,init_addon," .. ngx.var.arg_addon))
+                local ok, res = rt:call()
+                ngx.say(res)
+            }
+        }
+        "#,
+    );
+    let dir = n.prefix().join("addon");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("addon.c"), ADDON).unwrap();
+    let addon = dir.join("addon.node");
+    let cc = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-I", include, "-o"])
+        .arg(&addon)
+        .arg(dir.join("addon.c"))
+        .status()
+        .expect("running cc");
+    assert!(cc.success());
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(
+        n.get_ok(&format!("/t?addon={}", addon.display())),
+        format!(
+            "hello from an addon; process.chdir() is not supported in workers; cwd {}\n",
+            cwd.display()
+        )
+    );
+    n.assert_log_clean(&[]);
+}

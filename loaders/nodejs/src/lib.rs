@@ -21,7 +21,7 @@
 //!                             respond(task, rc, rsp) ──► host ──► Lua
 //! ```
 //!
-//! Modules: [`cfg`] parses `module[?],func[,rest]`; `host` is the only code calling the host's
+//! Modules: [`cfg`](mod@cfg) parses `module[?],func[,rest]`; `host` is the only code calling the host's
 //! C functions; `registry` maps the numbers JavaScript holds to queues and tasks; `binding` is
 //! the Node-API binding (`process._linkedBinding('resty_ffi')`) over them, `napi` the part of
 //! Node-API it uses; `instance` runs the Node.js thread (through the C++ shim,

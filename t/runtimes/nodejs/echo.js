@@ -110,3 +110,16 @@ exports.init_log = (cfg, tq) => {
   ffi.serve(tq, (req) => req);
   return 0;
 };
+
+// A native addon given as cfg (a path), and what the runtime may do to the process.
+exports.init_addon = (cfg, tq) => {
+  const addon = require(cfg);
+  let chdir = 'process.chdir worked';
+  try {
+    process.chdir('/');
+  } catch (e) {
+    chdir = e.message;
+  }
+  ffi.serve(tq, () => `${addon.hello()}; ${chdir}; cwd ${process.cwd()}`);
+  return 0;
+};
