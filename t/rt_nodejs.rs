@@ -2,7 +2,9 @@
 //! libnode108): the runtimes are `t/runtimes/nodejs/*.js`, found through `NODE_PATH`.
 //!
 //! Every test starts its own nginx and checks that error.log has no `[alert]`, `[crit]`,
-//! `[emerg]` and no unexpected `[error]`.
+//! `[emerg]` and no unexpected `[error]`. `serve()` waits for tasks on Node's event loop with
+//! this host's eventfd protocol; the `*_poll_thread` variants force the poll-thread path that
+//! hosts without it (the real lua-resty-ffi) get.
 
 use std::fs;
 use std::path::PathBuf;
@@ -31,11 +33,37 @@ fn nginx(name: &str, workers: usize, server: &str) -> Nginx {
     builder(name, workers).server_conf(server).start()
 }
 
+/// How `serve()` polls: `loop` (the host's eventfd, on Node's loop) or `thread`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Poll {
+    Loop,
+    Thread,
+}
+
+fn nginx_polling(name: &str, workers: usize, poll: Poll, server: &str) -> Nginx {
+    let b = builder(name, workers);
+    let b = match poll {
+        Poll::Loop => b,
+        Poll::Thread => b.env("RESTY_FFI_NODEJS_POLL", "thread"),
+    };
+    b.server_conf(server).start()
+}
+
 #[test]
 fn echo_is_binary_safe() {
-    let n = nginx(
-        "node-binary",
+    echo_binary("node-binary", Poll::Loop);
+}
+
+#[test]
+fn echo_is_binary_safe_poll_thread() {
+    echo_binary("node-binary-thread", Poll::Thread);
+}
+
+fn echo_binary(name: &str, poll: Poll) {
+    let n = nginx_polling(
+        name,
         1,
+        poll,
         r#"
         location /sizes {
             content_by_lua_block {
@@ -214,9 +242,19 @@ fn ten_thousand_calls_200_concurrent_2_workers() {
 
 #[test]
 fn timeout_and_abort_are_seen_by_the_helper() {
-    let n = nginx(
-        "node-cancel",
+    timeout_and_abort("node-cancel", Poll::Loop);
+}
+
+#[test]
+fn timeout_and_abort_are_seen_by_the_helper_poll_thread() {
+    timeout_and_abort("node-cancel-thread", Poll::Thread);
+}
+
+fn timeout_and_abort(name: &str, poll: Poll) {
+    let n = nginx_polling(
+        name,
         1,
+        poll,
         r#"
         lua_check_client_abort on;
         location /timeout {
@@ -322,7 +360,16 @@ fn reload_with_calls_in_flight() {
 
 #[test]
 fn quit_with_calls_in_flight() {
-    let mut n = nginx("node-quit", 2, ECHO_BY_ID);
+    quit_in_flight("node-quit", Poll::Loop);
+}
+
+#[test]
+fn quit_with_calls_in_flight_poll_thread() {
+    quit_in_flight("node-quit-thread", Poll::Thread);
+}
+
+fn quit_in_flight(name: &str, poll: Poll) {
+    let mut n = nginx_polling(name, 2, poll, ECHO_BY_ID);
     warm_up(&n, 1);
     let calls = slow_calls(&n, 40, 400);
     thread::sleep(Duration::from_millis(150));

@@ -70,6 +70,8 @@ fn main() {
 
     println!("cargo:rustc-link-search=native={}", node.lib_dir.display());
     println!("cargo:rustc-link-lib=dylib=node");
+    // The shim's uv_poll_* (libnode's own libuv, libuv1-dev's libuv.so).
+    println!("cargo:rustc-link-lib=dylib=uv");
     if !node.system {
         // Also for the unit-test binary, which loads libnode too.
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", node.lib_dir.display());

@@ -23,7 +23,8 @@ const DEBUG = 8;
 const INT_MAX = 2 ** 31 - 1;
 
 // Serves the queue `tq` (the init function's second argument): each call from Lua runs
-// `handler(req, task)` on the event loop, `req` a Buffer (null for a nil request). What the
+// `handler(req, task)` on the event loop, `req` a Buffer (null for a nil request). The loop
+// waits for tasks itself on this host (its eventfd protocol); elsewhere a native thread polls. What the
 // handler returns, or what its Promise resolves to, is the answer: a Buffer, any TypedArray,
 // DataView or ArrayBuffer, or a string (as UTF-8) gives Lua `true, bytes`; null or undefined
 // gives `true, nil`. A throw or a rejection gives Lua `false, 1, message` (`false, err.rc,
@@ -81,7 +82,7 @@ function fail(task, err) {
   try {
     binding.respond(task, rc, message(err));
   } catch (e) {
-    binding.log(WARN, `resty_ffi: ${e.message}`);
+    binding.log(WARN, e.message);
   }
 }
 

@@ -1,9 +1,12 @@
 // The C++ side of the Node.js loader: Node's embedding API (node.h) is C++, so this file runs one
 // Node.js instance on the calling thread and shows the Rust crate a small C ABI:
 //
-//   int  resty_node_run(const struct resty_node_options *o);   // blocks until stopped
-//   void resty_node_stop(void);                                // any thread
+//   int   resty_node_run(const struct resty_node_options *o);   // blocks until stopped
+//   void  resty_node_stop(void);                                // any thread
+//   void *resty_uv_poll_start(loop, fd, cb, data);              // event loop thread
+//   void  resty_uv_poll_close(void *poll, closed, data);        // event loop thread
 //
+// (libuv's handle structs are sized by uv.h, hence the last two here.)
 // Nothing here talks to nginx or to the host's queue: the linked binding (`o->register_binding`,
 // N-API, written in Rust) does, and the JavaScript bootstrap (`o->bootstrap`) drives it.
 // No C++ exception leaves this file.
@@ -13,6 +16,7 @@
 #include <uv.h>
 
 #include <cstring>
+#include <new>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -39,6 +43,8 @@ struct resty_node_options {
 
 int resty_node_run(const struct resty_node_options *o);
 void resty_node_stop(void);
+void *resty_uv_poll_start(uv_loop_t *loop, int fd, void (*cb)(void *data), void *data);
+void resty_uv_poll_close(void *poll, void (*closed)(void *data), void *data);
 
 }  // extern "C"
 
@@ -147,4 +153,59 @@ extern "C" void resty_node_stop(void) {
     if (g_env != nullptr) node::Stop(g_env);
   } catch (...) {
   }
+}
+
+namespace {
+
+struct Poll {
+  uv_poll_t handle;
+  void (*cb)(void *data);
+  void *data;
+  void (*closed)(void *data);
+  void *closed_data;
+};
+
+void on_readable(uv_poll_t *handle, int status, int events) {
+  Poll *p = reinterpret_cast<Poll *>(handle);
+  p->cb(p->data);
+}
+
+void on_closed(uv_handle_t *handle) {
+  Poll *p = reinterpret_cast<Poll *>(handle);
+  void (*closed)(void *) = p->closed;
+  void *data = p->closed_data;
+  delete p;
+  if (closed != nullptr) closed(data);
+}
+
+}  // namespace
+
+// Calls `cb(data)` on the loop's thread whenever `fd` is readable (or in error), until
+// resty_uv_poll_close. NULL when libuv refuses the fd.
+extern "C" void *resty_uv_poll_start(uv_loop_t *loop, int fd, void (*cb)(void *data),
+                                     void *data) {
+  Poll *p = new (std::nothrow) Poll;
+  if (p == nullptr) return nullptr;
+  p->cb = cb;
+  p->data = data;
+  if (uv_poll_init(loop, &p->handle, fd) != 0) {
+    delete p;
+    return nullptr;
+  }
+  if (uv_poll_start(&p->handle, UV_READABLE, on_readable) != 0) {
+    p->closed = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t *>(&p->handle), on_closed);
+    return nullptr;
+  }
+  return p;
+}
+
+// Stops the callbacks at once; once libuv closed the handle (a later turn of the loop) it is
+// freed and `closed(data)` runs.
+extern "C" void resty_uv_poll_close(void *poll, void (*closed)(void *data), void *data) {
+  Poll *p = static_cast<Poll *>(poll);
+  p->closed = closed;
+  p->closed_data = data;
+  uv_poll_stop(&p->handle);
+  uv_close(reinterpret_cast<uv_handle_t *>(&p->handle), on_closed);
 }

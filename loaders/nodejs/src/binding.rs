@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `start(load)` | main script only: `load` is what `libffi_init` calls; Node.js is ready |
 //! | `loaded(id, rc)` | main script only: a `load` finished with `rc` |
-//! | `serve(tq, onTask)` | polls `tq` on a thread of its own; `onTask(task, req)` per task on the event loop, `onTask(0, null)` once the queue finished |
+//! | `serve(tq, onTask)` | `onTask(task, req)` per task on the event loop, `onTask(0, null)` once the queue finished; the loop watches the queue's eventfd (`loop_serve`), or a poll thread feeds it |
 //! | `poll_task(tq)` | blocking poll (Worker threads only): a task number, 0 once finished |
 //! | `get_req(task)` | the request as a Buffer (a copy), `null` for nil |
 //! | `respond(task, rc, rsp)` | answers once; `rsp` a Buffer, TypedArray, DataView, ArrayBuffer, string, `null` or `undefined` |
@@ -379,6 +379,12 @@ fn serve(env: Env, [tq, on_task, _]: [Value; 3]) -> JsResult {
     let on_task = function_arg(env, on_task, "serve(tq, onTask): onTask")?;
     let q = registry::claim_serve(tq)
         .map_err(|e| Throw::Error(format!("resty_ffi: {}", e.message())))?;
+    if let Some(api) = host::AsyncPoll::get().filter(|_| !poll_thread_forced()) {
+        // SAFETY: `claim_serve` made us the queue's only poller; `env` is this callback's.
+        if unsafe { crate::loop_serve::start(env, api, q, tq, on_task) }.is_ok() {
+            return Ok(env.undefined()?);
+        }
+    }
     let gate = Arc::new(Gate::new());
     let fin = Arc::into_raw(gate.clone()) as *mut c_void;
     // SAFETY: `serve_call_js` reads `Item`s (what `serve_loop` queues); `serve_finalize` takes
@@ -417,6 +423,13 @@ fn serve(env: Env, [tq, on_task, _]: [Value; 3]) -> JsResult {
         )));
     }
     Ok(env.undefined()?)
+}
+
+/// `RESTY_FFI_NODEJS_POLL=thread`: serve with a poll thread even on a host with asynchronous
+/// polling (to compare the two, or to test the path the real lua-resty-ffi takes).
+fn poll_thread_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("RESTY_FFI_NODEJS_POLL").is_some_and(|v| v == "thread"))
 }
 
 /// The queue's poller: every task goes to the event loop; the finish marker ends it.
@@ -479,40 +492,47 @@ unsafe extern "C" fn serve_call_js(
             Item::Task(id) => id,
             Item::End => 0,
         };
-        let call = || -> napi::Result<()> {
-            let req = if id == 0 {
-                env.null()?
-            } else {
-                // The copy is made under the registry's lock, so the task cannot be answered
-                // (its request freed) meanwhile.
-                let req = registry::with_task(id, |t| match t.request() {
-                    Some(r) => env.buffer_copy(r),
-                    None => env.null(),
-                });
-                match req {
-                    Some(r) => r?,
-                    None => return Ok(()),
-                }
-            };
-            env.call(env.undefined()?, js_cb, &[env.number(id as f64)?, req])
-                .map(drop)
-        };
-        if call().is_err() {
-            // An exception from the helper's callback is a bug worth a line; without one,
-            // Node.js is stopping and runs no more JavaScript.
-            if let Some(why) = pending_exception_text(env) {
-                host::log(host::ERR, &format!("resty_ffi_nodejs: serve: {why}"));
-            }
-            if let Some(t) = registry::take_task(id) {
-                t.respond(RC_STOPPING, stopping());
-            }
-        }
+        deliver(env, js_cb, id);
     });
     if catch_unwind(run).is_err() {
         host::log(
             host::ALERT,
             "resty_ffi_nodejs: panic delivering a task (caught)",
         );
+    }
+}
+
+/// Hands task `id` to `on_task(id, req)` (`id` 0: the queue finished). When JavaScript cannot
+/// take it (Node.js is stopping, or the callback threw, which is logged), the task is answered
+/// with [`RC_STOPPING`].
+pub(crate) fn deliver(env: Env, on_task: Value, id: Id) {
+    let call = || -> napi::Result<()> {
+        let req = if id == 0 {
+            env.null()?
+        } else {
+            // The copy is made under the registry's lock, so the task cannot be answered (its
+            // request freed) meanwhile.
+            let req = registry::with_task(id, |t| match t.request() {
+                Some(r) => env.buffer_copy(r),
+                None => env.null(),
+            });
+            match req {
+                Some(r) => r?,
+                None => return Ok(()),
+            }
+        };
+        env.call(env.undefined()?, on_task, &[env.number(id as f64)?, req])
+            .map(drop)
+    };
+    if call().is_err() {
+        // An exception from the helper's callback is a bug worth a line; without one,
+        // Node.js is stopping and runs no more JavaScript.
+        if let Some(why) = pending_exception_text(env) {
+            host::log(host::ERR, &format!("resty_ffi_nodejs: serve: {why}"));
+        }
+        if let Some(t) = registry::take_task(id) {
+            t.respond(RC_STOPPING, stopping());
+        }
     }
 }
 

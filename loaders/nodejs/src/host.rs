@@ -48,6 +48,92 @@ impl Queue {
     }
 }
 
+/// What [`Queue::try_poll`] found.
+pub enum TryPoll {
+    Task(Task),
+    Empty,
+    /// The finish marker: the queue must not be touched again.
+    Finished,
+}
+
+/// This host's asynchronous polling (`resty_ffi_task_poll_fd`, `_try_poll`, `_arm`), so an
+/// event loop can wait for tasks on an eventfd instead of a thread blocking in
+/// `ngx_http_lua_ffi_task_poll`. `None` on a host without it (the real lua-resty-ffi).
+pub struct AsyncPoll {
+    poll_fd: unsafe extern "C" fn(*mut c_void) -> c_int,
+    try_poll: unsafe extern "C" fn(*mut c_void, *mut c_int) -> *mut c_void,
+    arm: unsafe extern "C" fn(*mut c_void) -> c_int,
+}
+
+impl AsyncPoll {
+    pub fn get() -> Option<&'static AsyncPoll> {
+        static API: OnceLock<Option<AsyncPoll>> = OnceLock::new();
+        API.get_or_init(|| {
+            let (fd, try_poll, arm) = (
+                dlsym(c"resty_ffi_task_poll_fd"),
+                dlsym(c"resty_ffi_task_try_poll"),
+                dlsym(c"resty_ffi_task_arm"),
+            );
+            if fd.is_null() || try_poll.is_null() || arm.is_null() {
+                return None;
+            }
+            // SAFETY: the host exports them with these signatures (host/src/ffi.rs); function
+            // and data pointers have the same size on Linux.
+            Some(unsafe {
+                AsyncPoll {
+                    poll_fd: std::mem::transmute::<
+                        *mut c_void,
+                        unsafe extern "C" fn(*mut c_void) -> c_int,
+                    >(fd),
+                    try_poll: std::mem::transmute::<
+                        *mut c_void,
+                        unsafe extern "C" fn(*mut c_void, *mut c_int) -> *mut c_void,
+                    >(try_poll),
+                    arm: std::mem::transmute::<
+                        *mut c_void,
+                        unsafe extern "C" fn(*mut c_void) -> c_int,
+                    >(arm),
+                }
+            })
+        })
+        .as_ref()
+    }
+
+    /// The queue's eventfd (closed with the queue: watch a dup).
+    ///
+    /// # Safety
+    /// As [`Queue::poll`]: a live queue, polled by the caller only.
+    pub unsafe fn fd(&self, q: Queue) -> c_int {
+        // SAFETY: the caller's contract.
+        unsafe { (self.poll_fd)(q.0.as_ptr()) }
+    }
+
+    /// The next item without waiting.
+    ///
+    /// # Safety
+    /// As [`Queue::poll`].
+    pub unsafe fn try_poll(&self, q: Queue) -> TryPoll {
+        let mut finished: c_int = 0;
+        // SAFETY: the caller's contract; `finished` is writable.
+        let t = unsafe { (self.try_poll)(q.0.as_ptr(), &mut finished) };
+        match NonNull::new(t) {
+            Some(t) => TryPoll::Task(Task(t)),
+            None if finished != 0 => TryPoll::Finished,
+            None => TryPoll::Empty,
+        }
+    }
+
+    /// About to wait on the eventfd: true means wait (the next post makes it readable), false
+    /// means an item is already queued.
+    ///
+    /// # Safety
+    /// As [`Queue::poll`].
+    pub unsafe fn arm(&self, q: Queue) -> bool {
+        // SAFETY: the caller's contract.
+        unsafe { (self.arm)(q.0.as_ptr()) == 1 }
+    }
+}
+
 /// A polled, unanswered task.
 #[derive(Debug)]
 pub struct Task(NonNull<c_void>);

@@ -13,18 +13,21 @@
 //! ```
 //!
 //! ```text
-//!  nginx main thread          node thread (event loop)             node-serve-<tq> threads
+//!  nginx main thread          node thread (event loop)
 //!  libffi_init(cfg, tq) ────► load: require(module)[func](rest, tq)
-//!                             serve(tq, handler) ───────────────► task_poll(tq)  (blocking)
-//!  Lua obj:call(req) ──tq──────────────────────────────────────► task ─┐
-//!                             handler(req, task) ◄── thread-safe fn ◄──┘
-//!                             respond(task, rc, rsp) ──► host ──► Lua
+//!                             serve(tq, handler): watch tq's eventfd (uv_poll)
+//!  Lua obj:call(req) ──tq──► (eventfd) ──► try_poll: task
+//!                             handler(req, task) ──► respond(task, rc, rsp) ──► host ──► Lua
 //! ```
+//!
+//! On a host without the eventfd protocol (the real lua-resty-ffi), `serve` polls with a
+//! native thread that blocks in `task_poll` and hands tasks to the loop through a thread-safe
+//! function instead.
 //!
 //! Modules: [`cfg`](mod@cfg) parses `module[?],func[,rest]`; `host` is the only code calling the host's
 //! C functions; `registry` maps the numbers JavaScript holds to queues and tasks; `binding` is
-//! the Node-API binding (`process._linkedBinding('resty_ffi')`) over them, `napi` the part of
-//! Node-API it uses; `instance` runs the Node.js thread (through the C++ shim,
+//! the Node-API binding (`process._linkedBinding('resty_ffi')`) over them, with `loop_serve`
+//! for serving on the event loop, `napi` the part of Node-API they use; `instance` runs the Node.js thread (through the C++ shim,
 //! `shim/node_shim.cc`) and stops it at exit. The JavaScript side: `js/bootstrap.js` (the
 //! main script) and `js/resty_ffi.js` (`require('resty_ffi')`). The only export to nginx is
 //! `libffi_init`, below.
@@ -33,6 +36,7 @@ mod binding;
 pub mod cfg;
 mod host;
 mod instance;
+mod loop_serve;
 mod napi;
 mod registry;
 

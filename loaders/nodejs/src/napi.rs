@@ -23,11 +23,38 @@ pub struct OpaqueCallbackInfo {
 pub struct OpaqueTsfn {
     _p: [u8; 0],
 }
+#[repr(C)]
+pub struct OpaqueRef {
+    _p: [u8; 0],
+}
+#[repr(C)]
+pub struct OpaqueScope {
+    _p: [u8; 0],
+}
+#[repr(C)]
+pub struct OpaqueAsyncContext {
+    _p: [u8; 0],
+}
+#[repr(C)]
+pub struct OpaqueLoop {
+    _p: [u8; 0],
+}
 
 pub type RawEnv = *mut OpaqueEnv;
 pub type RawValue = *mut OpaqueValue;
 pub type RawCallbackInfo = *mut OpaqueCallbackInfo;
 pub type RawTsfn = *mut OpaqueTsfn;
+pub type RawRef = *mut OpaqueRef;
+pub type RawAsyncContext = *mut OpaqueAsyncContext;
+/// libuv's `uv_loop_t *`.
+pub type RawLoop = *mut OpaqueLoop;
+#[repr(C)]
+pub struct OpaqueCleanup {
+    _p: [u8; 0],
+}
+/// `napi_async_cleanup_hook_handle`.
+pub type RawCleanup = *mut OpaqueCleanup;
+pub type AsyncCleanupHook = unsafe extern "C" fn(handle: RawCleanup, arg: *mut c_void);
 
 /// `napi_status`; 0 is `napi_ok`.
 pub type Status = i32;
@@ -159,6 +186,34 @@ extern "C" {
         call_js_cb: Option<CallJs>,
         result: *mut RawTsfn,
     ) -> Status;
+    fn napi_create_object(env: RawEnv, result: *mut RawValue) -> Status;
+    fn napi_create_reference(env: RawEnv, v: RawValue, count: u32, result: *mut RawRef) -> Status;
+    fn napi_get_reference_value(env: RawEnv, r: RawRef, result: *mut RawValue) -> Status;
+    fn napi_delete_reference(env: RawEnv, r: RawRef) -> Status;
+    fn napi_open_handle_scope(env: RawEnv, result: *mut *mut OpaqueScope) -> Status;
+    fn napi_close_handle_scope(env: RawEnv, scope: *mut OpaqueScope) -> Status;
+    fn napi_async_init(
+        env: RawEnv,
+        resource: RawValue,
+        name: RawValue,
+        result: *mut RawAsyncContext,
+    ) -> Status;
+    fn napi_async_destroy(env: RawEnv, ctx: RawAsyncContext) -> Status;
+    fn napi_open_callback_scope(
+        env: RawEnv,
+        resource: RawValue,
+        ctx: RawAsyncContext,
+        result: *mut *mut OpaqueScope,
+    ) -> Status;
+    fn napi_close_callback_scope(env: RawEnv, scope: *mut OpaqueScope) -> Status;
+    fn napi_get_uv_event_loop(env: RawEnv, result: *mut RawLoop) -> Status;
+    fn napi_add_async_cleanup_hook(
+        env: RawEnv,
+        hook: AsyncCleanupHook,
+        arg: *mut c_void,
+        remove_handle: *mut RawCleanup,
+    ) -> Status;
+    fn napi_remove_async_cleanup_hook(remove_handle: RawCleanup) -> Status;
     fn napi_call_threadsafe_function(tsfn: RawTsfn, data: *mut c_void, blocking: i32) -> Status;
     fn napi_release_threadsafe_function(tsfn: RawTsfn, mode: i32) -> Status;
 }
@@ -505,6 +560,126 @@ impl Env {
         })?;
         Ok(out)
     }
+}
+
+/// State a native async source keeps between event-loop callbacks on one environment: the
+/// environment, a persistent JavaScript function and an async context, so it can call the
+/// function from a libuv callback as Node-API asks (a handle scope and a callback scope,
+/// which runs the microtasks and `process.nextTick`s the calls queued when it closes).
+pub struct Persistent {
+    env: RawEnv,
+    func: RawRef,
+    resource: RawRef,
+    ctx: RawAsyncContext,
+}
+
+impl Persistent {
+    /// Keeps `func` alive for [`Persistent::enter`] calls from later event-loop callbacks.
+    pub fn new(env: Env, func: Value, name: &str) -> Result<Persistent> {
+        let (mut f, mut r, mut ctx, mut obj) = (
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+        );
+        let name = env.string(name)?;
+        // SAFETY: live env and handles of the running callback; out-parameters writable.
+        unsafe {
+            check(napi_create_object(env.0, &mut obj))?;
+            check(napi_create_reference(env.0, func.0, 1, &mut f))?;
+            check(napi_create_reference(env.0, obj, 1, &mut r))?;
+            check(napi_async_init(env.0, obj, name.0, &mut ctx))?;
+        }
+        Ok(Persistent {
+            env: env.0,
+            func: f,
+            resource: r,
+            ctx,
+        })
+    }
+
+    /// The event loop this environment runs on.
+    pub fn event_loop(&self) -> Result<RawLoop> {
+        let mut l = ptr::null_mut();
+        // SAFETY: the environment is alive (`Persistent` is dropped before it).
+        check(unsafe { napi_get_uv_event_loop(self.env, &mut l) })?;
+        Ok(l)
+    }
+
+    /// Runs `f` with the environment and the function inside fresh handle and callback scopes.
+    ///
+    /// # Safety
+    /// On the environment's thread, from a libuv callback (no JavaScript on the stack), while
+    /// the environment is alive.
+    pub unsafe fn enter<R>(&self, f: impl FnOnce(Env, Value) -> R) -> Result<R> {
+        let (mut hs, mut cs) = (ptr::null_mut(), ptr::null_mut());
+        let (mut func, mut resource) = (ptr::null_mut(), ptr::null_mut());
+        // SAFETY: the caller's contract; the scopes are closed in reverse order below.
+        unsafe {
+            check(napi_open_handle_scope(self.env, &mut hs))?;
+            let opened = check(napi_get_reference_value(self.env, self.func, &mut func))
+                .and_then(|()| {
+                    check(napi_get_reference_value(
+                        self.env,
+                        self.resource,
+                        &mut resource,
+                    ))
+                })
+                .and_then(|()| {
+                    check(napi_open_callback_scope(
+                        self.env, resource, self.ctx, &mut cs,
+                    ))
+                });
+            if let Err(e) = opened {
+                napi_close_handle_scope(self.env, hs);
+                return Err(e);
+            }
+            let r = f(Env(self.env), Value(func));
+            napi_close_callback_scope(self.env, cs);
+            napi_close_handle_scope(self.env, hs);
+            Ok(r)
+        }
+    }
+
+    /// Frees the references and the async context.
+    ///
+    /// # Safety
+    /// On the environment's thread while it is alive, outside [`Persistent::enter`].
+    pub unsafe fn release(self) {
+        // SAFETY: the caller's contract; each handle is released once.
+        unsafe {
+            napi_async_destroy(self.env, self.ctx);
+            napi_delete_reference(self.env, self.func);
+            napi_delete_reference(self.env, self.resource);
+        }
+    }
+
+    /// Calls `hook(handle, arg)` when the environment is torn down; Node.js then keeps running
+    /// the event loop until [`remove_cleanup_hook`] is called with the returned handle (which
+    /// may also be called earlier, to cancel the hook).
+    ///
+    /// # Safety
+    /// `arg` stays valid until the hook ran or was removed.
+    pub unsafe fn add_cleanup_hook(
+        &self,
+        hook: AsyncCleanupHook,
+        arg: *mut c_void,
+    ) -> Result<RawCleanup> {
+        let mut h = ptr::null_mut();
+        // SAFETY: the caller's contract; `h` is writable.
+        check(unsafe { napi_add_async_cleanup_hook(self.env, hook, arg, &mut h) })?;
+        Ok(h)
+    }
+}
+
+/// Ends (or cancels) an async cleanup hook.
+///
+/// # Safety
+/// `h` came from [`Persistent::add_cleanup_hook`] and is removed once, on the environment's
+/// thread.
+pub unsafe fn remove_cleanup_hook(h: RawCleanup) {
+    // SAFETY: the caller's contract.
+    unsafe { napi_remove_async_cleanup_hook(h) };
 }
 
 /// Queues `data` for the thread-safe function's `call_js` (non-blocking: the queue is
