@@ -275,7 +275,7 @@ fn timeout_and_abort(name: &str, poll: Poll) {
         }
         location /slow {
             content_by_lua_block {
-                local slow = assert(ngx.load_ffi("ffi_nodejs", "echo,slow,300"))
+                local slow = assert(ngx.load_ffi("ffi_nodejs", "echo,slow,5000"))
                 local ok, res = slow:echo("never read")
                 ngx.say(res)
             }
@@ -293,7 +293,8 @@ fn timeout_and_abort(name: &str, poll: Poll) {
     let (found, log) = n.wait_log_contains("slow: task cancelled", Duration::from_secs(5));
     assert!(found, "the helper saw the timed-out call cancelled:\n{log}");
     let pid = n.get_ok("/gc");
-    n.hang_up("/slow", 10, Duration::from_millis(50));
+    // The clients hang up long before the 5 s answer.
+    n.hang_up("/slow", 10, Duration::from_millis(300));
     assert_eq!(n.get_ok("/gc"), pid, "same worker");
     let deadline = Instant::now() + Duration::from_secs(5);
     let count = || n.error_log().matches("slow: task cancelled").count();
