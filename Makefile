@@ -20,6 +20,8 @@ LIBS += libffi_java.so
 JAVA_HOME_DEBIAN := /usr/lib/jvm/default-java
 JAVA_JAR := $(RELEASE)/resty-ffi.jar
 JAVA_DIR ?= $(PREFIX)/share/java
+# Loaders of runtimes in other languages (docs/runtimes.md).
+LIBS += libffi_nodejs.so
 # Integration tests start real nginx instances; on 2 cores two at a time keeps timings sane.
 TEST_THREADS ?= 2
 
