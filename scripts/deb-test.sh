@@ -24,7 +24,8 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install o
 
 scripts/deb.sh --lintian
 # The packages this machine can install: the gRPC client and the loaders whose interpreter
-# Debian can give it.
+# Debian can give it (not resty-ffi-nodejs: apt refuses Debian's libnode108 next to the
+# NodeSource nodejs these machines carry; docs/debian.md).
 pkgs=("$pkg")
 [ -e target/debian/resty-ffi-python3_*.deb ] && pkgs+=(resty-ffi-python3)
 [ -e target/debian/resty-ffi-java_*.deb ] && pkgs+=(resty-ffi-java)

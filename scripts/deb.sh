@@ -7,6 +7,8 @@
 #                      LD_LIBRARY_PATH), Lua in /usr/share/lua/5.1 (LuaJIT's default path)
 #   resty-ffi-python3  the Python loader (libffi_python3.so, also as libresty_ffi_python.so)
 #                      and the resty_ffi helper module in Debian's dist-packages
+#   resty-ffi-nodejs   the Node.js loader (libffi_nodejs.so, which carries require('resty_ffi')),
+#                      over Debian's libnode108
 #   resty-ffi-java     the Java loader (libffi_java.so, which carries the resty.ffi classes)
 #                      and resty-ffi.jar in /usr/share/java to compile runtimes against
 #
@@ -61,24 +63,28 @@ stage_docs() {
   done
 }
 
-# shlibs PKG: the Depends dpkg-shlibdeps derives from the package's ELF files.
+# shlibs PKG [dpkg-shlibdeps options]: the Depends dpkg-shlibdeps derives from the package's
+# ELF files.
 shlibs() {
   local pkg=$1 work
+  shift
   work=$(mktemp -d)
   mkdir "$work/debian"
   printf 'Source: %s\n\nPackage: %s\nArchitecture: any\n' "$pkg" "$pkg" >"$work/debian/control"
   local files
   files=$(find "$repo/$out/stage/$pkg" -name '*.so' -type f)
-  (cd "$work" && dpkg-shlibdeps -O -e $files 2>/dev/null) | sed -n 's/^shlibs:Depends=//p'
+  (cd "$work" && dpkg-shlibdeps -O "$@" -e $files 2>/dev/null) | sed -n 's/^shlibs:Depends=//p'
   rm -rf "$work"
 }
 
-# build_pkg PKG: control file (from packaging/deb/PKG/control.in), md5sums, triggers, .deb.
+# build_pkg PKG [dpkg-shlibdeps options]: control file (from packaging/deb/PKG/control.in),
+# md5sums, triggers, .deb.
 build_pkg() {
   local pkg=$1 root="$out/stage/$1"
+  shift
   install -d -m 0755 "$root/DEBIAN"
   local deps
-  deps=$(shlibs "$pkg")
+  deps=$(shlibs "$pkg" "$@")
   local size
   size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
   sed -e "s|@VERSION@|$version|" -e "s|@ARCH@|$arch|" -e "s|@SHLIBS@|$deps|" \
@@ -131,6 +137,19 @@ if [ -f "$release/libffi_python3.so" ]; then
   install -m 0644 loaders/python/resty_ffi/__init__.py "$py/__init__.py"
   stage_docs $pkg
   build_pkg $pkg
+fi
+
+# --- resty-ffi-nodejs -------------------------------------------------------------------------
+if [ -f "$release/libffi_nodejs.so" ]; then
+  pkg=resty-ffi-nodejs
+  stage_lib $pkg libffi_nodejs.so
+  # A build against the libnode unpacked in the cache (scripts/deps.sh) carries a RUNPATH to it;
+  # the packaged loader finds Debian's libnode108 in the system folder.
+  patchelf --remove-rpath "$out/stage/$pkg/$libdir/libffi_nodejs.so"
+  stage_docs $pkg
+  # libnode.so.108 may not belong to an installed package here: its Depends is in control.in.
+  cache=/var/cache/resty-grpc-zc/libnode108/usr/lib/$multiarch
+  build_pkg $pkg --ignore-missing-info -l"$cache" -xlibnode108
 fi
 
 # --- resty-ffi-java ---------------------------------------------------------------------------

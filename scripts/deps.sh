@@ -8,7 +8,7 @@ PACKAGES=(
   nginx libnginx-mod-http-lua libnginx-mod-http-ndk lua-resty-core lua-resty-lrucache
   lua-cjson luajit2 libluajit2-5.1-dev nginx-dev libclang-dev pkg-config ca-certificates
   util-linux
-  dpkg-dev lintian curl   # make deb: dpkg-shlibdeps, lintian; the package test's calls
+  dpkg-dev lintian curl patchelf  # make deb: dpkg-shlibdeps, lintian, the packaged loaders' RUNPATH; the package test's calls
   python3-dev python3-cffi  # loaders/python: libpython3.11 to embed, cffi for raw-style runtimes
   golang-go  # Go runtimes: runtimes/go (the echo example and the restyffi helper)
   default-jdk-headless  # the Java loader: JVM (libjvm) and javac, at /usr/lib/jvm/default-java

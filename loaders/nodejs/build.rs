@@ -68,6 +68,9 @@ fn main() {
         .flag_if_supported("-Wno-cast-function-type")
         .compile("resty_node_shim");
 
+    // Named by its SONAME (Debian keeps libraries in the system folder only with one;
+    // `ngx.load_ffi("ffi_nodejs")` opens it by that name).
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libffi_nodejs.so");
     println!("cargo:rustc-link-search=native={}", node.lib_dir.display());
     println!("cargo:rustc-link-lib=dylib=node");
     // The shim's uv_poll_* (libnode's own libuv, libuv1-dev's libuv.so).
