@@ -6,7 +6,7 @@
 //! ```text
 //!  Lua ── ngx.load_ffi ──► Rust echo (resty_ffi_echo) | Go (ffi_go_echo, restyffi)
 //!                          Python (ffi_python3: the resty_ffi helper; the article's raw cffi)
-//!                          Java (ffi_java: resty.ffi.Server)
+//!                          Java (ffi_java: resty.ffi.Server), Node.js (ffi_nodejs)
 //!  Lua ── unix socket ───► uds-echo (the proxy model)
 //! ```
 //!
@@ -31,6 +31,7 @@ const PATHS: &[(&str, &str)] = &[
     ("python", "Python (resty_ffi helper)"),
     ("python_raw", "Python (the article's cffi)"),
     ("java", "Java (resty.ffi.Server)"),
+    ("nodejs", "Node.js (resty_ffi.serve)"),
 ];
 const ROUNDS: usize = 3;
 const CALLS: usize = 100_000;
@@ -74,6 +75,8 @@ location /bench {
                 rt = assert(ngx.load_ffi("ffi_python3", "ffi.echo,init", { is_global = true }))
             elseif path == "java" then
                 rt = assert(ngx.load_ffi("ffi_java", "rt.Echo,init"))
+            elseif path == "nodejs" then
+                rt = assert(ngx.load_ffi("ffi_nodejs", "echo,init"))
             else
                 return ngx.exit(400)
             end
@@ -151,10 +154,11 @@ fn run(placement: Placement, quick: bool) -> Vec<Row> {
     ))
     .workers(1)
     .main_conf(if placement == Placement::OneCpu {
-        "worker_cpu_affinity 0001;\nenv PYTHONPATH;\nenv CLASSPATH;\nenv PYTHONDONTWRITEBYTECODE;"
+        "worker_cpu_affinity 0001;\nenv PYTHONPATH;\nenv CLASSPATH;\nenv NODE_PATH;\nenv PYTHONDONTWRITEBYTECODE;"
     } else {
-        "env PYTHONPATH;\nenv CLASSPATH;\nenv PYTHONDONTWRITEBYTECODE;"
+        "env PYTHONPATH;\nenv CLASSPATH;\nenv NODE_PATH;\nenv PYTHONDONTWRITEBYTECODE;"
     })
+    .env("NODE_PATH", &root.join("t/runtimes/nodejs").display().to_string())
     .env("PYTHONPATH", &python)
     .env("CLASSPATH", &classes.display().to_string())
     .env("PYTHONDONTWRITEBYTECODE", "1")

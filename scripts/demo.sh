@@ -2,7 +2,7 @@
 # `make demo`: starts the demo gRPC server (Greeter, RouteGuide), a fleet of three backends on
 # 127.0.0.2-4 and nginx on 127.0.0.1, calls unary and streaming gRPC locations (resty.grpc_zc,
 # Lua tables), bad input refused with clear errors, the host's echo runtime, runtimes in Python,
-# Go and Java, and the fleet
+# Go, Java and Node.js, and the fleet
 # (round_robin, a backend killed under a retry policy, the Prometheus page) with curl, prints
 # what came back and the runtime's own error-log lines, and stops them all.
 set -euo pipefail
@@ -57,7 +57,7 @@ mkdir -p "$prefix/java"
 /usr/lib/jvm/default-java/bin/javac -cp "$libdir/resty-ffi.jar" -d "$prefix/java" \
   "$repo/t/runtimes/java/rt/Echo.java"
 LD_LIBRARY_PATH="$libdir" PYTHONPATH="$repo/t/runtimes/python:$repo/loaders/python" \
-  CLASSPATH="$prefix/java" nginx -p "$prefix" -c "$prefix/conf/nginx.conf" &
+  CLASSPATH="$prefix/java" NODE_PATH="$repo/t/runtimes/nodejs" nginx -p "$prefix" -c "$prefix/conf/nginx.conf" &
 nginx_pid=$!
 stop() {
   kill -QUIT "$nginx_pid" 2>/dev/null || true
