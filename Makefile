@@ -47,8 +47,7 @@ $(JAVA_JAR): $(wildcard loaders/java/java/resty/ffi/*.java)
 # Go runtimes are c-shared libraries built by go (offline: no module proxy, no toolchain
 # download); see runtimes/go/build.sh.
 go-build: deps
-	runtimes/go/build.sh $(RELEASE)/libffi_go_echo.so runtimes/go/echo \
-	  -ldflags=-extldflags=-Wl,-soname,libffi_go_echo.so
+	runtimes/go/build.sh $(RELEASE)/libffi_go_echo.so runtimes/go/echo
 
 # Go without the network: no module proxy, no checksum database, no toolchain download.
 GO_ENV := GOPROXY=off GOSUMDB=off GOTOOLCHAIN=local GOFLAGS=-mod=mod

@@ -12,7 +12,10 @@ if [ -z "${GOCACHE:-}" ] && [ -z "${XDG_CACHE_HOME:-}" ] && [ -z "${HOME:-}" ]; 
 fi
 stage="$(dirname "$out")/.go-build/$(basename "$out" .so)"
 mkdir -p "$stage"
-(cd "$pkg" && "${GO:-go}" build -buildmode=c-shared -trimpath -o "$stage/lib.so" "$@" .)
+# The library is named by its SONAME, the output's file name (Debian keeps libraries in the
+# system folder only with one); a later -ldflags among the arguments replaces this one.
+soname="-ldflags=-extldflags=-Wl,-soname,$(basename "$out")"
+(cd "$pkg" && "${GO:-go}" build -buildmode=c-shared -trimpath -o "$stage/lib.so" "$soname" "$@" .)
 if ! cmp -s "$stage/lib.so" "$out"; then
   cp "$stage/lib.so" "$out.tmp.$$"
   mv -f "$out.tmp.$$" "$out"
