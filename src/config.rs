@@ -7,7 +7,7 @@
 //! | `max_message` | `4m` | largest payload, at most `64m`; the arena must hold one |
 //! | `cpus` | (the worker's) | CPUs the runtime's own threads (poll thread, tokio workers) may run on: numbers and ranges separated by `:`, e.g. `1`, `2-3`, `1:3` |
 //! | `busy_poll_us` | `500` | while gRPC operations are in flight, the longest the poll thread keeps polling the network after its last task (yielding its CPU to any other runnable thread between polls) before it sleeps, backing off after windows that saw no answer; `0` turns it off. Only where the poll thread is the event loop (a host with asynchronous polling, as this project's) |
-//! | `busy_poll` | `adaptive` | `adaptive`: chosen by placement (src/runtime/busy.rs): off under a cgroup CPU quota, polling from the last task where the poll thread shares the worker's one CPU, else sleeping until shortly before the answers it has learned to expect and polling from there; `fixed`: always poll from the last task for `busy_poll_us`; `off` |
+//! | `busy_poll` | `adaptive` | `adaptive`: chosen by placement (src/runtime/busy.rs): off under a cgroup CPU quota, else polling from the last task for `busy_poll_us`; `fixed`: always poll from the last task; `ahead`: sleep until shortly before the answers it has learned to expect and poll from there (measured slower and dearer on these VMs; docs/benchmarks.md); `off` |
 
 use std::fmt;
 use std::io;
@@ -31,10 +31,12 @@ pub struct Config {
 /// `busy_poll`: how the poll thread places its busy-polling windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BusyPollMode {
-    /// By placement and learned answer times (the default).
+    /// By placement (the default): off under a cgroup CPU quota, else from the last task.
     Adaptive,
     /// From the last task, for the whole `busy_poll_us`.
     Fixed,
+    /// Ahead of the learned answer times, woken by a timer.
+    Ahead,
     /// Never.
     Off,
 }
@@ -188,10 +190,11 @@ impl Config {
                     c.busy_poll_mode = match v {
                         "adaptive" => BusyPollMode::Adaptive,
                         "fixed" => BusyPollMode::Fixed,
+                        "ahead" => BusyPollMode::Ahead,
                         "off" => BusyPollMode::Off,
                         _ => {
                             return Err(ConfigError(format!(
-                                "busy_poll: bad value {v:?} (want adaptive, fixed or off)"
+                                "busy_poll: bad value {v:?} (want adaptive, fixed, ahead or off)"
                             )))
                         }
                     }
@@ -228,6 +231,8 @@ mod tests {
         assert_eq!(d.busy_poll_mode, BusyPollMode::Adaptive);
         let c = Config::parse("instance=x,busy_poll=fixed").unwrap();
         assert_eq!(c.busy_poll_mode, BusyPollMode::Fixed);
+        let c = Config::parse("instance=x,busy_poll=ahead").unwrap();
+        assert_eq!(c.busy_poll_mode, BusyPollMode::Ahead);
         let c = Config::parse("instance=x,busy_poll=off").unwrap();
         assert_eq!(c.busy_poll_mode, BusyPollMode::Off);
         assert!(Config::parse("instance=x,busy_poll=sometimes").is_err());

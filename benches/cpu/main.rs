@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  nginx, grpc.init({ busy_poll = "adaptive" }) ──┐
-//!  nginx, grpc.init({ busy_poll = "fixed" }) ─────┤
+//!  nginx, grpc.init({ busy_poll = "ahead" }) ─────┤
 //!  nginx, grpc.init({ busy_poll = "off" }) ───────┼──► grpc-test-server --threads 0 --no-gzip-replies
 //!  tonic, current-thread runtime (native_ct) ─────┤        (one tokio thread, 127.0.0.1)
 //!  tonic, multi-thread runtime (native) ──────────┘
@@ -72,10 +72,10 @@ pub const NGINX_SIDES: usize = 3;
 pub const NATIVE_CT: usize = 3;
 pub const NATIVE: usize = 4;
 /// The sides' keys in the JSON and their names in the tables.
-pub const SIDE_KEYS: [&str; SIDES] = ["adaptive", "fixed", "off", "native_ct", "native"];
+pub const SIDE_KEYS: [&str; SIDES] = ["adaptive", "ahead", "off", "native_ct", "native"];
 pub const SIDE_NAMES: [&str; SIDES] = [
     "nginx, `busy_poll = \"adaptive\"` (the default)",
-    "nginx, `busy_poll = \"fixed\"`",
+    "nginx, `busy_poll = \"ahead\"` (opt-in)",
     "nginx, `busy_poll = \"off\"`",
     "native_ct: tonic, current-thread runtime",
     "native: tonic, multi-thread runtime",

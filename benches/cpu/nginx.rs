@@ -10,7 +10,7 @@ use crate::placement::Placement;
 use crate::{IN_FLIGHT, WARMUP};
 
 /// The runtime's `busy_poll` option of each nginx side, in side order.
-pub const MODES: [&str; 3] = ["adaptive", "fixed", "off"];
+pub const MODES: [&str; 3] = ["adaptive", "ahead", "off"];
 
 const HTTP_CONF: &str = r#"
 init_worker_by_lua_block {

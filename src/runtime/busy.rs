@@ -5,17 +5,18 @@
 //! needs no wake-up of a sleeping thread (35-70 µs between vCPUs on these VMs). Where the
 //! window sits is the plan, chosen once per poll thread from where it runs ([`Plan::choose`]):
 //!
-//! - **From the last task** (`busy_poll=fixed`, and `adaptive` where the poll thread shares
-//!   the worker's one CPU): poll from the moment tasks were served for up to `busy_poll_us`.
-//!   On a shared CPU each poll first yields the CPU to the worker and the server, so waiting
-//!   this way costs little.
-//! - **Ahead of the answer** (`adaptive` with CPUs of its own): polling from the last task
-//!   would keep a second CPU busy for the whole call, which is billed as CPU time. The plan
-//!   learns how long answers take (from the last task to the first operation finishing: its
-//!   10 % and 90 % quantiles) and how late its timer wakes it, sleeps until shortly before
-//!   the early answers, and polls from there until a little after the late ones; the
-//!   wake-up before the answer is paid while nothing waits on it. Answers slower than
-//!   `busy_poll_us` are not polled for. Until it has learned, it polls from the last task.
+//! - **From the last task** (`busy_poll=fixed`, and `adaptive` unless under a CPU quota): poll
+//!   from the moment tasks were served for up to `busy_poll_us`. Each poll first yields the CPU
+//!   (`sched_yield`), so on a CPU shared with the worker and the server waiting this way costs
+//!   little.
+//! - **Ahead of the answer** (`busy_poll=ahead`, opt-in): the plan learns how long answers take
+//!   (from the last task to the first operation finishing: its 10 % and 90 % quantiles) and how
+//!   late its timer wakes it, sleeps until shortly before the early answers, and polls from
+//!   there until a little after the late ones. Meant to keep a second CPU from polling through
+//!   the whole call; measured on these VMs (docs/benchmarks.md, "CPU per call") it cost more
+//!   CPU and time than polling from the last task: waking from a timer is as dear as the
+//!   wake-up it hides. Answers slower than `busy_poll_us` are not polled for. Until it has
+//!   learned, it polls from the last task.
 //! - **Off** (`busy_poll=off`, `busy_poll_us=0`, and `adaptive` under a cgroup CPU quota,
 //!   where spinning is throttled like any other work).
 //!
@@ -53,7 +54,8 @@ pub(super) enum Plan {
 pub(super) struct Placement {
     /// The cgroup's CPU quota, in CPUs.
     pub quota: Option<f64>,
-    /// The poll thread and the nginx worker are held to the same single CPU.
+    /// The poll thread and the nginx worker are held to the same single CPU (logged; no plan
+    /// depends on it since `ahead` became opt-in).
     pub shares_one_cpu: bool,
 }
 
@@ -65,8 +67,8 @@ impl Plan {
             BusyPollMode::Off => Plan::Off,
             BusyPollMode::Fixed => Plan::FromLastTask,
             BusyPollMode::Adaptive if placement.quota.is_some() => Plan::Off,
-            BusyPollMode::Adaptive if placement.shares_one_cpu => Plan::FromLastTask,
-            BusyPollMode::Adaptive => Plan::Ahead,
+            BusyPollMode::Adaptive => Plan::FromLastTask,
+            BusyPollMode::Ahead => Plan::Ahead,
         }
     }
 
@@ -343,7 +345,11 @@ mod tests {
             ..own
         };
         let w = Duration::from_micros(500);
-        assert_eq!(Plan::choose(BusyPollMode::Adaptive, w, own), Plan::Ahead);
+        assert_eq!(
+            Plan::choose(BusyPollMode::Adaptive, w, own),
+            Plan::FromLastTask
+        );
+        assert_eq!(Plan::choose(BusyPollMode::Ahead, w, own), Plan::Ahead);
         assert_eq!(
             Plan::choose(BusyPollMode::Adaptive, w, shared),
             Plan::FromLastTask

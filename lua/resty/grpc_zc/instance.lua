@@ -90,8 +90,8 @@ local function init_cfg(name, opts)
     end
     local mode = opts.busy_poll
     if mode ~= nil then
-        if mode ~= "adaptive" and mode ~= "fixed" and mode ~= "off" then
-            error("bad option busy_poll: \"adaptive\", \"fixed\" or \"off\" expected, got "
+        if mode ~= "adaptive" and mode ~= "fixed" and mode ~= "ahead" and mode ~= "off" then
+            error("bad option busy_poll: \"adaptive\", \"fixed\", \"ahead\" or \"off\" expected, got "
                   .. tostring(mode), 3)
         end
         cfg = cfg .. ",busy_poll=" .. mode
