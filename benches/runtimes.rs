@@ -27,14 +27,19 @@ const SIZES: &[usize] = &[512, 102_400];
 const PATHS: &[(&str, &str)] = &[
     ("uds", "UDS proxy"),
     ("rust", "Rust (echo runtime)"),
-    ("go", "Go (restyffi)"),
-    ("python", "Python (resty_ffi helper)"),
+    ("go", "Go (restyffi, goroutine per call)"),
+    ("go_inline", "Go (restyffi, inline)"),
+    ("python", "Python (resty_ffi, thread pool)"),
+    ("python_inline", "Python (resty_ffi, inline)"),
     ("python_raw", "Python (the article's cffi)"),
-    ("java", "Java (resty.ffi.Server)"),
+    ("java", "Java (resty.ffi.Server, pool)"),
+    ("java_raw", "Java (raw Host calls)"),
     ("nodejs", "Node.js (resty_ffi.serve)"),
 ];
 const ROUNDS: usize = 3;
 const CALLS: usize = 100_000;
+// Each helper twice where it offers both: handing each call to a pool (goroutine, thread) as
+// a runtime doing I/O needs, and answering on the polling thread.
 
 const LOCATION: &str = r#"
 location /bench {
@@ -69,6 +74,12 @@ location /bench {
                 rt = assert(ngx.load_ffi("resty_ffi_echo"))
             elseif path == "go" then
                 rt = assert(ngx.load_ffi("ffi_go_echo"))
+            elseif path == "go_inline" then
+                rt = assert(ngx.load_ffi("ffi_go_echo", "inline"))
+            elseif path == "python_inline" then
+                rt = assert(ngx.load_ffi("ffi_python3", "rt_test,echo_inline"))
+            elseif path == "java_raw" then
+                rt = assert(ngx.load_ffi("ffi_java", "rt.Raw,init"))
             elseif path == "python" then
                 rt = assert(ngx.load_ffi("ffi_python3", "rt_test,echo"))
             elseif path == "python_raw" then
@@ -126,6 +137,7 @@ fn java_classes(root: &Path) -> std::path::PathBuf {
         .arg("-d")
         .arg(&out)
         .arg(root.join("t/runtimes/java/rt/Echo.java"))
+        .arg(root.join("t/runtimes/java/rt/Raw.java"))
         .status()
         .expect("javac");
     assert!(status.success(), "javac of the Java echo runtime failed");
