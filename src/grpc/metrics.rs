@@ -50,6 +50,8 @@ use std::time::Duration;
 
 use tonic::Code;
 
+use super::status::CODE_NAMES;
+
 /// gRFC A66's latency bucket bounds, in seconds.
 pub const LATENCY_BUCKETS: [f64; 41] = [
     0.0, 0.00001, 0.00005, 0.0001, 0.0003, 0.0006, 0.0008, 0.001, 0.002, 0.003, 0.004, 0.005,
@@ -62,27 +64,6 @@ pub const MAX_METHODS: usize = 1000;
 
 /// The method name that stands for every method past [`MAX_METHODS`].
 pub const OTHER_METHOD: &str = "other";
-
-/// gRPC status code names, by code number (the `grpc.status` attribute).
-const CODE_NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 
 /// A status's slot in the per-status arrays (tonic maps unknown numbers to UNKNOWN already).
 fn code_index(code: Code) -> usize {

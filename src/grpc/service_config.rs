@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tonic::Code;
 
+use super::status::CODE_NAMES;
+
 /// A service config, parsed and checked.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceConfig {
@@ -91,27 +93,6 @@ const CHOICE_COUNT_DEFAULT: u64 = 2;
 const CHOICE_COUNT_MAX: u64 = 10;
 /// The longest proto3 Duration, in seconds (10 000 years).
 const MAX_DURATION_SECS: u64 = 315_576_000_000;
-
-/// The status codes by number, named as in `google.rpc.Code`.
-const CODE_NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 
 impl ServiceConfig {
     /// Parses and checks a service config (JSON text). Errors read `<json path>: <problem>`,

@@ -5,6 +5,28 @@
 
 use tonic::{Code, Status};
 
+/// The status codes by number, named as in `google.rpc.Code` (service configs name them so;
+/// the metrics' `grpc.status` attribute too).
+pub(super) const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
 /// Statuses made by the local side mapped to what grpc-go reports: transport failures are
 /// UNAVAILABLE ([`transport_is_unavailable`]), a received message over the limit is
 /// RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE), and tonic's own `grpc-timeout` timer

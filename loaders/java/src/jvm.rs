@@ -44,20 +44,6 @@ pub const SR_SIGNUM: c_int = 39;
 /// Stack of the JVM thread (the JVM's "main" thread, which runs every init method).
 const JVM_STACK: usize = 8 << 20;
 
-/// nginx's signals (the master signals workers with them).
-const NGINX_SIGNALS: [c_int; 10] = [
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-    libc::SIGCHLD,
-    libc::SIGALRM,
-    libc::SIGIO,
-];
-
 /// One `libffi_init` for the JVM thread.
 struct Job {
     cfg: Cfg,
@@ -338,20 +324,8 @@ fn dlerror() -> String {
 /// Runs `f` with nginx's signals blocked in the calling thread, so threads spawned by `f`
 /// inherit a mask that leaves those signals to the nginx main thread.
 fn with_nginx_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it; pthread_sigmask
-    // changes only the calling thread's mask, and the old mask is restored below.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in NGINX_SIGNALS {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-        let r = f();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        r
-    }
+    let _blocked = loader_common::signals::Blocked::new();
+    f()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! ngx.load_ffi("ffi_python3", "ffi.echo?,init")            nginx main thread
 //!   └─ libffi_init(cfg, tq)
 //!        ├─ cfg::Spec::parse          module[?],func[,rest]
-//!        ├─ signals::Blocked          nginx's signals blocked while Python may start threads
+//!        ├─ loader_common::signals::Blocked  nginx's signals blocked while Python may start threads
 //!        ├─ interp::ensure            first call: pin, Py_InitializeFromConfig, drop the GIL
 //!        └─ module::start             attach: sys.path, import / reload, func(cfg, tq) -> rc
 //!                                     detach: the nginx thread holds no GIL between calls
@@ -23,7 +23,6 @@ pub mod cfg;
 mod interp;
 mod log;
 mod module;
-mod signals;
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_void};
@@ -86,7 +85,7 @@ fn init(cfg: Option<&[u8]>, tq: *mut c_void) -> c_int {
         return INIT_BAD_CFG;
     }
     // Threads Python starts from here on never take nginx's signals.
-    let _blocked = signals::Blocked::new();
+    let _blocked = loader_common::signals::Blocked::new();
     if let Err(why) = interp::ensure() {
         log::log(
             log::ERR,

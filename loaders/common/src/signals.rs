@@ -29,7 +29,14 @@ pub struct Blocked {
     _thread: PhantomData<*const ()>,
 }
 
+impl Default for Blocked {
+    fn default() -> Blocked {
+        Blocked::new()
+    }
+}
+
 impl Blocked {
+    /// Blocks nginx's signals on the calling thread until the guard drops.
     pub fn new() -> Blocked {
         // SAFETY: all-zero sigset_t values are valid storage; sigemptyset/sigaddset initialise
         // `set`, and pthread_sigmask only changes the calling thread's mask.
