@@ -270,15 +270,21 @@ impl Instance {
         self.busy_plan.get().map(|p| p.name())
     }
 
-    /// An operation finished now (busy polling learns answer times from the first one).
+    /// An operation finished now. Only the `ahead` plan learns answer times (from the first
+    /// one to finish), so only it pays for reading the clock here.
     fn finished_one(&self) {
         self.finished.fetch_add(1, Ordering::Relaxed);
-        let ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-        self.first_finish_ns.fetch_min(ns, Ordering::Relaxed);
+        if self.busy_plan.get() == Some(&busy::Plan::Ahead) {
+            let ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            self.first_finish_ns.fetch_min(ns, Ordering::Relaxed);
+        }
     }
 
     /// When the first operation finished since the last call, if one did.
     fn take_first_finish(&self) -> Option<Instant> {
+        if self.busy_plan.get() != Some(&busy::Plan::Ahead) {
+            return None;
+        }
         match self.first_finish_ns.swap(u64::MAX, Ordering::Relaxed) {
             u64::MAX => None,
             ns => Some(self.epoch + std::time::Duration::from_nanos(ns)),
