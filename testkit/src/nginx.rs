@@ -475,6 +475,17 @@ impl Nginx {
             })
     }
 
+    /// [`quit`](Self::quit), asserting that the master exits successfully within `limit` (the
+    /// graceful quit that tests with calls in flight expect); returns how long it took.
+    pub fn quit_within(&mut self, limit: Duration) -> Duration {
+        let started = std::time::Instant::now();
+        let status = self.quit(Duration::from_secs(10));
+        let took = started.elapsed();
+        assert!(status.success(), "master exit status {status}");
+        assert!(took < limit, "nginx quit in {took:?}, more than {limit:?}");
+        took
+    }
+
     /// `nginx -s stop` (SIGTERM: fast shutdown) and waits for the master to exit (SIGKILL after
     /// 5 s).
     pub fn stop(&mut self) -> ExitStatus {
