@@ -3,7 +3,7 @@
 //! the CPU time each run cost the client process, each of an nginx worker's threads, and the
 //! server.
 
-use testkit::bench::{cpu_seconds, thread_cpu_seconds};
+use testkit::bench::{cpu_seconds, thread_name_cpu_seconds};
 
 /// Whose CPU time is the client's.
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +64,7 @@ pub fn measure(client: Client, server: i32, f: impl FnOnce() -> f64) -> Run {
         Client::ThisProcess => own_cpu_seconds(),
     };
     let threads = || match client {
-        Client::Worker(pid) => by_thread_name(pid),
+        Client::Worker(pid) => thread_name_cpu_seconds(pid),
         Client::ThisProcess => Vec::new(),
     };
     let (c0, s0, t0) = (client_cpu(), proc_cpu(server), threads());
@@ -82,18 +82,6 @@ pub fn measure(client: Client, server: i32, f: impl FnOnce() -> f64) -> Run {
             })
             .collect(),
     }
-}
-
-/// CPU seconds per thread name of `pid` (threads of one name summed).
-fn by_thread_name(pid: i32) -> Vec<(String, f64)> {
-    let mut out: Vec<(String, f64)> = Vec::new();
-    for (name, secs) in thread_cpu_seconds(pid) {
-        match out.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, total)) => *total += secs,
-            None => out.push((name, secs)),
-        }
-    }
-    out
 }
 
 /// CPU seconds used so far by this process, all its threads, user + system.

@@ -1,7 +1,7 @@
 //! Running sides in rounds: every side once per round, the first side rotating, with the CPU
 //! time and page faults each run cost its client process and the server.
 
-use testkit::bench::{cpu_seconds, minor_faults, thread_cpu_seconds};
+use testkit::bench::{cpu_seconds, minor_faults, thread_name_cpu_seconds};
 
 use crate::ROUNDS;
 
@@ -18,18 +18,6 @@ pub struct Run {
     pub server_faults: f64,
     /// CPU seconds per thread name of the client process (threads of one name summed).
     pub threads: Vec<(String, f64)>,
-}
-
-/// CPU seconds per thread name of `pid` (threads of one name summed).
-fn by_thread_name(pid: i32) -> Vec<(String, f64)> {
-    let mut out: Vec<(String, f64)> = Vec::new();
-    for (name, secs) in thread_cpu_seconds(pid) {
-        match out.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, total)) => *total += secs,
-            None => out.push((name, secs)),
-        }
-    }
-    out
 }
 
 /// A side to measure: the pid whose CPU time is the client's, and one run of its loop.
@@ -49,10 +37,10 @@ pub fn interleave_rounds(server: i32, rounds: usize, sides: &mut [Side<'_>]) -> 
             let side = (round + k) % sides.len();
             let (pid, run) = &mut sides[side];
             let faults = |pid: i32| minor_faults(pid).map_or(f64::NAN, |f| f as f64);
-            let (c0, s0, t0) = (cpu(*pid), cpu(server), by_thread_name(*pid));
+            let (c0, s0, t0) = (cpu(*pid), cpu(server), thread_name_cpu_seconds(*pid));
             let (cf0, sf0) = (faults(*pid), faults(server));
             let secs = run();
-            let threads = by_thread_name(*pid)
+            let threads = thread_name_cpu_seconds(*pid)
                 .into_iter()
                 .map(|(name, after)| {
                     let before = t0.iter().find(|(n, _)| *n == name).map_or(0.0, |t| t.1);

@@ -116,3 +116,15 @@ pub fn thread_cpu_seconds(pid: i32) -> Vec<(String, f64)> {
     threads.sort_by(|a, b| a.0.cmp(&b.0));
     threads
 }
+
+/// [`thread_cpu_seconds`] with the threads of one name summed (tokio's workers, a pool).
+pub fn thread_name_cpu_seconds(pid: i32) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for (name, secs) in thread_cpu_seconds(pid) {
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += secs,
+            None => out.push((name, secs)),
+        }
+    }
+    out
+}
