@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use tonic::transport::Endpoint as TonicEndpoint;
 use tonic::Status;
 
+use super::connection::Transport;
 use super::endpoint::{Change, Endpoint, Health, Observer, Picked, State};
 use super::metrics::EndpointView;
 use super::name::{Address, Resolve};
@@ -35,8 +35,8 @@ pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How a balancer's endpoints connect.
 pub(super) struct Settings {
-    /// The tonic endpoint every connection uses (URI = the target's authority, TLS, keepalive).
-    pub template: TonicEndpoint,
+    /// How every connection is made (the target's authority, TLS, keepalive).
+    pub transport: Arc<Transport>,
     pub connect_timeout: Option<Duration>,
     pub health_service: Option<String>,
     pub resolve_interval: Duration,
@@ -314,7 +314,7 @@ impl Shared {
                 None => {
                     let e = Arc::new(Endpoint::new(
                         a,
-                        self.settings.template.clone(),
+                        Arc::clone(&self.settings.transport),
                         self.settings.connect_timeout,
                         self.settings.health_service.is_some(),
                     ));
@@ -455,6 +455,7 @@ pub(super) fn address_text(a: &Address) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::connection::{Connection, TransportOpts};
 
     struct Quiet;
     impl Observer for Quiet {
@@ -468,19 +469,30 @@ mod tests {
             .build()
             .unwrap();
         let _g = rt.enter();
+        let transport = Arc::new(
+            Transport::new(&TransportOpts {
+                authority: "localhost",
+                tls: false,
+                ca_pem: None,
+                cert_pem: None,
+                key_pem: None,
+                keepalive_interval: None,
+                keepalive_timeout: None,
+            })
+            .unwrap(),
+        );
+        let mut peers = Vec::new();
         let list: Vec<Arc<Endpoint>> = (0..3)
             .map(|i| {
-                let tpl = TonicEndpoint::from_static("http://localhost");
                 let e = Arc::new(Endpoint::new(
                     Address::Tcp(format!("127.0.0.{}:1", i + 2).parse().unwrap()),
-                    tpl,
+                    Arc::clone(&transport),
                     None,
                     false,
                 ));
-                e.force_ready(
-                    TonicEndpoint::from_static("http://localhost").connect_lazy(),
-                    &Quiet,
-                );
+                let (ours, theirs) = tokio::io::duplex(1 << 16);
+                peers.push(theirs);
+                e.force_ready(rt.block_on(Connection::over(ours)), &Quiet);
                 e
             })
             .collect();

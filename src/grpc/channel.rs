@@ -17,13 +17,12 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
 
 use super::balancer::{Balancer, Settings, DEFAULT_RESOLVE_INTERVAL};
+use super::connection::{Connection, Transport, TransportOpts};
 use super::metrics::{EndpointView, Metrics, TargetMetrics};
 use super::name::{self, Name};
-use super::response::CheckedChannel;
 use super::retry::Throttle;
 use super::service_config::{MethodConfig, ServiceConfig};
 use crate::log::Origin;
@@ -116,15 +115,15 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    /// A tonic client on `channel` (a picked endpoint's) for this connection's settings, a
+    /// A tonic client on `connection` (a picked endpoint's) for this connection's settings, a
     /// call's compression (`None`: the connection's) and its receive limit.
     pub(super) fn client(
         &self,
-        channel: Channel,
+        connection: Connection,
         compression: Option<&str>,
         max_recv: usize,
-    ) -> Result<tonic::client::Grpc<CheckedChannel>, Status> {
-        let mut c = tonic::client::Grpc::new(CheckedChannel(channel))
+    ) -> Result<tonic::client::Grpc<Connection>, Status> {
+        let mut c = tonic::client::Grpc::new(connection)
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(self.max_send)
             .accept_compressed(CompressionEncoding::Gzip);
@@ -327,40 +326,18 @@ fn target(
         .authority
         .clone()
         .unwrap_or_else(|| name.authority.clone());
-    let scheme = if tls { "https" } else { "http" };
-    let mut ep = Endpoint::from_shared(format!("{scheme}://{authority}")).map_err(|e| {
-        Status::invalid_argument(format!(
-            "bad authority {authority:?} of {:?}: {e}",
-            opts.target
-        ))
-    })?;
-    if tls {
-        let host = authority
-            .rsplit_once(':')
-            .filter(|(h, p)| !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(authority.as_str(), |(h, _)| h);
-        let mut cfg =
-            ClientTlsConfig::new().domain_name(host.trim_matches(|c| c == '[' || c == ']'));
-        cfg = match &opts.ca_pem {
-            Some(ca) => cfg.ca_certificate(Certificate::from_pem(ca)),
-            None => cfg.with_webpki_roots(),
-        };
-        match (&opts.cert_pem, &opts.key_pem) {
-            (Some(c), Some(k)) => cfg = cfg.identity(Identity::from_pem(c, k)),
-            (None, None) => {}
-            _ => {
-                return Err(Status::invalid_argument(
-                    "mTLS needs both cert and priv_key",
-                ))
-            }
-        }
-        ep = ep
-            .tls_config(cfg)
-            .map_err(|e| Status::invalid_argument(format!("TLS settings: {e}")))?;
-    }
-    let template = endpoint_options(ep, opts)?;
+    let transport = Transport::new(&TransportOpts {
+        authority: &authority,
+        tls,
+        ca_pem: opts.ca_pem.as_deref(),
+        cert_pem: opts.cert_pem.as_deref(),
+        key_pem: opts.key_pem.as_deref(),
+        keepalive_interval: opts.keepalive_interval,
+        keepalive_timeout: opts.keepalive_timeout,
+    })
+    .map_err(|e| Status::invalid_argument(format!("target {:?}: {e}", opts.target)))?;
     let settings = Settings {
-        template,
+        transport: Arc::new(transport),
         connect_timeout: opts.connect_timeout,
         health_service: config.health_check_service.clone(),
         resolve_interval: opts.resolve_interval.unwrap_or(DEFAULT_RESOLVE_INTERVAL),
@@ -375,20 +352,6 @@ fn target(
         metrics: metrics.target(&opts.target),
         config,
     })
-}
-
-/// The endpoint settings every connection of a target shares.
-fn endpoint_options(mut ep: Endpoint, opts: &ConnectOpts) -> Result<Endpoint, Status> {
-    if let Some(t) = opts.connect_timeout {
-        ep = ep.connect_timeout(t);
-    }
-    if let Some(t) = opts.keepalive_interval {
-        ep = ep.http2_keep_alive_interval(t).keep_alive_while_idle(true);
-    }
-    if let Some(t) = opts.keepalive_timeout {
-        ep = ep.keep_alive_timeout(t);
-    }
-    Ok(ep.tcp_nodelay(true))
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! One backend of a target: its address, its HTTP/2 connection (a tonic channel of its own),
+//! One backend of a target: its address, its HTTP/2 connection,
 //! its connectivity state, health and calls in flight.
 //!
 //! Each endpoint has a task ([`Endpoint::run`]) that keeps it connected, as a gRPC subchannel
@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 use tonic::Code;
 
-use super::handshake::{self, Liveness};
+use super::connection::{Connection, Transport};
+use super::handshake::Liveness;
 use super::name::Address;
 
 /// Connectivity states, as gRPC names them.
@@ -115,11 +115,11 @@ pub(super) enum Change {
 /// One backend.
 pub(super) struct Endpoint {
     pub address: Address,
-    /// The tonic endpoint (URI for `:authority`, TLS, keepalive, timeouts) its channels use.
-    template: TonicEndpoint,
+    /// How its connections are made (`:authority`, TLS, keepalive): the target's.
+    transport: Arc<Transport>,
     connect_timeout: Option<Duration>,
-    /// The live channel (replaced on each reconnect; calls in flight keep theirs).
-    channel: Mutex<Option<Channel>>,
+    /// The live connection (replaced on each reconnect; calls in flight keep theirs).
+    connection: Mutex<Option<Connection>>,
     state: AtomicU8,
     health: AtomicU8,
     in_flight: AtomicUsize,
@@ -135,10 +135,10 @@ pub(super) struct Endpoint {
     said_no_health: AtomicBool,
 }
 
-/// An endpoint picked for one attempt: its channel, counted in flight until dropped.
+/// An endpoint picked for one attempt: its connection, counted in flight until dropped.
 pub(super) struct Picked {
     pub endpoint: Arc<Endpoint>,
-    pub channel: Channel,
+    pub connection: Connection,
 }
 
 impl Drop for Picked {
@@ -150,15 +150,15 @@ impl Drop for Picked {
 impl Endpoint {
     pub fn new(
         address: Address,
-        template: TonicEndpoint,
+        transport: Arc<Transport>,
         connect_timeout: Option<Duration>,
         health_checked: bool,
     ) -> Endpoint {
         Endpoint {
             address,
-            template,
+            transport,
             connect_timeout,
-            channel: Mutex::new(None),
+            connection: Mutex::new(None),
             state: AtomicU8::new(State::Idle as u8),
             health: AtomicU8::new(if health_checked {
                 Health::Pending as u8
@@ -214,10 +214,10 @@ impl Endpoint {
             && !self.removed.load(Ordering::Acquire)
     }
 
-    /// This endpoint for one attempt (`None` if it has no live channel).
+    /// This endpoint for one attempt (`None` if it has no live connection).
     pub fn pick(self: &Arc<Self>) -> Option<Picked> {
-        let channel = self
-            .channel
+        let connection = self
+            .connection
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()?;
@@ -225,24 +225,27 @@ impl Endpoint {
         self.picks.fetch_add(1, Ordering::Relaxed);
         Some(Picked {
             endpoint: Arc::clone(self),
-            channel,
+            connection,
         })
     }
 
-    /// READY on `channel` (tests of the pickers).
+    /// READY on `connection` (tests of the pickers).
     #[cfg(test)]
-    pub fn force_ready(&self, channel: Channel, obs: &dyn Observer) {
-        *self.channel.lock().unwrap_or_else(PoisonError::into_inner) = Some(channel);
+    pub fn force_ready(&self, connection: Connection, obs: &dyn Observer) {
+        *self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(connection);
         self.set_state(State::Ready, obs);
     }
 
     /// Takes the endpoint out of service: no more picks or reconnects; calls in flight finish
-    /// on the channel they hold, which closes with the last of them.
+    /// on the connection they hold, which closes with the last of them.
     pub fn remove(&self) {
         self.removed.store(true, Ordering::Release);
         self.stop.notify_waiters();
         self.stop.notify_one();
-        self.channel
+        self.connection
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
@@ -273,23 +276,24 @@ impl Endpoint {
             self.kicked.store(false, Ordering::Release);
             self.set_state(State::Connecting, &*obs);
             let live = Arc::new(Liveness::default());
-            let connector = handshake::connector(
+            let connect = self.transport.connect(
                 self.address.clone(),
                 self.connect_timeout,
                 Arc::clone(&live),
             );
             // grpc's minimum connect timeout, when none is set.
             let bound = self.connect_timeout.unwrap_or(Duration::from_secs(20));
-            let connecting =
-                tokio::time::timeout(bound, self.template.connect_with_connector(connector));
+            let connecting = tokio::time::timeout(bound, connect);
             let result = tokio::select! {
                 r = connecting => r,
                 () = self.stop.notified() => return,
             };
             let error = match result {
-                Ok(Ok(channel)) => {
-                    *self.channel.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(channel.clone());
+                Ok(Ok(connection)) => {
+                    *self
+                        .connection
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(connection.clone());
                     if self.is_removed() {
                         self.remove();
                         return;
@@ -300,7 +304,7 @@ impl Endpoint {
                     let watch = health_service.clone().map(|svc| {
                         tokio::spawn(watch_health(
                             Arc::clone(&self),
-                            channel,
+                            connection,
                             svc,
                             Arc::clone(&obs),
                         ))
@@ -315,7 +319,7 @@ impl Endpoint {
                     if health_service.is_some() {
                         self.set_health(Health::Pending, &*obs);
                     }
-                    self.channel
+                    self.connection
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .take();
@@ -326,7 +330,6 @@ impl Endpoint {
                     continue;
                 }
                 Ok(Err(e)) => {
-                    use std::error::Error;
                     let mut text = e.to_string();
                     let mut source = e.source();
                     while let Some(s) = source {
@@ -357,12 +360,12 @@ impl Endpoint {
     }
 }
 
-/// Watches the endpoint's health on `channel` until the stream ends (gRFC A17): SERVING
+/// Watches the endpoint's health on `connection` until the stream ends (gRFC A17): SERVING
 /// allows picks, anything else stops them; UNIMPLEMENTED (no health service) counts as
 /// healthy. A broken stream is opened again after a backoff.
 async fn watch_health(
     ep: Arc<Endpoint>,
-    channel: Channel,
+    connection: Connection,
     service: String,
     obs: Arc<dyn Observer>,
 ) {
@@ -371,7 +374,7 @@ async fn watch_health(
     use tonic_health::pb::HealthCheckRequest;
     let mut backoff = Backoff::default();
     loop {
-        let mut client = HealthClient::new(channel.clone());
+        let mut client = HealthClient::new(connection.clone());
         let req = HealthCheckRequest {
             service: service.clone(),
         };

@@ -1,15 +1,14 @@
-//! The sockets of an endpoint's channel: connected to the endpoint's address (TCP, Unix or
+//! The sockets of an endpoint's connection: connected to the endpoint's address (TCP, Unix or
 //! abstract), watched for the end of the connection ([`Liveness`]), and with `connect_timeout`
 //! over the whole connection setup, as grpc-go's: TCP connect, TLS handshake and the server's
 //! first HTTP/2 bytes.
 //!
-//! tonic applies `Endpoint::connect_timeout` to the connector (TCP, and TLS when the connector
-//! is custom) but not to the HTTP/2 handshake: h2 sends its preface and returns at once, so a
-//! server that accepts and stays silent held every call to its deadline. [`connector`] makes
-//! the sockets of a channel with a `connect_timeout`; each is wrapped in [`FirstBytes`], whose
-//! reads fail with `TimedOut` if nothing at all has arrived from the server by the time the
-//! connect timeout (counted from the start of the connect) runs out. The connection then fails,
-//! and its calls with it (UNAVAILABLE); the channel reconnects on the next call.
+//! HTTP/2 clients send their preface and return at once, so a server that accepts and stays
+//! silent would hold every call to its deadline. [`connect`] makes the sockets of a connection
+//! with a `connect_timeout`; each is wrapped in [`FirstBytes`], whose reads fail with
+//! `TimedOut` if nothing at all has arrived from the server by the time the connect timeout
+//! (counted from the start of the connect) runs out. The connection then fails, and its calls
+//! with it (UNAVAILABLE); the endpoint connects again.
 
 use std::future::Future;
 use std::io;
@@ -17,7 +16,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -100,8 +98,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FirstBytes<S> {
     }
 }
 
-type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<Tracked>>> + Send + 'static>>;
-
 /// A TCP or Unix socket.
 pub enum Socket {
     Tcp(tokio::net::TcpStream),
@@ -149,50 +145,36 @@ impl Drop for Tracked {
     }
 }
 
-/// The connector (a `tower::Service<Uri>`) of one endpoint's channel: it ignores the URI
-/// (which names the target, for `:authority` and TLS) and connects to `address`; with a
-/// `timeout`, the server's first bytes must come within it (counted from the start of the
-/// connect).
-pub fn connector(
+/// A socket of an endpoint's connection, connected to `address`; with a `timeout`, the
+/// server's first bytes must come within it (counted from the start of the connect). Its drop
+/// marks `live` lost.
+pub async fn connect(
     address: Address,
     timeout: Option<Duration>,
     live: std::sync::Arc<Liveness>,
-) -> impl tower::Service<
-    http::Uri,
-    Response = TokioIo<Tracked>,
-    Error = io::Error,
-    Future = Connecting,
-> + Clone
-       + Send
-       + 'static {
-    tower::service_fn(move |_: http::Uri| -> Connecting {
-        let address = address.clone();
-        let live = std::sync::Arc::clone(&live);
-        Box::pin(async move {
-            // No timeout: the first-bytes bound never fires (a year out).
-            let deadline = Instant::now() + timeout.unwrap_or(Duration::from_secs(365 * 86400));
-            let socket = match address {
-                Address::Unix(path) => Socket::Unix(tokio::net::UnixStream::connect(path).await?),
-                Address::UnixAbstract(name) => {
-                    // tokio takes a leading NUL as the abstract namespace.
-                    use std::os::unix::ffi::OsStringExt;
-                    let mut raw = Vec::with_capacity(name.len() + 1);
-                    raw.push(0);
-                    raw.extend_from_slice(&name);
-                    let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(raw));
-                    Socket::Unix(tokio::net::UnixStream::connect(path).await?)
-                }
-                Address::Tcp(addr) => {
-                    let s = tokio::net::TcpStream::connect(addr).await?;
-                    s.set_nodelay(true)?;
-                    Socket::Tcp(s)
-                }
-            };
-            Ok(TokioIo::new(Tracked {
-                inner: FirstBytes::new(socket, deadline),
-                live,
-            }))
-        })
+) -> io::Result<Tracked> {
+    // No timeout: the first-bytes bound never fires (a year out).
+    let deadline = Instant::now() + timeout.unwrap_or(Duration::from_secs(365 * 86400));
+    let socket = match address {
+        Address::Unix(path) => Socket::Unix(tokio::net::UnixStream::connect(path).await?),
+        Address::UnixAbstract(name) => {
+            // tokio takes a leading NUL as the abstract namespace.
+            use std::os::unix::ffi::OsStringExt;
+            let mut raw = Vec::with_capacity(name.len() + 1);
+            raw.push(0);
+            raw.extend_from_slice(&name);
+            let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(raw));
+            Socket::Unix(tokio::net::UnixStream::connect(path).await?)
+        }
+        Address::Tcp(addr) => {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            Socket::Tcp(s)
+        }
+    };
+    Ok(Tracked {
+        inner: FirstBytes::new(socket, deadline),
+        live,
     })
 }
 

@@ -8,12 +8,13 @@
 //!
 //! ```text
 //! Grpc (this file: the facade, operations dispatched)
-//!  ├─ channel.rs   ConnectOpts, the connection table, channels (TCP, TLS/mTLS, unix:)
-//!  │   └─ handshake.rs  connect_timeout over the whole setup (the server's first bytes)
+//!  ├─ channel.rs   ConnectOpts, the connection table, targets
+//!  │   └─ connection.rs  an endpoint's HTTP/2 connection (TLS/mTLS, hyper), what calls go through
+//!  │       └─ handshake.rs  its socket (TCP, unix:), connect_timeout over the whole setup
 //!  ├─ op.rs        Op, CallSpec, Received: what the runtime posts and gets back
 //!  ├─ unary.rs     the unary call
 //!  ├─ stream.rs    streams: driver tasks, send / recv / close_send
-//!  ├─ response.rs  CheckedChannel: responses that are not gRPC, messages cut short
+//!  ├─ response.rs  responses that are not gRPC, messages cut short
 //!  ├─ status.rs    local and transport failures in grpc-go's words
 //!  ├─ metrics.rs   gRFC A66 client instruments per target and method, the JSON snapshot
 //!  └─ metadata.rs  request head out, headers and trailers in
@@ -25,6 +26,7 @@
 
 mod balancer;
 mod channel;
+mod connection;
 mod endpoint;
 mod handshake;
 mod metadata;

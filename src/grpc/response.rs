@@ -2,63 +2,36 @@
 //! server on the target's port. tonic reads such a body as gRPC frames and reports whatever
 //! the first bytes look like (`INTERNAL: invalid compression flag: 60` for `<html>`); grpc-go
 //! looks at the response head first and maps the HTTP status (`UNAVAILABLE` for 502, 503,
-//! 504 and 429, `UNIMPLEMENTED` for 404, ...). [`CheckedChannel`] does what grpc-go does, before
+//! 504 and 429, `UNIMPLEMENTED` for 404, ...). [`checked`] does what grpc-go does, before
 //! tonic sees the response.
 //!
 //! It also watches the gRPC framing of the body ([`FrameCheck`]): trailers that come in the
 //! middle of a message end a stream cleanly in tonic, the partial message dropped without a
 //! word; grpc-go fails the call with INTERNAL, and so does this runtime.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::header::CONTENT_TYPE;
 use http::StatusCode;
+use hyper::body::Incoming;
 use tonic::body::Body;
-use tonic::transport::channel::ResponseFuture;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tower::Service;
+use tower::BoxError;
 
-/// A [`Channel`] whose responses without a gRPC status fail with the status grpc-go gives them
-/// when they are not gRPC (a content type other than `application/grpc[+|;...]`, or an HTTP
-/// status other than 200). The error is a boxed [`Status`], which tonic passes on unchanged.
-#[derive(Clone, Debug)]
-pub struct CheckedChannel(pub Channel);
-
-impl Service<http::Request<Body>> for CheckedChannel {
-    type Response = http::Response<Body>;
-    type Error = tower::BoxError;
-    type Future = CheckedResponse;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> CheckedResponse {
-        CheckedResponse(self.0.call(req))
-    }
-}
-
-/// The future of [`CheckedChannel::call`].
-#[derive(Debug)]
-pub struct CheckedResponse(ResponseFuture);
-
-impl Future for CheckedResponse {
-    type Output = Result<http::Response<Body>, tower::BoxError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let resp = ready!(Pin::new(&mut self.0).poll(cx))?;
-        Poll::Ready(match not_grpc(resp.status(), resp.headers()) {
-            Some(st) => Err(Box::new(st)),
-            None => Ok(resp.map(|inner| {
-                Body::new(FrameCheck {
-                    inner,
-                    framing: Framing::default(),
-                })
-            })),
-        })
+/// A response head checked for being gRPC: one that is not (a content type other than
+/// `application/grpc[+|;...]`, or an HTTP status other than 200) fails with the status grpc-go
+/// gives it, as a boxed [`Status`], which tonic passes on unchanged. The body of one that is
+/// gets its framing watched ([`FrameCheck`]).
+pub(super) fn checked(resp: http::Response<Incoming>) -> Result<http::Response<Body>, BoxError> {
+    match not_grpc(resp.status(), resp.headers()) {
+        Some(st) => Err(Box::new(st)),
+        None => Ok(resp.map(|inner| {
+            Body::new(FrameCheck {
+                inner,
+                framing: Framing::default(),
+            })
+        })),
     }
 }
 
@@ -66,7 +39,7 @@ impl Future for CheckedResponse {
 /// message (length-prefixed frames: a flag byte, a 4-byte big-endian length, the bytes).
 #[derive(Debug)]
 struct FrameCheck {
-    inner: Body,
+    inner: Incoming,
     framing: Framing,
 }
 
@@ -122,7 +95,8 @@ impl http_body::Body for FrameCheck {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
         let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx))
+            .map(|f| f.map_err(|e| Status::from_error(Box::new(e))));
         if let Some(Ok(f)) = &frame {
             if let Some(data) = f.data_ref() {
                 this.framing.feed(data);

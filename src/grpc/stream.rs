@@ -358,7 +358,7 @@ async fn open_once(
         request(replay.body(), call, timeout, previous).map_err(Failure::uncommitted)?;
     let mut grpc = conn
         .client(
-            picked.channel.clone(),
+            picked.connection.clone(),
             call.compression.as_deref(),
             max_recv,
         )

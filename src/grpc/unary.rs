@@ -83,7 +83,7 @@ async fn exchange(
         .map_err(Failure::uncommitted)?;
     let mut client = conn
         .client(
-            picked.channel.clone(),
+            picked.connection.clone(),
             call.compression.as_deref(),
             max_recv,
         )
