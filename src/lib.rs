@@ -13,7 +13,7 @@
 //!        └──── eventfd handler ◄──── done list ◄──── respond ◄────┘
 //! ```
 //!
-//! Modules: `arena` (the shared mapping), `wire` (the FlatBuffers envelope), `queue` (the
+//! Modules: `alloc` (the Rust allocator: mimalloc, with allocation counts for tests), `arena` (the shared mapping), `wire` (the FlatBuffers envelope), `queue` (the
 //! lua-resty-ffi task queue), `runtime` (an instance and its poll thread), `grpc` and `codec`
 //! (tonic over arena bytes), `proto` (.proto compilation for the Lua codec), `copy` (payload
 //! copies that avoid a slow `memcpy` band), `cpu` (affinity and cgroup CPU quota), `timer` (a
@@ -21,14 +21,13 @@
 //! nginx's levels, to the host's log or stderr) and `guard` (the one panic guard).
 #![deny(unsafe_op_in_unsafe_fn)]
 
-/// Rust's allocations in this library (tonic, hyper, h2 and http allocate ~40 times a call on
-/// the poll thread) go to mimalloc's thread-local free lists rather than glibc's arenas.
-/// The C side's memory stays glibc's: the answers the host frees are `libc::malloc`ed.
+/// Rust's allocations in this library go to mimalloc (`alloc`).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::Alloc = alloc::Alloc;
 
 /// Version of this crate, as Cargo knows it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub mod alloc;
 pub mod arena;
 pub mod codec;
 pub mod config;

@@ -10,9 +10,6 @@ use resty_grpc_zc::queue::Desc;
 use resty_grpc_zc::runtime::{Answer, Instance};
 use resty_grpc_zc::wire;
 
-#[global_allocator]
-static ALLOC: testkit::alloc::Counting = testkit::alloc::Counting;
-
 fn envelope(payload: &[u8]) -> Vec<u8> {
     wire::echo_request(payload, 0)
 }
@@ -62,7 +59,7 @@ fn echo_path_allocates_nothing_after_warm_up() {
         call(&inst, env);
     }
     let mut total = 0;
-    let allocs = testkit::alloc::count(|| {
+    let allocs = resty_grpc_zc::alloc::count(|| {
         for _ in 0..2000 {
             for env in &envs {
                 total += call(&inst, env);

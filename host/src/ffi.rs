@@ -13,6 +13,7 @@ use crate::log::{self, Level};
 use crate::nginx;
 use crate::queue::{PostError, Queue, TryPoll};
 use crate::task::{Release, Task};
+use crate::wake;
 
 // ---------------------------------------------------------------------------------------------
 // The lua-resty-ffi contract, for runtimes (any thread).
@@ -197,6 +198,23 @@ pub unsafe extern "C" fn ngx_http_lua_ffi_respond(
         // SAFETY: the runtime answers a live task once (its contract duty).
         unsafe { nginx::complete(task as *mut Task, rc, rsp, len) };
     })
+}
+
+/// This host's extension: from now on (`on` ≠ 0) the calling thread's answers wake nginx's
+/// main thread only at its next [`resty_ffi_wake_flush`] (one write for all of them); `on` = 0
+/// gives a held wake-up now and answers wake at once again. A runtime that answers many tasks
+/// per turn of its event loop flushes once per turn, and always before it sleeps: a held
+/// wake-up is not given until then.
+#[no_mangle]
+pub extern "C" fn resty_ffi_wake_hold(on: c_int) {
+    guard("wake_hold", (), || wake::hold(on != 0))
+}
+
+/// This host's extension: gives the calling thread's held wake-up, if its answers since the
+/// last flush need one (see [`resty_ffi_wake_hold`]).
+#[no_mangle]
+pub extern "C" fn resty_ffi_wake_flush() {
+    guard("wake_flush", (), wake::flush)
 }
 
 /// This host's extension: 1 when nobody waits for the task any more (the Lua call timed out or

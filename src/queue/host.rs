@@ -1,5 +1,5 @@
 //! Exports of this project's host (`host/src/ffi.rs`, libresty_ffi.so) that lua-resty-ffi's own
-//! host does not have: asynchronous polling of the task queue and the log. They are found with
+//! host does not have: asynchronous polling of the task queue, wake-up batching and the log. They are found with
 //! `dlsym(RTLD_DEFAULT, …)` once per process, so the runtime works on either host: without
 //! them it polls blockingly and logs to stderr.
 
@@ -53,6 +53,30 @@ pub(crate) fn async_poll() -> Option<AsyncPoll> {
                     *mut c_void,
                     unsafe extern "C" fn(*mut c_void) -> c_int,
                 >(spin_poll),
+            })
+        }
+    })
+}
+
+/// `void resty_ffi_wake_hold(int on)` and `void resty_ffi_wake_flush(void)`.
+#[derive(Clone, Copy)]
+pub(crate) struct WakeBatch {
+    pub(crate) hold: unsafe extern "C" fn(c_int),
+    pub(crate) flush: unsafe extern "C" fn(),
+}
+
+/// The host's wake-up batching (see `resty_ffi_wake_hold` in host/src/ffi.rs), when it has it.
+pub(crate) fn wake_batch() -> Option<WakeBatch> {
+    static FOUND: OnceLock<Option<WakeBatch>> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        let hold = find(c"resty_ffi_wake_hold")?;
+        let flush = find(c"resty_ffi_wake_flush")?;
+        // SAFETY: the host (host/src/ffi.rs) defines these symbols with exactly these
+        // signatures.
+        unsafe {
+            Some(WakeBatch {
+                hold: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(c_int)>(hold),
+                flush: std::mem::transmute::<*mut c_void, unsafe extern "C" fn()>(flush),
             })
         }
     })

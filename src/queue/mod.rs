@@ -122,6 +122,51 @@ impl TaskQueue {
     }
 }
 
+/// The calling thread's answers, held: while a `HeldWakes` lives, the answers this thread gives
+/// wake nginx's main thread only at [`HeldWakes::flush`] (one write for all of them) and when
+/// it is dropped. Without the host's batching (lua-resty-ffi's host) answers wake at once.
+pub struct HeldWakes(Option<host::WakeBatch>);
+
+impl HeldWakes {
+    /// Holds the calling thread's wake-ups until the next flush.
+    pub fn hold() -> HeldWakes {
+        let batch = host::wake_batch();
+        if let Some(b) = batch {
+            // SAFETY: the host's function takes any int and only touches this thread's state.
+            unsafe { (b.hold)(1) };
+        }
+        HeldWakes(batch)
+    }
+
+    /// Gives the wake-up the answers since the last flush need (none if they need none).
+    pub fn flush(&self) {
+        flush_wakes(self.0);
+    }
+
+    /// What [`HeldWakes::flush`] does, for code that does not hold the `HeldWakes` (the event
+    /// loop's park hook on the same thread).
+    pub fn flusher() -> impl Fn() + Send + Sync + 'static {
+        let batch = host::wake_batch();
+        move || flush_wakes(batch)
+    }
+}
+
+fn flush_wakes(batch: Option<host::WakeBatch>) {
+    if let Some(b) = batch {
+        // SAFETY: the host's function takes no arguments and only touches this thread's state.
+        unsafe { (b.flush)() };
+    }
+}
+
+impl Drop for HeldWakes {
+    fn drop(&mut self) {
+        if let Some(b) = self.0 {
+            // SAFETY: as in `hold`.
+            unsafe { (b.hold)(0) };
+        }
+    }
+}
+
 /// A polled task, answered exactly once.
 pub struct Task(NonNull<c_void>);
 

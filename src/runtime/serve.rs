@@ -28,7 +28,7 @@ use crate::arena::Handle;
 use crate::grpc::Op;
 use crate::guard::guard;
 use crate::log;
-use crate::queue::{Desc, Task, TaskQueue, TryPoll};
+use crate::queue::{Desc, HeldWakes, Task, TaskQueue, TryPoll};
 use crate::timer::Timer;
 use futures_util::future::Either;
 
@@ -40,8 +40,11 @@ impl Instance {
     /// the blocking loop. Returns when the queue is finished.
     pub(super) fn poll_thread(self: &Arc<Self>, queue: TaskQueue) {
         if queue.poll_fd().is_some() {
+            // Answers given on this thread wake nginx once per turn of the event loop (the
+            // loop below flushes each turn), and always before the thread sleeps.
             match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_park(HeldWakes::flusher())
                 .build()
             {
                 Ok(rt) => {
@@ -98,7 +101,10 @@ impl Instance {
         let finished = || self.finished.load(Ordering::Relaxed);
         // Whether the loop last woke for its timer (not for a task).
         let mut woke_by_timer = false;
+        let wakes = HeldWakes::hold();
         loop {
+            // The answers of the last turn (tasks served, calls that ended) wake nginx once.
+            wakes.flush();
             let mut served = 0;
             while served < BATCH {
                 match queue.try_poll() {

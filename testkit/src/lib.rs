@@ -21,7 +21,6 @@
 //! [`RogueServer`], a misbehaving HTTP/2 peer, [`Fleet`], N servers on one port for load
 //! balancing), [`dns`] ([`DnsServer`], an authoritative DNS server whose records tests change).
 
-pub mod alloc;
 pub mod bench;
 pub mod dns;
 pub mod grpc;
