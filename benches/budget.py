@@ -229,10 +229,14 @@ def measure(placement, case, calls, busy_poll, warmup):
 
 
 PROBES = ("malloc", "calloc", "realloc")
+# The runtime library's Rust allocations go to mimalloc (src/alloc.rs), linked into it: its
+# aligned entry points are what Rust's allocator calls.
+RUST_PROBES = ("mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned")
 
 
 def probes_ready():
-    """uprobes on libc's allocation functions (perf probe, once per boot), or False."""
+    """uprobes on libc's allocation functions (perf probe, once per boot) and on the runtime
+    library's mimalloc (again each run: a rebuild moves its functions), or False."""
     listed = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
     libc = "/lib/x86_64-linux-gnu/libc.so.6"
     for fn in PROBES:
@@ -241,15 +245,24 @@ def probes_ready():
                                capture_output=True, text=True)
             if r.returncode != 0:
                 return False
+    subprocess.run(["perf", "probe", "-q", "--del", "zcalloc:*"], capture_output=True)
+    lib = os.path.join(LIB, "libresty_grpc_zc.so")
+    for fn in RUST_PROBES:
+        r = subprocess.run(["perf", "probe", "-q", "-x", lib, "--add", f"zcalloc:{fn}={fn}"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            return False
     return True
 
 
 def count_allocations(worker, tids, url, calls, c):
-    """malloc + calloc + realloc calls per call, per thread name (a separate pass: uprobes
-    slow every allocation down)."""
+    """Allocations per call, per thread name: libc's (malloc + calloc + realloc) and the
+    runtime library's Rust ones (mimalloc), as {"libc": {...}, "rust": {...}} (a separate
+    pass: uprobes slow every allocation down)."""
     if not probes_ready():
         return None
-    events = ",".join(f"probe_libc:{fn}" for fn in PROBES)
+    events = ",".join([f"probe_libc:{fn}" for fn in PROBES]
+                      + [f"zcalloc:{fn}" for fn in RUST_PROBES])
     stat = subprocess.Popen(["perf", "stat", "-e", events, "--per-thread", "-x", ",",
                              "-p", str(worker)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -257,14 +270,16 @@ def count_allocations(worker, tids, url, calls, c):
     urllib.request.urlopen(f"{url}?n={calls}&c={c}", timeout=600).read()
     stat.send_signal(signal.SIGINT)
     _, err = stat.communicate()
-    per = {}
+    per = {"libc": {}, "rust": {}}
     for line in err.splitlines():
         parts = line.split(",")
         if len(parts) < 4 or not parts[1].strip().isdigit():
             continue
         name = parts[0].rsplit("-", 1)[0]
-        per[name] = per.get(name, 0) + int(parts[1])
-    return {name: n / calls for name, n in per.items() if name in tids.values()}
+        kind = "rust" if any("zcalloc:" in p for p in parts) else "libc"
+        per[kind][name] = per[kind].get(name, 0) + int(parts[1])
+    return {kind: {name: n / calls for name, n in v.items() if name in tids.values()}
+            for kind, v in per.items()}
 
 
 def table(r):
@@ -277,8 +292,11 @@ def table(r):
                  f"{cpu.get('nginx', 0):.1f}, poll thread {cpu.get('grpc_zc-poll', 0):.1f})")
     a = r.get("allocations_per_call")
     if a:
-        lines[-1] += (f"; allocations per call (malloc, calloc, realloc): nginx thread "
-                      f"{a.get('nginx', 0):.1f}, poll thread {a.get('grpc_zc-poll', 0):.1f}")
+        libc, rust = a["libc"], a["rust"]
+        lines[-1] += (f"; allocations per call: nginx thread {libc.get('nginx', 0):.1f} libc + "
+                      f"{rust.get('nginx', 0):.1f} Rust, poll thread "
+                      f"{libc.get('grpc_zc-poll', 0):.1f} libc + "
+                      f"{rust.get('grpc_zc-poll', 0):.1f} Rust (mimalloc)")
     lines.append("")
     lines.append("| thread | step | µs CPU per call | share of the thread |")
     lines.append("|---|---|---|---|")
@@ -315,7 +333,9 @@ def main():
                f"(cpu-clock, 4999 Hz, self time) of the worker's threads over {calls} sequential "
                f"and {calls * 5} concurrent calls, split by thread, library and symbol; each "
                f"thread's CPU per call from /proc; allocations counted in a separate pass "
-               f"(uprobes). Results also in `target/bench/cpu-budget.json`.\n\n"
+               f"(uprobes on libc's malloc, calloc and realloc, and on the mimalloc the "
+               f"runtime library links for its Rust allocations). Results also in "
+               f"`target/bench/cpu-budget.json`.\n\n"
                + "\n\n".join(tables) + "\n")
     doc = os.path.join(REPO, "docs", "benchmarks.md")
     with open(doc) as f:
