@@ -40,8 +40,12 @@ pub(super) async fn call(
         conn.target.throttle.as_ref(),
         &*rec,
         || conn.target.balancer.pick(wait_for_ready),
+        // Boxed: an attempt's state (tonic's request and response futures) is kilobytes, and
+        // every layer above (the retry loop, its timer, the call's deadline, the task's stage)
+        // would otherwise hold and move it by value. (memmove is 8-10 % of the poll thread's
+        // samples at 64 in flight, nearly all of it now inside h2.)
         |previous, picked| {
-            exchange(
+            Box::pin(exchange(
                 &conn,
                 codec.clone(),
                 &call,
@@ -50,7 +54,7 @@ pub(super) async fn call(
                 deadline,
                 max_recv,
                 picked,
-            )
+            ))
         },
     );
     let result = match timeout {
