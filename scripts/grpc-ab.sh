@@ -63,7 +63,9 @@ measure() {
   worker=${workers[$i]}
   poll=$(poll_tid "$worker")
   secs=$(perf stat -e task-clock -t "$worker,$poll" --per-thread -x, -o "$work/stat" -- \
-    curl -sf "${bases[$i]}/$query&t=$target")
+    curl -sf "${bases[$i]}/$query&t=$target") || {
+    # e.g. a B directory without libresty_ffi_echo.so for the transport?path=ffi case
+    echo "grpc-ab: $query failed on side ${names[$i]}" >&2; exit 1; }
   python3 - "${names[$i]%%=*}" "$query" "$calls" "$secs" "$work/stat" <<'PY'
 import sys
 side, query, calls, secs, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
