@@ -137,8 +137,8 @@ impl Grpc {
         }
     }
 
-    /// Returns a connection id for `opts`, sharing the channel (connected lazily, reconnecting
-    /// as needed) of any earlier connection with the same transport settings.
+    /// Returns a connection id for `opts`, sharing the target (its endpoints, each connecting
+    /// and reconnecting on its own) of any earlier connection with the same transport settings.
     pub fn connect(&self, opts: &ConnectOpts) -> Result<u64, Status> {
         let origin = crate::log::Origin::instance(&self.instance);
         self.conns.connect(
