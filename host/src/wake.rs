@@ -44,16 +44,16 @@ thread_local! {
 /// Any thread: makes the eventfd readable unless a write is already pending (or, on a thread
 /// that holds its signals, at its next [`flush`]).
 pub(crate) fn signal() {
-    if HELD.with(|h| {
+    let held = HELD.with(|h| {
         let held = h.get() != Held::No;
         if held {
             h.set(Held::Pending);
         }
         held
-    }) {
-        return;
+    });
+    if !held {
+        write();
     }
-    write();
 }
 
 /// The calling thread holds its signals from now on (`true`) until it stops (`false`, which
@@ -65,8 +65,14 @@ pub(crate) fn hold(on: bool) {
 
 /// The calling thread's held signal, if one came since the last flush, is given now.
 pub(crate) fn flush() {
-    if HELD.with(|h| h.get() == Held::Pending) {
-        HELD.with(|h| h.set(Held::Clear));
+    let pending = HELD.with(|h| {
+        let pending = h.get() == Held::Pending;
+        if pending {
+            h.set(Held::Clear);
+        }
+        pending
+    });
+    if pending {
         write();
     }
 }

@@ -455,7 +455,6 @@ pub(super) fn address_text(a: &Address) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::connection::{Connection, TransportOpts};
 
     struct Quiet;
     impl Observer for Quiet {
@@ -469,18 +468,7 @@ mod tests {
             .build()
             .unwrap();
         let _g = rt.enter();
-        let transport = Arc::new(
-            Transport::new(&TransportOpts {
-                authority: "localhost",
-                tls: false,
-                ca_pem: None,
-                cert_pem: None,
-                key_pem: None,
-                keepalive_interval: None,
-                keepalive_timeout: None,
-            })
-            .unwrap(),
-        );
+        let transport = Arc::new(Transport::plaintext("localhost"));
         let mut peers = Vec::new();
         let list: Vec<Arc<Endpoint>> = (0..3)
             .map(|i| {
@@ -492,7 +480,7 @@ mod tests {
                 ));
                 let (ours, theirs) = tokio::io::duplex(1 << 16);
                 peers.push(theirs);
-                e.force_ready(rt.block_on(Connection::over(ours)), &Quiet);
+                e.force_ready(rt.block_on(transport.over(ours)), &Quiet);
                 e
             })
             .collect();

@@ -119,11 +119,40 @@ impl Transport {
                 self.handshake(stream).await?
             }
         };
-        Ok(Connection {
+        Ok(self.connection(send))
+    }
+
+    /// A plaintext transport to `authority` with no keepalive (tests).
+    #[cfg(test)]
+    pub fn plaintext(authority: &str) -> Transport {
+        Transport::new(&TransportOpts {
+            authority,
+            tls: false,
+            ca_pem: None,
+            cert_pem: None,
+            key_pem: None,
+            keepalive_interval: None,
+            keepalive_timeout: None,
+        })
+        .unwrap()
+    }
+
+    /// A connection over `io` (tests: a socket that is not an endpoint's).
+    #[cfg(test)]
+    pub async fn over<S>(&self, io: S) -> Connection
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        self.connection(self.handshake(io).await.unwrap())
+    }
+
+    /// The calls' side of a connection whose handshake is done.
+    fn connection(&self, send: SendRequest<Body>) -> Connection {
+        Connection {
             send,
             scheme: self.scheme.clone(),
             authority: self.authority.clone(),
-        })
+        }
     }
 
     /// The HTTP/2 handshake over `io`, its connection driven by a task of its own.
@@ -200,39 +229,6 @@ pub(super) struct Connection {
     send: SendRequest<Body>,
     scheme: Scheme,
     authority: Authority,
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("authority", &self.authority)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Connection {
-    /// A connection over `io` (tests: a socket that is not an endpoint's).
-    #[cfg(test)]
-    pub async fn over<S>(io: S) -> Connection
-    where
-        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
-        let t = Transport::new(&TransportOpts {
-            authority: "localhost",
-            tls: false,
-            ca_pem: None,
-            cert_pem: None,
-            key_pem: None,
-            keepalive_interval: None,
-            keepalive_timeout: None,
-        })
-        .unwrap();
-        Connection {
-            send: t.handshake(io).await.unwrap(),
-            scheme: t.scheme,
-            authority: t.authority,
-        }
-    }
 }
 
 /// The future of a call's response head.
