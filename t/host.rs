@@ -6,7 +6,7 @@
 use std::thread;
 use std::time::Duration;
 
-use testkit::{get_many, Nginx, NginxBuilder};
+use testkit::{by_id, get_many, Nginx, NginxBuilder};
 
 const INIT: &str = r#"init_worker_by_lua_block { require "resty_ffi" }"#;
 
@@ -64,12 +64,7 @@ fn echo_is_binary_safe() {
         "#,
     );
     assert_eq!(body(&n, "/sizes"), "ok\n");
-    for size in [1usize, 1000, 16 << 20] {
-        let data: Vec<u8> = (0..size).map(|i| (i * 31 % 256) as u8).collect();
-        let r = n.post("/body", &data);
-        assert_eq!(r.status, 200);
-        assert!(r.body == data, "16 MiB body differs at size {size}");
-    }
+    by_id::assert_bodies_echo(&n, "/body");
     n.assert_log_clean(&[]);
 }
 
@@ -375,10 +370,6 @@ location /id {
 }
 "#;
 
-fn expected_payload(id: usize) -> Vec<u8> {
-    testkit::payload(id % 3000, id % 256)
-}
-
 #[test]
 fn ten_thousand_calls_200_concurrent_2_workers() {
     let n = nginx("load", 2, ECHO_BY_ID);
@@ -393,23 +384,14 @@ fn ten_thousand_calls_200_concurrent_2_workers() {
             "request {i}: {}",
             String::from_utf8_lossy(body)
         );
-        assert!(*body == expected_payload(i), "reply {i} differs");
+        assert!(*body == by_id::payload_of(i), "reply {i} differs");
     }
     n.assert_log_clean(&[]);
 }
 
 /// Starts `count` slow calls in background threads; returns their join handles.
-fn slow_calls(
-    n: &Nginx,
-    count: usize,
-    cfg: &str,
-) -> Vec<thread::JoinHandle<Result<testkit::Resp, String>>> {
-    (0..count)
-        .map(|i| {
-            let url = n.url(&format!("/id?id={}&cfg={cfg}", 1000 + i));
-            thread::spawn(move || testkit::Client::new().get(&url))
-        })
-        .collect()
+fn slow_calls(n: &Nginx, count: usize, cfg: &str) -> Vec<by_id::Call> {
+    by_id::start(n, count, &format!("cfg={cfg}"))
 }
 
 #[test]
@@ -419,20 +401,13 @@ fn reload_with_calls_in_flight() {
     let calls = slow_calls(&n, 40, "delay_ms=400");
     thread::sleep(Duration::from_millis(150));
     n.reload();
-    for (i, c) in calls.into_iter().enumerate() {
-        let r = c
-            .join()
-            .unwrap()
-            .expect("in-flight call survives the reload");
-        assert_eq!(r.status, 200);
-        assert!(r.body == expected_payload(1000 + i));
-    }
+    by_id::assert_answered(calls, "in-flight call survives the reload");
     assert!(
         n.wait_pids_gone(&old, Duration::from_secs(5)),
         "old workers exit"
     );
     // New workers serve.
-    assert!(n.get("/id?id=7").body == expected_payload(7));
+    assert!(n.get("/id?id=7").body == by_id::payload_of(7));
     let log = n.error_log();
     assert!(
         log.matches("resty_ffi_echo: finished cfg=delay_ms=400")
@@ -449,14 +424,7 @@ fn quit_with_calls_in_flight() {
     let calls = slow_calls(&n, 40, "delay_ms=400");
     thread::sleep(Duration::from_millis(150));
     n.quit_within(Duration::from_secs(3));
-    for (i, c) in calls.into_iter().enumerate() {
-        let r = c
-            .join()
-            .unwrap()
-            .expect("in-flight call completes before quit");
-        assert_eq!(r.status, 200);
-        assert!(r.body == expected_payload(1000 + i));
-    }
+    by_id::assert_answered(calls, "in-flight call completes before quit");
     let log = n.error_log();
     assert!(
         log.contains("resty_ffi_echo: finished cfg=delay_ms=400"),

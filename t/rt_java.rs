@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use testkit::{Nginx, NginxBuilder};
+use testkit::{by_id, Nginx, NginxBuilder};
 
 const JAVAC: &str = "/usr/lib/jvm/default-java/bin/javac";
 /// Keeps each worker's JVM small: tests run two nginx instances with up to two JVMs each.
@@ -128,12 +128,7 @@ fn echo_is_binary_safe() {
         "#,
     );
     assert_eq!(n.get_ok("/sizes"), "ok\n");
-    for size in [1usize, 1000, 16 << 20] {
-        let data: Vec<u8> = (0..size).map(|i| (i * 31 % 256) as u8).collect();
-        let r = n.post("/body", &data);
-        assert_eq!(r.status, 200);
-        assert!(r.body == data, "body differs at size {size}");
-    }
+    by_id::assert_bodies_echo(&n, "/body");
     n.assert_log_clean(&[]);
 }
 
@@ -229,10 +224,6 @@ location /pid {
 }
 "#;
 
-fn expected_payload(id: usize) -> Vec<u8> {
-    testkit::payload(id % 3000, id % 256)
-}
-
 #[test]
 fn ten_thousand_calls_200_concurrent_2_workers() {
     let n = nginx("java-load", 2, ECHO_BY_ID);
@@ -245,7 +236,7 @@ fn ten_thousand_calls_200_concurrent_2_workers() {
     let replies = testkit::get_all_ok(urls, 200);
     assert_eq!(replies.len(), 10_000);
     for (i, body) in replies.iter().enumerate() {
-        assert!(*body == expected_payload(i), "reply {i} differs");
+        assert!(*body == by_id::payload_of(i), "reply {i} differs");
     }
     n.assert_log_clean(&[]);
 }
@@ -314,17 +305,8 @@ fn timeout_and_aborted_requests_are_seen_as_cancelled() {
 }
 
 /// Starts `count` slow calls (`rt.Echo,slow,<ms>`) in background threads.
-fn slow_calls(
-    n: &Nginx,
-    count: usize,
-    ms: u64,
-) -> Vec<thread::JoinHandle<Result<testkit::Resp, String>>> {
-    (0..count)
-        .map(|i| {
-            let url = n.url(&format!("/id?id={}&m=slow,{ms}", 1000 + i));
-            thread::spawn(move || testkit::Client::new().get(&url))
-        })
-        .collect()
+fn slow_calls(n: &Nginx, count: usize, ms: u64) -> Vec<by_id::Call> {
+    by_id::start(n, count, &format!("m=slow,{ms}"))
 }
 
 /// Waits until every worker answered a call, so each has its JVM running.
@@ -343,20 +325,13 @@ fn reload_with_calls_in_flight() {
     let calls = slow_calls(&n, 40, 400);
     thread::sleep(Duration::from_millis(150));
     n.reload();
-    for (i, c) in calls.into_iter().enumerate() {
-        let r = c
-            .join()
-            .unwrap()
-            .expect("in-flight call survives the reload");
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(r.body == expected_payload(1000 + i));
-    }
+    by_id::assert_answered(calls, "in-flight call survives the reload");
     assert!(
         n.wait_pids_gone(&old, Duration::from_secs(5)),
         "old workers exit"
     );
     assert!(
-        n.get("/id?id=7").body == expected_payload(7),
+        n.get("/id?id=7").body == by_id::payload_of(7),
         "new workers serve"
     );
     n.assert_log_clean(&[]);
@@ -369,14 +344,7 @@ fn quit_with_calls_in_flight() {
     let calls = slow_calls(&n, 40, 400);
     thread::sleep(Duration::from_millis(150));
     n.quit_within(Duration::from_secs(3));
-    for (i, c) in calls.into_iter().enumerate() {
-        let r = c
-            .join()
-            .unwrap()
-            .expect("in-flight call completes before quit");
-        assert_eq!(r.status, 200);
-        assert!(r.body == expected_payload(1000 + i));
-    }
+    by_id::assert_answered(calls, "in-flight call completes before quit");
     n.assert_log_clean(&[]);
 }
 
@@ -629,7 +597,7 @@ fn nginx_keeps_its_signals() {
             n.wait_log_contains(&format!("{pid}#{pid}: {name}"), Duration::from_secs(5));
         assert!(found, "nginx's handler took it:\n{log}");
     }
-    assert!(n.get("/id?id=5").body == expected_payload(5));
+    assert!(n.get("/id?id=5").body == by_id::payload_of(5));
     assert_eq!(n.worker_pids(), vec![pid], "same worker");
     n.assert_log_clean(&[]);
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use testkit::{Nginx, NginxBuilder};
+use testkit::{by_id, Nginx, NginxBuilder};
 
 const INIT: &str = r#"init_worker_by_lua_block { require "resty_ffi" }"#;
 
@@ -99,12 +99,7 @@ fn echo_binary(name: &str, poll: Poll) {
         "#,
     );
     assert_eq!(n.get_ok("/sizes"), "ok\n");
-    for size in [1usize, 1000, 16 << 20] {
-        let data: Vec<u8> = (0..size).map(|i| (i * 31 % 256) as u8).collect();
-        let r = n.post("/body", &data);
-        assert_eq!(r.status, 200);
-        assert!(r.body == data, "body differs at size {size}");
-    }
+    by_id::assert_bodies_echo(&n, "/body");
     n.assert_log_clean(&[]);
 }
 
@@ -220,10 +215,6 @@ location /started {
 }
 "#;
 
-fn expected_payload(id: usize) -> Vec<u8> {
-    testkit::payload(id % 3000, id % 256)
-}
-
 #[test]
 fn ten_thousand_calls_200_concurrent_2_workers() {
     let n = nginx("node-load", 2, ECHO_BY_ID);
@@ -239,7 +230,7 @@ fn ten_thousand_calls_200_concurrent_2_workers() {
         .collect();
     let replies = testkit::get_all_ok(urls, 200);
     for (i, body) in replies.iter().enumerate() {
-        assert!(*body == expected_payload(i), "reply {i} differs");
+        assert!(*body == by_id::payload_of(i), "reply {i} differs");
     }
     n.assert_log_clean(&[]);
 }
@@ -312,17 +303,8 @@ fn timeout_and_abort(name: &str, poll: Poll) {
 }
 
 /// Starts `count` slow calls in background threads and returns once nginx runs all of them.
-fn slow_calls(
-    n: &Nginx,
-    count: usize,
-    ms: u32,
-) -> Vec<thread::JoinHandle<Result<testkit::Resp, String>>> {
-    let calls = (0..count)
-        .map(|i| {
-            let url = n.url(&format!("/id?id={}&cfg=echo,slow,{ms}", 1000 + i));
-            thread::spawn(move || testkit::Client::new().get(&url))
-        })
-        .collect();
+fn slow_calls(n: &Nginx, count: usize, ms: u32) -> Vec<by_id::Call> {
+    let calls = by_id::start(n, count, &format!("cfg=echo,slow,{ms}"));
     let deadline = Instant::now() + Duration::from_secs(10);
     let started = || -> usize {
         n.get_ok(&format!("/started?cfg=echo,slow,{ms}"))
@@ -352,20 +334,13 @@ fn reload_with_calls_in_flight() {
     let old = n.worker_pids();
     let calls = slow_calls(&n, 40, 400);
     n.reload();
-    for (i, c) in calls.into_iter().enumerate() {
-        let r = c
-            .join()
-            .unwrap()
-            .expect("in-flight call survives the reload");
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(r.body == expected_payload(1000 + i));
-    }
+    by_id::assert_answered(calls, "in-flight call survives the reload");
     assert!(
         n.wait_pids_gone(&old, Duration::from_secs(5)),
         "old workers exit"
     );
     assert!(
-        n.get("/id?id=7").body == expected_payload(7),
+        n.get("/id?id=7").body == by_id::payload_of(7),
         "new workers serve"
     );
     n.assert_log_clean(&[]);
@@ -386,14 +361,7 @@ fn quit_in_flight(name: &str, poll: Poll) {
     warm_up(&n, 1);
     let calls = slow_calls(&n, 40, 400);
     n.quit_within(Duration::from_secs(3));
-    for (i, c) in calls.into_iter().enumerate() {
-        let r = c
-            .join()
-            .unwrap()
-            .expect("in-flight call completes before quit");
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(r.body == expected_payload(1000 + i));
-    }
+    by_id::assert_answered(calls, "in-flight call completes before quit");
     n.assert_log_clean(&[]);
 }
 

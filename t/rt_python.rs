@@ -14,7 +14,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use testkit::{Nginx, NginxBuilder};
+use testkit::{by_id, Nginx, NginxBuilder};
 
 const INIT: &str = r#"init_worker_by_lua_block { require "resty_ffi" }"#;
 
@@ -188,12 +188,7 @@ fn helper_echo_is_binary_safe() {
         assert_eq!(n.get_ok(&format!("/sizes?f={f}")), "ok\n", "{f}");
     }
     for f in ["echo", "echo_async"] {
-        for size in [1usize, 1000, 16 << 20] {
-            let data: Vec<u8> = (0..size).map(|i| (i * 31 % 256) as u8).collect();
-            let r = n.post(&format!("/body?f={f}"), &data);
-            assert_eq!(r.status, 200);
-            assert!(r.body == data, "{f}: body differs at size {size}");
-        }
+        by_id::assert_bodies_echo(&n, &format!("/body?f={f}"));
     }
     n.assert_log_clean(&[]);
 }
@@ -256,10 +251,6 @@ location /id {
 }
 "#;
 
-fn expected_payload(id: usize) -> Vec<u8> {
-    testkit::payload(id % 3000, id % 256)
-}
-
 #[test]
 fn ten_thousand_calls_200_concurrent_2_workers() {
     let n = nginx("py-load", 2, ECHO_BY_ID);
@@ -273,7 +264,7 @@ fn ten_thousand_calls_200_concurrent_2_workers() {
     let replies = testkit::get_all_ok(urls, 200);
     assert_eq!(replies.len(), 10_000);
     for (i, body) in replies.iter().enumerate() {
-        assert!(*body == expected_payload(i), "reply {i} differs");
+        assert!(*body == by_id::payload_of(i), "reply {i} differs");
     }
     n.assert_log_clean(&[]);
 }
@@ -355,17 +346,8 @@ fn send_requests(n: &Nginx, path: &str, count: usize) -> Vec<TcpStream> {
 
 /// Starts `count` calls that the runtime answers after `ms`, in background threads, and waits
 /// until all of them are in the handler.
-fn slow_calls(
-    n: &Nginx,
-    count: usize,
-    ms: u64,
-) -> Vec<thread::JoinHandle<Result<testkit::Resp, String>>> {
-    let calls = (0..count)
-        .map(|i| {
-            let url = n.url(&format!("/id?id={}&f=sleepy,{ms}", 1000 + i));
-            thread::spawn(move || testkit::Client::new().get(&url))
-        })
-        .collect();
+fn slow_calls(n: &Nginx, count: usize, ms: u64) -> Vec<by_id::Call> {
+    let calls = by_id::start(n, count, &format!("f=sleepy,{ms}"));
     let seen = n.error_log().matches(SLEEPY_STARTED).count();
     wait_log_count(n, SLEEPY_STARTED, seen + count, WAIT);
     calls
@@ -379,19 +361,12 @@ fn reload_with_calls_in_flight() {
     let old = n.worker_pids();
     let calls = slow_calls(&n, 40, 400);
     n.reload();
-    for (i, c) in calls.into_iter().enumerate() {
-        let r = c
-            .join()
-            .unwrap()
-            .expect("in-flight call survives the reload");
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(r.body == expected_payload(1000 + i));
-    }
+    by_id::assert_answered(calls, "in-flight call survives the reload");
     assert!(
         n.wait_pids_gone(&old, Duration::from_secs(5)),
         "old workers exit"
     );
-    assert!(n.get("/id?id=7&f=echo").body == expected_payload(7));
+    assert!(n.get("/id?id=7&f=echo").body == by_id::payload_of(7));
     n.assert_log_clean(&[]);
 }
 
@@ -400,14 +375,7 @@ fn quit_with_calls_in_flight() {
     let mut n = nginx("py-quit", 2, ECHO_BY_ID);
     let calls = slow_calls(&n, 40, 400);
     n.quit_within(Duration::from_secs(3));
-    for (i, c) in calls.into_iter().enumerate() {
-        let r = c
-            .join()
-            .unwrap()
-            .expect("in-flight call completes before quit");
-        assert_eq!(r.status, 200);
-        assert!(r.body == expected_payload(1000 + i));
-    }
+    by_id::assert_answered(calls, "in-flight call completes before quit");
     n.assert_log_clean(&[]);
 }
 

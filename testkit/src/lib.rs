@@ -16,12 +16,14 @@
 //! and serves one `server` on a free port of 127.0.0.1.
 //!
 //! Modules: `nginx` (builder and process control), `http` (blocking client and [`get_many`]),
+//! [`by_id`] (the echo-by-id calls the runtime tests check across reloads and quits),
 //! [`procfs`] (pids, rss, signals), `uds` ([`UdsEcho`], the proxy-model echo server), [`grpc`]
 //! (the `grpc-test-server` binary's services, [`GrpcServer`] to run it, [`certs()`] for TLS,
 //! [`RogueServer`], a misbehaving HTTP/2 peer, [`Fleet`], N servers on one port for load
 //! balancing), [`dns`] ([`DnsServer`], an authoritative DNS server whose records tests change).
 
 pub mod bench;
+pub mod by_id;
 pub mod dns;
 pub mod grpc;
 mod http;
