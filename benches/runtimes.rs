@@ -20,6 +20,7 @@ use std::path::Path;
 
 use serde_json::json;
 use testkit::bench::{machine, median, pin_process, LUA_BENCH_NOW};
+use testkit::LUA_UDS_ECHO;
 use testkit::{repo_root, NginxBuilder, UdsEcho};
 
 const SIZES: &[usize] = &[512, 102_400];
@@ -44,8 +45,6 @@ const CALLS: usize = 100_000;
 const LOCATION: &str = r#"
 location /bench {
     content_by_lua_block {
-        local ffi = require "ffi"
-        local bit = require "bit"
         local size = tonumber(ngx.var.arg_size)
         local n = tonumber(ngx.var.arg_n)
         local path = ngx.var.arg_path
@@ -54,20 +53,7 @@ location /bench {
         if path == "uds" then
             local sock = ngx.socket.tcp()
             assert(sock:connect("unix:" .. ngx.var.arg_sock))
-            local hdr = ffi.new("unsigned char[4]")
-            local len = size
-            for i = 3, 0, -1 do
-                hdr[i] = bit.band(len, 255)
-                len = bit.rshift(len, 8)
-            end
-            local frame = { ffi.string(hdr, 4), buf }
-            once = function()
-                assert(sock:send(frame) == size + 4)
-                local h = assert(sock:receive(4))
-                local b1, b2, b3, b4 = h:byte(1, 4)
-                local l = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
-                if assert(sock:receive(l)) ~= buf then error("bad echo") end
-            end
+            once = uds_echo_once(sock, buf)
         else
             local rt
             if path == "rust" then
@@ -176,7 +162,7 @@ fn run(placement: Placement, quick: bool) -> Vec<Row> {
     .env("PYTHONDONTWRITEBYTECODE", "1")
     .error_log_level("warn")
     .http_conf(&format!(
-        "init_worker_by_lua_block {{ require \"resty_ffi\" }}\ninit_by_lua_block {{{LUA_BENCH_NOW}}}"
+        "init_worker_by_lua_block {{ require \"resty_ffi\" }}\ninit_by_lua_block {{{LUA_BENCH_NOW}{LUA_UDS_ECHO}}}"
     ))
     .server_conf(LOCATION)
     .start();

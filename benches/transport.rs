@@ -23,6 +23,7 @@ use std::fmt::Write as _;
 use std::fs;
 
 use testkit::bench::{machine, median, pin_process, replace_section, LUA_BENCH_NOW};
+use testkit::LUA_UDS_ECHO;
 use testkit::{repo_root, NginxBuilder, UdsEcho};
 
 const SIZES: &[usize] = &[512, 4096, 10240, 102_400, 1_048_576];
@@ -94,15 +95,13 @@ fn lua_conf(setting: Setting) -> String {
     format!(
         "init_worker_by_lua_block {{\n    require \"resty_ffi\"\n    ECHO_CFG = {echo_cfg}\n    \
          assert(require(\"resty.grpc_zc\").init({{ max_message = 2 * 1048576{cpus} }}))\n}}\n\
-         init_by_lua_block {{{LUA_BENCH_NOW}}}\n"
+         init_by_lua_block {{{LUA_BENCH_NOW}{LUA_UDS_ECHO}}}\n"
     )
 }
 
 const LOCATION: &str = r#"
 location /bench {
     content_by_lua_block {
-        local ffi = require "ffi"
-        local bit = require "bit"
         local size = tonumber(ngx.var.arg_size)
         local n = tonumber(ngx.var.arg_n)
         local path = ngx.var.arg_path
@@ -146,21 +145,7 @@ location /bench {
         elseif path == "uds" then
             local sock = ngx.socket.tcp()
             assert(sock:connect("unix:" .. ngx.var.arg_sock))
-            local hdr = ffi.new("unsigned char[4]")
-            local len = size
-            for i = 3, 0, -1 do
-                hdr[i] = bit.band(len, 255)
-                len = bit.rshift(len, 8)
-            end
-            local frame = { ffi.string(hdr, 4), buf }
-            local function once()
-                assert(sock:send(frame) == size + 4)
-                local h = assert(sock:receive(4))
-                local b1, b2, b3, b4 = h:byte(1, 4)
-                local l = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
-                local data = assert(sock:receive(l))
-                if data ~= buf then error("bad echo") end
-            end
+            local once = uds_echo_once(sock, buf)
             for _ = 1, 200 do once() end
             t0 = bench_now()
             for _ = 1, n do once() end

@@ -39,7 +39,7 @@ pub use grpc::{
 };
 pub use http::{get_many, Client, Resp, TIMEOUT};
 pub use nginx::{Nginx, NginxBuilder, MODULES_DIR, NGINX_BIN};
-pub use uds::UdsEcho;
+pub use uds::{UdsEcho, LUA_UDS_ECHO};
 
 /// The tokio this crate uses, for tests that drive [`get_many`] without a tokio dependency of
 /// their own (`testkit::tokio::runtime::Runtime::new()`).

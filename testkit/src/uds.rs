@@ -5,6 +5,29 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
+/// Lua defining `uds_echo_once(sock, buf)`: a function that sends `buf` to `uds-echo` on the
+/// connected cosocket `sock` in one frame (a 4-byte big-endian length, the bytes) and checks
+/// that the same bytes come back (for an `init_by_lua_block`, like [`crate::LUA_PAYLOAD`]).
+pub const LUA_UDS_ECHO: &str = r#"
+    function uds_echo_once(sock, buf)
+        local ffi, bit = require "ffi", require "bit"
+        local hdr = ffi.new("unsigned char[4]")
+        local len = #buf
+        for i = 3, 0, -1 do
+            hdr[i] = bit.band(len, 255)
+            len = bit.rshift(len, 8)
+        end
+        local frame = { ffi.string(hdr, 4), buf }
+        return function()
+            assert(sock:send(frame) == #buf + 4)
+            local h = assert(sock:receive(4))
+            local b1, b2, b3, b4 = h:byte(1, 4)
+            local l = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+            if assert(sock:receive(l)) ~= buf then error("bad echo") end
+        end
+    end
+"#;
+
 /// A running `uds-echo`; killed (and its socket file removed) on drop.
 pub struct UdsEcho {
     child: Child,
