@@ -50,7 +50,6 @@ use std::time::Instant;
 use resty_grpc_zc::cpu::current_affinity;
 use testkit::bench::machine;
 use testkit::{repo_root, GrpcServer, GrpcServerOpts, Nginx};
-use tokio::runtime::Runtime;
 
 use figures::Figures;
 use native::Native;
@@ -168,14 +167,7 @@ fn main() {
     }
     // The native clients too: the multi-thread runtime gets a worker per CPU, and its threads
     // move with this process.
-    let current = Native::new(
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
-        &server,
-    );
-    let multi = Native::new(Runtime::new().unwrap(), &server);
+    let (current, multi) = Native::both(&server);
     // One untimed run of each case on every side first (connections, LuaJIT traces, buffers),
     // so that no side's first round pays for them.
     for case in &CASES {

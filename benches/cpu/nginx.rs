@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use testkit::bench::LUA_BENCH_NOW;
+use testkit::bench::{LUA_BENCH_NOW, LUA_IN_FLIGHT};
 use testkit::{GrpcServer, Nginx, NginxBuilder};
 
 use crate::placement::Placement;
@@ -18,6 +18,7 @@ init_worker_by_lua_block {
 }
 init_by_lua_block {
     @BENCH_NOW@
+    @IN_FLIGHT@
     WARMUP = @WARMUP@
     HELLO = "/helloworld.Greeter/SayHello"
     -- n SayHello calls with an empty name (an empty message).
@@ -51,20 +52,7 @@ location /conc {
         -- c light threads of this request calling in a loop on one connection, n calls in all.
         local conn = connect()
         local c, n = tonumber(ngx.var.arg_c), tonumber(ngx.var.arg_n)
-        local function run(each, extra)
-            local threads = {}
-            for i = 1, c do
-                threads[i] = ngx.thread.spawn(calls, conn, each + (i <= extra and 1 or 0))
-            end
-            for i = 1, c do
-                local ok, err = ngx.thread.wait(threads[i])
-                if not ok then error(err) end
-            end
-        end
-        run(math.ceil(WARMUP / c), 0)
-        local t0 = bench_now()
-        run(math.floor(n / c), n % c)
-        ngx.say(bench_now() - t0)
+        ngx.say(in_flight(c, n, WARMUP, function(k) calls(conn, k) end))
     }
 }
 "#;
@@ -83,6 +71,7 @@ pub fn start(placement: Placement, mode: &str) -> (Nginx, String) {
             &HTTP_CONF
                 .replace("@MODE@", mode)
                 .replace("@BENCH_NOW@", LUA_BENCH_NOW)
+                .replace("@IN_FLIGHT@", LUA_IN_FLIGHT)
                 .replace("@WARMUP@", &WARMUP.to_string()),
         )
         .server_conf(SERVER_CONF)

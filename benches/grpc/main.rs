@@ -51,7 +51,6 @@ use std::time::Instant;
 
 use testkit::bench::machine;
 use testkit::{repo_root, GrpcServer, GrpcServerOpts, Nginx};
-use tokio::runtime::Runtime;
 
 use cases::Bench;
 use floor::Floor;
@@ -136,14 +135,7 @@ fn main() {
         return;
     }
     placement.pin_native_clients();
-    let current = Native::new(
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap(),
-        &server,
-    );
-    let multi = Native::new(Runtime::new().unwrap(), &server);
+    let (current, multi) = Native::both(&server);
     let bench = Bench {
         server: &server,
         nginx: &nginx,

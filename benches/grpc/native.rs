@@ -19,7 +19,20 @@ pub struct Native {
 }
 
 impl Native {
-    pub fn new(rt: Runtime, server: &GrpcServer) -> Native {
+    /// The two clients every comparison runs: on a current-thread runtime and on a default
+    /// multi-thread runtime (a worker per CPU), in that order.
+    pub fn both(server: &GrpcServer) -> (Native, Native) {
+        let current = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        (
+            Native::new(current, server),
+            Native::new(Runtime::new().unwrap(), server),
+        )
+    }
+
+    fn new(rt: Runtime, server: &GrpcServer) -> Native {
         let channel = rt.block_on(server.channel());
         Native {
             greeter: GreeterClient::new(channel.clone()),

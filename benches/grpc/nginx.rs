@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use testkit::bench::LUA_BENCH_NOW;
+use testkit::bench::{LUA_BENCH_NOW, LUA_IN_FLIGHT};
 use testkit::{GrpcServer, Nginx, NginxBuilder, LUA_PAYLOAD, LUA_VARINT};
 
 use crate::placement::Placement;
@@ -28,6 +28,7 @@ init_worker_by_lua_block {
 }
 init_by_lua_block {
     @BENCH_NOW@
+    @IN_FLIGHT@
     @VARINT@
     -- A message whose field 1 (string or bytes) is s; proto3 leaves an empty one out.
     function field1(s)
@@ -151,21 +152,7 @@ location /conc {
     content_by_lua_block {
         local conn = connect()
         local c, n = tonumber(ngx.var.arg_c), tonumber(ngx.var.arg_n)
-        local function run(each, extra)
-            local threads = {}
-            for i = 1, c do
-                threads[i] = ngx.thread.spawn(calls, conn, HELLO, "",
-                                              each + (i <= extra and 1 or 0))
-            end
-            for i = 1, c do
-                local ok, err = ngx.thread.wait(threads[i])
-                if not ok then error(err) end
-            end
-        end
-        run(math.ceil(WARMUP / c), 0)
-        local t0 = bench_now()
-        run(math.floor(n / c), n % c)
-        ngx.say(bench_now() - t0)
+        ngx.say(in_flight(c, n, WARMUP, function(k) calls(conn, HELLO, "", k) end))
     }
 }
 "#;
@@ -194,6 +181,7 @@ pub fn start(
         .http_conf(
             &HTTP_CONF
                 .replace("@BENCH_NOW@", LUA_BENCH_NOW)
+                .replace("@IN_FLIGHT@", LUA_IN_FLIGHT)
                 .replace("@VARINT@", LUA_VARINT)
                 .replace("@PAYLOAD@", LUA_PAYLOAD)
                 .replace("@WARMUP@", &WARMUP.to_string())

@@ -46,6 +46,28 @@ pub const LUA_BENCH_NOW: &str = r#"
     end
 "#;
 
+/// Lua defining `in_flight(c, n, warmup, f)`: `c` light threads of the calling request, each
+/// running `f(k)` (`k` calls), `warmup` calls in all untimed, then `n` timed; returns the
+/// seconds the timed ones took (uses `bench_now`, [`LUA_BENCH_NOW`]).
+pub const LUA_IN_FLIGHT: &str = r#"
+    function in_flight(c, n, warmup, f)
+        local function run(each, extra)
+            local threads = {}
+            for i = 1, c do
+                threads[i] = ngx.thread.spawn(f, each + (i <= extra and 1 or 0))
+            end
+            for i = 1, c do
+                local ok, err = ngx.thread.wait(threads[i])
+                if not ok then error(err) end
+            end
+        end
+        run(math.ceil(warmup / c), 0)
+        local t0 = bench_now()
+        run(math.floor(n / c), n % c)
+        return bench_now() - t0
+    end
+"#;
+
 /// Restricts every thread of process `pid` to `cpus` (a `taskset -c` list); true on success.
 pub fn pin_process(pid: i32, cpus: &str) -> bool {
     Command::new("taskset")
