@@ -4,8 +4,11 @@
 Starts the test gRPC server and one nginx worker running `resty.grpc_zc`, makes sequential and
 64-in-flight SayHello calls, samples the worker's threads with `perf record` (cpu-clock, call
 graphs off: self time), and splits the worker's CPU time per call (from /proc, all threads)
-over the steps of a call by where the samples fell (thread, library, symbol). Placements:
-everything on one CPU (`taskset`/`worker_cpu_affinity`), and unpinned.
+over the steps of a call by where the samples fell (thread, library, symbol). Then the same
+calls from the native client (testkit's `grpc-native-client`: tonic on a current-thread
+runtime) under the same perf, split over the same stack's steps, so each step of the poll
+thread stands next to what native_ct pays for it. Placements: everything on one CPU
+(`taskset`/`worker_cpu_affinity`), and unpinned.
 
     benches/budget.py [--calls N] [--busy-poll adaptive|fixed|off] [--quick]
 
@@ -40,19 +43,30 @@ NGINX_STEPS = [
     ("libc: malloc, memcpy", r"libc\.so|ld-linux", r""),
     ("kernel: epoll_wait, eventfd, futex, scheduling", r"kernel", r""),
 ]
+def stack_steps(dso):
+    """The steps of the gRPC stack a client runs on its event loop, whose Rust code is linked
+    into `dso` (the runtime library, or the native client's binary); first match wins."""
+    return [
+        ("tonic, tower (codec, Channel, buffer)", dso, r"tonic|tower"),
+        ("hyper, h2, http (HTTP/2 framing, HPACK, headers)", dso, r"h2::|hyper|http::|hpack|httparse"),
+        ("tokio (scheduler, reactor, wakers, mpsc)", dso, r"tokio"),
+        ("allocation (malloc, free, Rust alloc)", r"", r"malloc|free|_int_|__rust_alloc|__rust_dealloc|__rdl_|realloc|cfree"),
+        ("other Rust code (bytes, hashbrown, core)", dso, r""),
+        ("libc: memcpy, send/recv wrappers, clock", r"libc\.so|ld-linux|vdso", r""),
+        ("kernel: TCP/IP send and receive", r"kernel", r"tcp|ip_|skb|sock|inet|net_|__dev|loopback|napi|_rcv|__sys_send|__sys_recv|sendto|recvfrom|__x64_sys_send|__x64_sys_recv|softirq|irq"),
+        ("kernel: sched_yield, epoll, eventfd, futex, scheduling", r"kernel", r""),
+    ]
+
+
 POLL_STEPS = [
     ("queue hand-off: spin, pop, respond (libresty_ffi)", r"libresty_ffi", r""),
     ("runtime: envelope verify, command, call set-up, reply", r"libresty_grpc_zc", r"resty_grpc_zc::(runtime|wire|codec|arena|queue|copy|ffi)|flatbuffers::"),
     ("runtime: gRPC layer (retry, balancer, metrics, streams)", r"libresty_grpc_zc", r"resty_grpc_zc::grpc"),
-    ("tonic, tower (codec, Channel, buffer)", r"libresty_grpc_zc", r"tonic|tower"),
-    ("hyper, h2, http (HTTP/2 framing, HPACK, headers)", r"libresty_grpc_zc", r"h2::|hyper|http::|hpack|httparse"),
-    ("tokio (scheduler, reactor, wakers, mpsc)", r"libresty_grpc_zc", r"tokio"),
-    ("allocation (malloc, free, Rust alloc)", r"", r"malloc|free|_int_|__rust_alloc|__rust_dealloc|__rdl_|realloc|cfree"),
-    ("other Rust code (bytes, hashbrown, core)", r"libresty_grpc_zc", r""),
-    ("libc: memcpy, send/recv wrappers, clock", r"libc\.so|ld-linux|vdso", r""),
-    ("kernel: TCP/IP send and receive", r"kernel", r"tcp|ip_|skb|sock|inet|net_|__dev|loopback|napi|_rcv|__sys_send|__sys_recv|sendto|recvfrom|__x64_sys_send|__x64_sys_recv|softirq|irq"),
-    ("kernel: sched_yield, epoll, eventfd, futex, scheduling", r"kernel", r""),
-]
+] + stack_steps(r"libresty_grpc_zc")
+# The native client (testkit's grpc-native-client, tonic on a current-thread runtime): its one
+# thread's comm, and the same stack's steps.
+NATIVE_COMM = "grpc-native-cli"
+NATIVE_STEPS = stack_steps(r"grpc-native-cli")
 
 
 def free_port():
@@ -78,25 +92,28 @@ def threads(pid):
     return out
 
 
-def start(work, placement, busy_poll):
-    os.makedirs(os.path.join(work, "logs"), exist_ok=True)
-    os.makedirs(os.path.join(work, "conf"), exist_ok=True)
+def start_server(work, placement):
+    """The test gRPC server (one tokio thread; on CPU 0 for "one CPU"): (process, address)."""
     server_cmd = [os.path.join(LIB, "grpc-test-server"), "--listen", "127.0.0.1:0",
                   "--threads", "0", "--no-gzip-replies"]
     if placement == "one CPU":
         server_cmd = ["taskset", "-c", "0"] + server_cmd
     out = open(os.path.join(work, "grpc.out"), "w")
     server = subprocess.Popen(server_cmd, stdout=out, stderr=subprocess.STDOUT)
-    addr = None
     for _ in range(100):
         with open(os.path.join(work, "grpc.out")) as f:
             m = re.search(r"^listening (\S+)", f.read(), re.M)
         if m:
-            addr = m.group(1)
-            break
+            return server, m.group(1)
         time.sleep(0.05)
-    if not addr:
-        sys.exit("budget: the gRPC server did not start")
+    server.kill()
+    sys.exit("budget: the gRPC server did not start")
+
+
+def start(work, placement, busy_poll):
+    os.makedirs(os.path.join(work, "logs"), exist_ok=True)
+    os.makedirs(os.path.join(work, "conf"), exist_ok=True)
+    server, addr = start_server(work, placement)
     port = free_port()
     aff = "worker_cpu_affinity 0001;" if placement == "one CPU" else ""
     user = "user root;" if os.geteuid() == 0 else ""
@@ -228,6 +245,60 @@ def measure(placement, case, calls, busy_poll, warmup):
         shutil.rmtree(work, ignore_errors=True)
 
 
+
+def measure_native(placement, case, calls):
+    """The same case made by the native client (tonic, current-thread runtime) under perf: its
+    CPU per call (its own getrusage) split over the same stack's steps, and its allocations
+    (glibc's: the binary uses the system allocator) in a separate pass."""
+    work = tempfile.mkdtemp(prefix="budget-native.")
+    server, addr = start_server(work, placement)
+    c = 1 if case == "sequential" else 64
+
+    def command(n):
+        cmd = [os.path.join(LIB, "grpc-native-client"), "--target", addr, "--calls", str(n),
+               "--in-flight", str(c)]
+        return ["taskset", "-c", "0"] + cmd if placement == "one CPU" else cmd
+
+    if placement == "one CPU":
+        subprocess.run(["taskset", "-a", "-p", "-c", "0", str(server.pid)],
+                       stdout=subprocess.DEVNULL, check=True)
+    try:
+        data = os.path.join(work, "perf.data")
+        out = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4999", "-o", data,
+                              "--"] + command(calls), capture_output=True, text=True, check=True).stdout
+        m = re.search(r"seconds (\S+) cpu_us_per_call (\S+)", out)
+        if not m:
+            sys.exit(f"budget: grpc-native-client said {out!r}")
+        secs, cpu = float(m.group(1)), float(m.group(2))
+        report = subprocess.run(["perf", "report", "-i", data, "--no-children", "-g", "none",
+                                 "--sort", "comm,dso,sym", "--stdio"],
+                                capture_output=True, text=True).stdout
+        shares = categorize(report, {NATIVE_COMM: NATIVE_STEPS})
+        total = sum(shares.values()) or 1.0
+        steps = [{"thread": NATIVE_COMM, "step": name,
+                  "us_per_call": cpu * shares.get((NATIVE_COMM, name), 0.0) / total,
+                  "share_of_thread": shares.get((NATIVE_COMM, name), 0.0) / total}
+                 for name in [st[0] for st in NATIVE_STEPS] + ["other"]]
+        allocs = None
+        if probes_ready():
+            n = max(200, calls // 5)
+            events = ",".join(f"probe_libc:{fn}" for fn in PROBES)
+            err = subprocess.run(["perf", "stat", "-e", events, "-x", ",", "--"] + command(n),
+                                 capture_output=True, text=True).stderr
+            counted = sum(int(l.split(",")[0]) for l in err.splitlines()
+                          if l.split(",")[0].strip().isdigit())
+            # The run's warm-up (100 calls) and connect are in the count too.
+            allocs = counted / (n + 100)
+        return {"placement": placement, "case": case, "side": "native_ct", "calls": calls,
+                "us_per_call" if c == 1 else "calls_per_second":
+                    secs * 1e6 / calls if c == 1 else calls / secs,
+                "cpu_us_per_call": {NATIVE_COMM: cpu}, "allocations_per_call": allocs,
+                "steps": steps}
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
 PROBES = ("malloc", "calloc", "realloc")
 # The runtime library's Rust allocations go to mimalloc (src/alloc.rs), linked into it: its
 # aligned entry points are what Rust's allocator calls.
@@ -308,6 +379,39 @@ def table(r):
     return "\n".join(lines)
 
 
+
+def compare(r, nat):
+    """The call's CPU next to native_ct's, step by step: the stack both run, then what only the
+    Lua path does (the runtime's own steps on the poll thread, the nginx thread)."""
+    def us(result, thread, step):
+        return sum(x["us_per_call"] for x in result["steps"]
+                   if x["thread"] == thread and x["step"] == step)
+
+    speed = (f"{nat['us_per_call']:.1f} µs per call" if "us_per_call" in nat
+             else f"{nat['calls_per_second']:.0f} calls/s")
+    a = nat.get("allocations_per_call")
+    lines = [f"**{r['case']}, {r['placement']}: the poll thread next to native_ct** (tonic on a "
+             f"current-thread runtime, `grpc-native-client`, the same calls): native_ct {speed}, "
+             f"CPU {nat['cpu_us_per_call'][NATIVE_COMM]:.1f} µs per call"
+             + (f", {a:.1f} allocations per call (glibc)" if a is not None else ""), "",
+             "| step | Lua path, µs CPU per call | native_ct | Lua path − native_ct |",
+             "|---|---|---|---|"]
+    rows = [(name, us(r, "grpc_zc-poll", name), us(nat, NATIVE_COMM, name))
+            for name in [st[0] for st in NATIVE_STEPS] + ["other"]]
+    rows += [(f"poll thread: {st[0]}", us(r, "grpc_zc-poll", st[0]), 0.0)
+             for st in POLL_STEPS[:3]]
+    rows.append(("nginx thread: Lua, host, arena, its wake-ups (all of it)",
+                 r["cpu_us_per_call"].get("nginx", 0.0), 0.0))
+    for name, lua, native in rows:
+        if lua < 0.05 and native < 0.05:
+            continue
+        lines.append(f"| {name} | {lua:.1f} | {native:.1f} | {lua - native:+.1f} |")
+    lua_total = sum(r["cpu_us_per_call"].values())
+    native_total = nat["cpu_us_per_call"][NATIVE_COMM]
+    lines.append(f"| **whole client** | **{lua_total:.1f}** | **{native_total:.1f}** | "
+                 f"**{lua_total - native_total:+.1f}** ({lua_total / native_total:.2f}x) |")
+    return "\n".join(lines)
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=20000)
@@ -319,9 +423,10 @@ def main():
     for placement in ("one CPU", "unpinned"):
         for case, n in (("sequential", calls), ("64 in flight", calls * 5)):
             r = measure(placement, case, n, args.busy_poll, warmup=max(1000, n // 10))
-            results.append(r)
-            tables.append(table(r))
-            print(tables[-1], end="\n\n", flush=True)
+            nat = measure_native(placement, case, n)
+            results += [r, nat]
+            tables += [table(r), compare(r, nat)]
+            print(tables[-2], tables[-1], sep="\n\n", end="\n\n", flush=True)
     os.makedirs(os.path.join(REPO, "target", "bench"), exist_ok=True)
     with open(os.path.join(REPO, "target", "bench", "cpu-budget.json"), "w") as f:
         json.dump({"benchmark": "cpu-budget", "results": results}, f, indent=1)
@@ -334,7 +439,10 @@ def main():
                f"and {calls * 5} concurrent calls, split by thread, library and symbol; each "
                f"thread's CPU per call from /proc; allocations counted in a separate pass "
                f"(uprobes on libc's malloc, calloc and realloc, and on the mimalloc the "
-               f"runtime library links for its Rust allocations). Results also in "
+               f"runtime library links for its Rust allocations). After each case, the same "
+               f"calls from tonic on a current-thread runtime (native_ct, testkit's "
+               f"`grpc-native-client`, its own CPU time from getrusage) profiled the same way, "
+               f"step by step next to the poll thread. Results also in "
                f"`target/bench/cpu-budget.json`.\n\n"
                + "\n\n".join(tables) + "\n")
     doc = os.path.join(REPO, "docs", "benchmarks.md")

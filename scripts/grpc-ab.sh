@@ -18,6 +18,8 @@
 #   AB_CASES="seq?m=echo&size=102400&n=2000 2000;seq?m=hello&size=0&n=10000 10000"
 # and the transport bench's paths (no gRPC: the host + echo runtime, the arena echo):
 #   AB_CASES="transport?path=ffi&size=512&n=200000 200000;transport?path=zc_inplace&size=102400&n=50000 50000"
+# AB_CASES=tables runs every row of the gRPC bench's tables (sequential SayHello, the payload
+# sweep, the concurrency sweep) and of the transport table's paths at both sizes.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 rounds=3
@@ -30,6 +32,21 @@ for d in "$@"; do
   dirs+=("$d")
 done
 command -v perf >/dev/null || { echo "perf is needed (linux-perf)" >&2; exit 1; }
+
+if [ "${AB_CASES:-}" = tables ]; then
+  AB_CASES="seq?m=hello&size=0&n=5000 5000;seq?m=echo&size=0&n=3000 3000"
+  AB_CASES+=";seq?m=echo&size=512&n=3000 3000;seq?m=echo&size=4096&n=3000 3000"
+  AB_CASES+=";seq?m=echo&size=102400&n=1000 1000;seq?m=echo&size=1048576&n=100 100"
+  AB_CASES+=";conc?c=1&n=3000 3000;conc?c=16&n=30000 30000;conc?c=64&n=40000 40000"
+  AB_CASES+=";conc?c=256&n=40000 40000"
+  for path in ffi zc_inplace zc_string; do
+    AB_CASES+=";transport?path=$path&size=512&n=200000 200000"
+  done
+  AB_CASES+=";transport?path=ffi&size=102400&n=30000 30000"
+  AB_CASES+=";transport?path=zc_inplace&size=102400&n=100000 100000"
+  AB_CASES+=";transport?path=zc_string&size=102400&n=50000 50000"
+  export AB_CASES
+fi
 
 work=$(mktemp -d)
 fifo="$work/stdin"

@@ -29,16 +29,12 @@
 //! `make bench` (or `cargo bench --bench cpu`; needs two CPUs); `BENCH_QUICK=1` runs 10x fewer
 //! calls.
 //!
-//! Modules: `nginx` (the Lua, starting an nginx per placement and plan), `native` (benches/grpc's
-//! tonic clients), `placement` (pinning), `rounds` (interleaved runs and their CPU time),
-//! `figures` (medians and paired ratios of one case), `report` (JSON, the markdown section and
-//! the targets).
+//! Modules: `nginx` (the Lua, starting an nginx per placement and plan), `placement` (pinning),
+//! `rounds` (interleaved runs and their CPU time), `figures` (medians and paired ratios of one
+//! case), `report` (JSON, the markdown section and the targets). The tonic clients are
+//! `testkit::native`'s.
 
 mod figures;
-// benches/grpc's clients; its payload echo is not used here.
-#[allow(dead_code)]
-#[path = "../grpc/native.rs"]
-mod native;
 mod nginx;
 mod placement;
 mod report;
@@ -52,10 +48,10 @@ use testkit::bench::machine;
 use testkit::{repo_root, GrpcServer, GrpcServerOpts, Nginx};
 
 use figures::Figures;
-use native::Native;
 use placement::Placement;
 use report::Results;
 use rounds::{interleave, measure, Client};
+use testkit::native::Native;
 
 /// Rounds; every side runs every case once per round in every placement.
 pub const ROUNDS: usize = 5;
@@ -167,7 +163,7 @@ fn main() {
     }
     // The native clients too: the multi-thread runtime gets a worker per CPU, and its threads
     // move with this process.
-    let (current, multi) = Native::both(&server);
+    let (current, multi) = Native::both(&server, WARMUP);
     // One untimed run of each case on every side first (connections, LuaJIT traces, buffers),
     // so that no side's first round pays for them.
     for case in &CASES {

@@ -5,10 +5,10 @@ use testkit::bench::median;
 use testkit::{GrpcServer, Nginx};
 
 use crate::case::{pct, size_name, Measured};
-use crate::native::Native;
 use crate::nginx::timed;
 use crate::rounds::{interleave, interleave_rounds, Run};
 use crate::{ROUNDS, WARMUP};
+use testkit::native::Native;
 
 /// Sequential SayHello calls per side, over all rounds.
 const SEQUENTIAL_CALLS: usize = 100_000;

@@ -32,15 +32,14 @@
 //! (`spin_us = 0, poll_spin_us = 0, busy_poll_us = 0` instead of the defaults 20, 50 and 500 µs):
 //! what the spins buy in time and cost in CPU.
 
-//! Modules: `nginx` (the Lua locations, starting an nginx), `native` (the tonic clients),
-//! `placement` (pinning), `floor` (the ping-pong), `rounds` (interleaved runs and their CPU
-//! time), `case` (medians and ratios of one case), `cases` (the cases), `report` (JSON and the
-//! markdown sections).
+//! Modules: `nginx` (the Lua locations, starting an nginx), `placement` (pinning), `floor`
+//! (the ping-pong), `rounds` (interleaved runs and their CPU time), `case` (medians and ratios
+//! of one case), `cases` (the cases), `report` (JSON and the markdown sections). The tonic
+//! clients are `testkit::native`'s.
 
 mod case;
 mod cases;
 mod floor;
-mod native;
 mod nginx;
 mod placement;
 mod report;
@@ -54,9 +53,9 @@ use testkit::{repo_root, GrpcServer, GrpcServerOpts, Nginx};
 
 use cases::Bench;
 use floor::Floor;
-use native::Native;
 use placement::Placement;
 use report::Results;
+use testkit::native::Native;
 
 /// Rounds per case; every side runs once per round.
 const ROUNDS: usize = 8;
@@ -135,7 +134,7 @@ fn main() {
         return;
     }
     placement.pin_native_clients();
-    let (current, multi) = Native::both(&server);
+    let (current, multi) = Native::both(&server, WARMUP);
     let bench = Bench {
         server: &server,
         nginx: &nginx,

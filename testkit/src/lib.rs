@@ -20,13 +20,15 @@
 //! [`procfs`] (pids, rss, signals), `uds` ([`UdsEcho`], the proxy-model echo server), [`grpc`]
 //! (the `grpc-test-server` binary's services, [`GrpcServer`] to run it, [`certs()`] for TLS,
 //! [`RogueServer`], a misbehaving HTTP/2 peer, [`Fleet`], N servers on one port for load
-//! balancing), [`dns`] ([`DnsServer`], an authoritative DNS server whose records tests change).
+//! balancing), [`dns`] ([`DnsServer`], an authoritative DNS server whose records tests change),
+//! [`native`] (the tonic clients the benchmarks measure the Lua path against).
 
 pub mod bench;
 pub mod by_id;
 pub mod dns;
 pub mod grpc;
 mod http;
+pub mod native;
 mod nginx;
 pub mod procfs;
 mod uds;
