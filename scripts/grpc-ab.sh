@@ -18,6 +18,10 @@
 #   AB_CASES="seq?m=echo&size=102400&n=2000 2000;seq?m=hello&size=0&n=10000 10000"
 # and the transport bench's paths (no gRPC: the host + echo runtime, the arena echo):
 #   AB_CASES="transport?path=ffi&size=512&n=200000 200000;transport?path=zc_inplace&size=102400&n=50000 50000"
+# AB_QUOTA=<CPUs> (e.g. 1 or 0.5; root, cgroup v1 or v2 with the cpu controller) starts the
+# nginx sides in a cgroup of their own with that CPU quota (cpu.max, or v1's cfs_quota_us),
+# as a container's CPU limit does, and moves the server back out. GRPC_BENCH_BUSY_POLL=<plan>
+# starts side A with that busy_poll plan (e.g. fixed, to pair it against the default).
 # AB_CASES=tables runs every row of the gRPC bench's tables (sequential SayHello, the payload
 # sweep, the concurrency sweep) and of the transport table's paths at both sizes.
 set -euo pipefail
@@ -52,11 +56,41 @@ work=$(mktemp -d)
 fifo="$work/stdin"
 mkfifo "$fifo"
 cd "$repo"
+cgroup=
+run_in=()
+if [ -n "${AB_QUOTA:-}" ]; then
+  period=100000
+  quota=$(python3 -c "print(int(float('$AB_QUOTA') * $period))")
+  if [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+    cgroup=/sys/fs/cgroup/cpu/grpc-ab-$$ root_group=/sys/fs/cgroup/cpu
+    mkdir "$cgroup"
+    echo "$period" >"$cgroup/cpu.cfs_period_us"
+    echo "$quota" >"$cgroup/cpu.cfs_quota_us"
+  elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+    cgroup=/sys/fs/cgroup/grpc-ab-$$ root_group=/sys/fs/cgroup
+    echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+    mkdir "$cgroup"
+    echo "$quota $period" >"$cgroup/cpu.max"
+  else
+    echo "grpc-ab: AB_QUOTA needs the cgroup cpu controller (v1 or v2)" >&2; exit 1
+  fi
+  # Built outside the quota; the bench (and the nginx it starts) then runs inside it.
+  cargo bench --no-run --bench grpc >/dev/null 2>&1
+  run_in=(sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$cgroup")
+  echo "nginx sides in $cgroup: a quota of $AB_QUOTA CPU ($quota µs every $period µs)"
+fi
 # The bench serves until it reads a line; holding the fifo open keeps it serving.
-GRPC_BENCH_SERVE_B=$(IFS=:; echo "${dirs[*]}") cargo bench --bench grpc <"$fifo" >"$work/serve.log" 2>&1 &
+GRPC_BENCH_SERVE_B=$(IFS=:; echo "${dirs[*]}") "${run_in[@]}" cargo bench --bench grpc \
+  <"$fifo" >"$work/serve.log" 2>&1 &
 bench=$!
 exec 3>"$fifo"
-cleanup() { exec 3>&-; wait "$bench" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  exec 3>&-; wait "$bench" 2>/dev/null || true; rm -rf "$work"
+  if [ -n "$cgroup" ]; then
+    # The nginx masters exit a moment after the bench.
+    for _ in $(seq 50); do rmdir "$cgroup" 2>/dev/null && break; sleep 0.1; done
+  fi
+}
 trap cleanup EXIT
 for _ in $(seq 600); do
   grep -q '^ready' "$work/serve.log" && break
@@ -64,6 +98,10 @@ for _ in $(seq 600); do
   sleep 1
 done
 grep -q '^ready' "$work/serve.log" || { cat "$work/serve.log" >&2; exit 1; }
+if [ -n "$cgroup" ]; then
+  # The server is another machine's: out of the quota.
+  grep '^server pid ' "$work/serve.log" | awk '{print $3}' >"$root_group/cgroup.procs"
+fi
 
 names=(); workers=(); bases=()
 while read -r _ name pid url; do
@@ -71,6 +109,7 @@ while read -r _ name pid url; do
 done < <(grep '^side ' "$work/serve.log")
 target=$(grep '^side A ' "$work/serve.log" | sed 's/.*t=//')
 for i in "${!names[@]}"; do echo "${names[$i]%%=*}: ${names[$i]#*=}"; done
+grep '^plan ' "$work/serve.log" | sed 's/^plan \([^ ]*\) /\1 busy polling: /'
 
 poll_tid() { ps -L -o tid=,comm= -p "$1" | awk '/grpc_zc-poll/ {print $1}'; }
 

@@ -501,7 +501,7 @@ fn busy_polling_backs_off_and_stops_when_nothing_happens() {
 }
 
 /// `busy_poll = "adaptive"` (the default) polls from the last task wherever the poll thread
-/// runs (a cgroup CPU quota turns it off, unit-tested in busy.rs and cpu.rs); `"ahead"` learns
+/// runs (a cgroup CPU quota is detected and logged, unit-tested in cpu.rs); `"ahead"` learns
 /// when answers come and sleeps until shortly before them, so a 20 ms answer costs a small part
 /// of the 20 ms that polling from the last task spends on it.
 #[test]

@@ -142,8 +142,8 @@ fn targets(r: &Results) -> Vec<Target> {
         placement: Placement::Unpinned,
         value: growth,
         limit: 1.3,
-        // adaptive is the previous default's plan (from the last task) wherever no CPU quota
-        // is set, so its latency is today's by construction; the ahead plan is shown beside.
+        // adaptive is the previous default's plan (from the last task) in every placement, so
+        // its latency is today's by construction; the ahead plan is shown beside.
         met: growth <= 1.3,
         shown: format!(
             "{growth:.2}x (medians {:.1} µs unpinned / {:.1} µs pinned), {}",
@@ -236,7 +236,7 @@ fn section(r: &Results, targets: &[Target]) -> String {
          Server: testkit's `grpc-test-server --threads 0 --no-gzip-replies` (one tokio thread) \
          on 127.0.0.1. Sides: three nginx (one worker each) whose runtime is started with \
          `grpc.init({{ busy_poll = ... }})`: `\"adaptive\"` (the default: from the last task \
-         unless under a CPU quota, the previous default's plan), `\"ahead\"` (opt-in: timer \
+         in every placement, the previous default's plan), `\"ahead\"` (opt-in: timer \
          wake-ups shortly before the learned answer times), `\"off\"`; tonic 0.14 on a current-thread runtime (native_ct) and \
          on a multi-thread runtime ({} workers; native). Cases: sequential SayHello (empty \
          name), {} calls a run; {IN_FLIGHT} in flight (Lua light threads of one request, or \

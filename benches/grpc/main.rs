@@ -21,7 +21,8 @@
 //! the server on CPU 1) and writes `target/bench/grpc-pinned.json` and the `grpc-pinned`
 //! section instead (not part of `make bench`: it did not change the picture, see
 //! docs/benchmarks.md). `GRPC_BENCH_SPIN="spin_us,poll_spin_us,busy_poll_us"` sets the first
-//! nginx's host spins and busy polling. `GRPC_BENCH_SERVE=1` measures nothing: it starts the
+//! nginx's host spins and busy polling, `GRPC_BENCH_BUSY_POLL=<plan>` its `busy_poll` plan.
+//! `GRPC_BENCH_SERVE=1` measures nothing: it starts the
 //! server and nginx, prints their pids and a `curl` line for the Lua loop, and waits for Enter
 //! (for `perf`, `strace -c`, `ps -L`).
 //! `GRPC_BENCH_SERVE_B=<dir>[:<dir>...]` does the same with one more nginx per directory, each
@@ -89,12 +90,15 @@ fn main() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let placement = Placement::from_env(cpus);
     placement.pin_server(server.pid());
-    let start_nginx =
-        |name: &str, spin: &str, lib_dir| nginx::start(name, spin, lib_dir, placement, &root);
-    // GRPC_BENCH_SPIN (see the Lua in `nginx`) also sets the first nginx's spins.
+    let start_nginx = |name: &str, spin: &str, plan: &str, lib_dir| {
+        nginx::start(name, spin, plan, lib_dir, placement, &root)
+    };
+    // GRPC_BENCH_SPIN and GRPC_BENCH_BUSY_POLL (see the Lua in `nginx`) also set the first
+    // nginx's spins and busy-polling plan.
     let nginx = start_nginx(
         "bench-grpc",
         &std::env::var("GRPC_BENCH_SPIN").unwrap_or_default(),
+        &std::env::var("GRPC_BENCH_BUSY_POLL").unwrap_or_default(),
         None,
     );
     if let Some(dirs) = std::env::var_os("GRPC_BENCH_SERVE_B") {
@@ -107,7 +111,7 @@ fn main() {
             .enumerate()
             .map(|(i, dir)| {
                 let name = format!("B{}", i + 1);
-                let n = start_nginx(&format!("bench-grpc-{name}"), "", Some(dir));
+                let n = start_nginx(&format!("bench-grpc-{name}"), "", "", Some(dir));
                 (format!("{name}={dir}"), n)
             })
             .collect();
@@ -117,11 +121,19 @@ fn main() {
         for (name, n) in &others {
             println!("side {name} {} {}", n.worker_pids()[0], n.url(&seq));
         }
+        println!("plan A {}", nginx::plan(&nginx));
+        for (name, n) in &others {
+            println!(
+                "plan {} {}",
+                &name[..name.find('=').unwrap_or(name.len())],
+                nginx::plan(n)
+            );
+        }
         println!("ready");
         let _ = std::io::stdin().read_line(&mut String::new());
         return;
     }
-    let nospin = start_nginx("bench-grpc-nospin", "0,0,0", None);
+    let nospin = start_nginx("bench-grpc-nospin", "0,0,0", "", None);
     if std::env::var_os("GRPC_BENCH_SERVE").is_some() {
         println!(
             "server pid {}, nginx worker pids {:?}\n\

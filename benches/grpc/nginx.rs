@@ -24,6 +24,11 @@ init_worker_by_lua_block {
                             { spin_us = tonumber(s), poll_spin_us = tonumber(p) }))
         assert(require("resty.grpc_zc").init({ busy_poll_us = tonumber(b) }))
     end
+    -- GRPC_BENCH_BUSY_POLL: the busy-polling plan (grpc.init's busy_poll); empty: the default.
+    local plan = os.getenv("GRPC_BENCH_BUSY_POLL")
+    if plan and plan ~= "" then
+        assert(require("resty.grpc_zc").init({ busy_poll = plan }))
+    end
     assert(require("resty.grpc_zc").init())
 }
 init_by_lua_block {
@@ -158,12 +163,14 @@ location /conc {
 "#;
 
 /// Starts an nginx (one worker) serving the benchmark's locations. `spin` is
-/// `GRPC_BENCH_SPIN` for its init (empty: the defaults); `lib_dir` is another build to run
+/// `GRPC_BENCH_SPIN` for its init (empty: the defaults), `plan` its `GRPC_BENCH_BUSY_POLL`
+/// (`busy_poll`; empty: the default); `lib_dir` is another build to run
 /// (`None`: this tree's): its `libresty_grpc_zc.so`, and its host library and `lua/` tree when it
 /// has them ([`NginxBuilder::build_dir`]).
 pub fn start(
     name: &str,
     spin: &str,
+    plan: &str,
     lib_dir: Option<&str>,
     placement: Placement,
     root: &Path,
@@ -177,7 +184,9 @@ pub fn start(
         // inherit it.
         .main_conf(placement.worker_conf())
         .env("GRPC_BENCH_SPIN", spin)
-        .error_log_level("warn")
+        .env("GRPC_BENCH_BUSY_POLL", plan)
+        // info: the busy-polling plan's line (`plan`).
+        .error_log_level("info")
         .http_conf(
             &HTTP_CONF
                 .replace("@BENCH_NOW@", LUA_BENCH_NOW)
@@ -198,4 +207,16 @@ pub fn timed(nginx: &Nginx, server: &GrpcServer, query: &str) -> f64 {
     text.trim()
         .parse()
         .unwrap_or_else(|_| panic!("{url}: {text}"))
+}
+
+/// The busy-polling plan the runtime of `nginx` chose (its `busy polling: <plan> (` line).
+pub fn plan(nginx: &Nginx) -> String {
+    let (found, log) =
+        nginx.wait_log_contains("busy polling: ", std::time::Duration::from_secs(10));
+    assert!(found, "no busy-polling plan in error.log:\n{log}");
+    log.split("busy polling: ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (").next())
+        .unwrap_or("?")
+        .to_owned()
 }
