@@ -501,7 +501,7 @@ fn busy_polling_backs_off_and_stops_when_nothing_happens() {
 }
 
 /// `busy_poll = "adaptive"` (the default) polls from the last task wherever the poll thread
-/// runs (a cgroup CPU quota is detected and logged, unit-tested in cpu.rs); `"ahead"` learns
+/// runs (under a cgroup CPU quota too: the test after this one); `"ahead"` learns
 /// when answers come and sleeps until shortly before them, so a 20 ms answer costs a small part
 /// of the 20 ms that polling from the last task spends on it.
 #[test]
@@ -658,4 +658,123 @@ fn runtime_log_lines_reach_the_error_log_in_nginx_format() {
         n.error_log()
     );
     n.assert_log_clean(&[]);
+}
+
+/// A cgroup v1 `cpu` group with a CPU quota, which the calling thread joins (threads and
+/// processes it starts then are in it too) until [`QuotaGroup::leave`]; removed when dropped,
+/// after what ran in it has exited. An error says why this machine cannot make one (no v1 cpu
+/// controller, no permission).
+struct QuotaGroup {
+    dir: std::path::PathBuf,
+}
+
+const CPU_CGROUP: &str = "/sys/fs/cgroup/cpu";
+
+impl QuotaGroup {
+    fn join(name: &str, quota_us: u64, period_us: u64) -> Result<QuotaGroup, String> {
+        let root = std::path::Path::new(CPU_CGROUP);
+        if !root.join("cpu.cfs_quota_us").exists() {
+            return Err(format!("no cgroup v1 cpu controller at {CPU_CGROUP}"));
+        }
+        let dir = root.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let group = QuotaGroup { dir };
+        let write = |file: &str, v: String| {
+            std::fs::write(group.dir.join(file), v).map_err(|e| format!("{file}: {e}"))
+        };
+        write("cpu.cfs_period_us", period_us.to_string())?;
+        write("cpu.cfs_quota_us", quota_us.to_string())?;
+        write("tasks", gettid().to_string())?;
+        Ok(group)
+    }
+
+    /// The calling thread goes back to the root group; what it started stays.
+    fn leave(&self) {
+        std::fs::write(format!("{CPU_CGROUP}/tasks"), gettid().to_string())
+            .expect("back to the root cpu group");
+    }
+}
+
+fn gettid() -> libc::pid_t {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+impl Drop for QuotaGroup {
+    fn drop(&mut self) {
+        self.leave();
+        // Removable once nginx's processes (stopped before this) have left it.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Under a cgroup CPU quota (a container's CPU limit) the runtime finds the quota, logs it,
+/// and the default still polls from the last task: there, measured, sleeping costs more CPU
+/// than polling (docs/benchmarks.md, "Busy polling under a CPU quota").
+#[test]
+fn under_a_cgroup_cpu_quota_the_default_still_polls_and_logs_the_quota() {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: making a cgroup needs root");
+        return;
+    }
+    let server = GrpcServer::start(GrpcServerOpts::default());
+    let group = match QuotaGroup::join("t-grpc-quota", 150_000, 100_000) {
+        Ok(g) => g,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let mut nginx = testkit::NginxBuilder::new("busy-quota")
+        .workers(1)
+        .error_log_level("info")
+        .http_conf(&format!(
+            "{}\ninit_worker_by_lua_block {{ assert(require(\"resty.grpc_zc\").init()) }}",
+            helpers()
+        ))
+        .server_conf(&location(
+            "/calls",
+            r#"
+            local grpc = require "resty.grpc_zc"
+            local p0 = grpc.stats().busy_polled_us
+            for _ = 1, 50 do
+                local ok, res = conn:unary("/zctest.Test/Unary", echo_req({ sleep_ms = 1 }))
+                assert(ok, res)
+            end
+            ngx.say(grpc.stats().busy_polled_us - p0)
+            "#,
+        ))
+        .start();
+    group.leave();
+    let cgroup =
+        std::fs::read_to_string(format!("/proc/{}/cgroup", nginx.worker_pids()[0])).unwrap();
+    assert!(
+        cgroup.contains("/t-grpc-quota-"),
+        "the worker is not in the group: {cgroup}"
+    );
+    let polled: f64 = nginx
+        .get_ok(&format!("/calls?t={}", server.addr()))
+        .trim()
+        .parse()
+        .unwrap();
+    let (found, log) =
+        nginx.wait_log_contains("busy polling: from the last task (", Duration::from_secs(5));
+    assert!(
+        found,
+        "no 'busy polling: from the last task' line in:\n{log}"
+    );
+    assert!(
+        log.contains("cgroup CPU quota 1.50)"),
+        "the quota is not in the plan's line:\n{log}"
+    );
+    assert!(polled > 0.0, "50 calls under the quota polled {polled} us");
+    nginx.assert_log_clean(&[]);
+    nginx.stop();
+    drop(group);
 }
