@@ -43,6 +43,8 @@ NGINX_STEPS = [
     ("libc: malloc, memcpy", r"libc\.so|ld-linux", r""),
     ("kernel: epoll_wait, eventfd, futex, scheduling", r"kernel", r""),
 ]
+
+
 def stack_steps(dso):
     """The steps of the gRPC stack a client runs on its event loop, whose Rust code is linked
     into `dso` (the runtime library, or the native client's binary); first match wins."""
@@ -245,7 +247,6 @@ def measure(placement, case, calls, busy_poll, warmup):
         shutil.rmtree(work, ignore_errors=True)
 
 
-
 def measure_native(placement, case, calls):
     """The same case made by the native client (tonic, current-thread runtime) under perf: its
     CPU per call (its own getrusage) split over the same stack's steps, and its allocations
@@ -298,6 +299,7 @@ def measure_native(placement, case, calls):
         server.terminate()
         server.wait()
         shutil.rmtree(work, ignore_errors=True)
+
 
 PROBES = ("malloc", "calloc", "realloc")
 # The runtime library's Rust allocations go to mimalloc (src/alloc.rs), linked into it: its
@@ -379,7 +381,6 @@ def table(r):
     return "\n".join(lines)
 
 
-
 def compare(r, nat):
     """The call's CPU next to native_ct's, step by step: the stack both run, then what only the
     Lua path does (the runtime's own steps on the poll thread, the nginx thread)."""
@@ -411,6 +412,7 @@ def compare(r, nat):
     lines.append(f"| **whole client** | **{lua_total:.1f}** | **{native_total:.1f}** | "
                  f"**{lua_total - native_total:+.1f}** ({lua_total / native_total:.2f}x) |")
     return "\n".join(lines)
+
 
 def main():
     ap = argparse.ArgumentParser()

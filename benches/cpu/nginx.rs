@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use testkit::bench::{LUA_BENCH_NOW, LUA_IN_FLIGHT};
+use testkit::bench::{busy_poll_plan, LUA_BENCH_NOW, LUA_IN_FLIGHT};
 use testkit::{GrpcServer, Nginx, NginxBuilder};
 
 use crate::placement::Placement;
@@ -76,14 +76,8 @@ pub fn start(placement: Placement, mode: &str) -> (Nginx, String) {
         )
         .server_conf(SERVER_CONF)
         .start();
-    let (found, log) = nginx.wait_log_contains("busy polling: ", Duration::from_secs(10));
-    assert!(found, "no busy-polling plan in error.log:\n{log}");
-    let plan = log
-        .split("busy polling: ")
-        .nth(1)
-        .and_then(|rest| rest.split(" (").next())
-        .unwrap_or("?")
-        .to_owned();
+    let plan = busy_poll_plan(&nginx, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no busy-polling plan in error.log:\n{}", nginx.error_log()));
     (nginx, plan)
 }
 

@@ -61,7 +61,7 @@ pub fn measure(client: Client, server: i32, f: impl FnOnce() -> f64) -> Run {
     let proc_cpu = |pid: i32| cpu_seconds(pid).unwrap_or(f64::NAN);
     let client_cpu = || match client {
         Client::Worker(pid) => proc_cpu(pid),
-        Client::ThisProcess => own_cpu_seconds(),
+        Client::ThisProcess => testkit::bench::own_cpu_seconds(),
     };
     let threads = || match client {
         Client::Worker(pid) => thread_name_cpu_seconds(pid),
@@ -82,15 +82,4 @@ pub fn measure(client: Client, server: i32, f: impl FnOnce() -> f64) -> Run {
             })
             .collect(),
     }
-}
-
-/// CPU seconds used so far by this process, all its threads, user + system.
-fn own_cpu_seconds() -> f64 {
-    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a writable `rusage`; RUSAGE_SELF needs nothing else.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
 }

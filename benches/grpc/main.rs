@@ -47,9 +47,9 @@ mod report;
 mod rounds;
 
 use std::fs;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use testkit::bench::machine;
+use testkit::bench::{busy_poll_plan, machine};
 use testkit::{repo_root, GrpcServer, GrpcServerOpts, Nginx};
 
 use cases::Bench;
@@ -121,13 +121,14 @@ fn main() {
         for (name, n) in &others {
             println!("side {name} {} {}", n.worker_pids()[0], n.url(&seq));
         }
-        println!("plan A {}", nginx::plan(&nginx));
+        // A build from before the plans logs none.
+        let plan = |n: &Nginx| {
+            busy_poll_plan(n, Duration::from_secs(3)).unwrap_or_else(|| "not logged".into())
+        };
+        println!("plan A {}", plan(&nginx));
         for (name, n) in &others {
-            println!(
-                "plan {} {}",
-                &name[..name.find('=').unwrap_or(name.len())],
-                nginx::plan(n)
-            );
+            let side = name.split('=').next().unwrap_or(name);
+            println!("plan {side} {}", plan(n));
         }
         println!("ready");
         let _ = std::io::stdin().read_line(&mut String::new());

@@ -208,17 +208,3 @@ pub fn timed(nginx: &Nginx, server: &GrpcServer, query: &str) -> f64 {
         .parse()
         .unwrap_or_else(|_| panic!("{url}: {text}"))
 }
-
-/// The busy-polling plan the runtime of `nginx` chose (its `busy polling: <plan> (` line), or
-/// "not logged" (a build from before the plans).
-pub fn plan(nginx: &Nginx) -> String {
-    let (found, log) = nginx.wait_log_contains("busy polling: ", std::time::Duration::from_secs(3));
-    if !found {
-        return "not logged".into();
-    }
-    log.split("busy polling: ")
-        .nth(1)
-        .and_then(|rest| rest.split(" (").next())
-        .unwrap_or("?")
-        .to_owned()
-}

@@ -3,7 +3,10 @@
 //! A window opens when the event loop serves tasks; while it is open and gRPC operations are in
 //! flight, the loop polls its sockets instead of sleeping, so an answer that comes within it
 //! needs no wake-up of a sleeping thread (35-70 µs between vCPUs on these VMs). Where the
-//! window sits is the plan, chosen once per poll thread from where it runs ([`Plan::choose`]):
+//! window sits is the plan, chosen once per poll thread from `busy_poll` ([`Plan::choose`]); the
+//! thread logs where it runs with it (its CPUs, the worker's, a cgroup CPU quota), on which no
+//! plan depends: polling from the last task measured best in every placement, under a quota
+//! too:
 //!
 //! - **From the last task** (`busy_poll=adaptive`, the default, and `fixed`): poll from the
 //!   moment tasks were served for up to `busy_poll_us`. Each poll first yields the CPU
@@ -51,22 +54,9 @@ pub(super) enum Plan {
     Ahead,
 }
 
-/// What the poll thread learned about where it runs (src/cpu.rs).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub(super) struct Placement {
-    /// The cgroup's CPU quota, in CPUs (logged; no plan depends on it: polling measured
-    /// cheaper than sleeping under one too).
-    pub quota: Option<f64>,
-    /// The poll thread and the nginx worker are held to the same single CPU (logged; no plan
-    /// depends on it since `ahead` became opt-in).
-    pub shares_one_cpu: bool,
-}
-
 impl Plan {
-    /// The plan for `mode` with a window of `window` on `placement`. No plan depends on the
-    /// placement today: polling from the last task measured best wherever the thread runs,
-    /// under a CPU quota too (the module's doc). It is logged with the plan.
-    pub(super) fn choose(mode: BusyPollMode, window: Duration, _placement: Placement) -> Plan {
+    /// The plan for `mode` with a window of `window`.
+    pub(super) fn choose(mode: BusyPollMode, window: Duration) -> Plan {
         match mode {
             _ if window.is_zero() => Plan::Off,
             BusyPollMode::Off => Plan::Off,
@@ -337,39 +327,14 @@ mod tests {
     }
 
     #[test]
-    fn plans_by_mode_and_placement() {
-        let own = Placement::default();
-        let shared = Placement {
-            shares_one_cpu: true,
-            ..own
-        };
-        let quota = Placement {
-            quota: Some(1.5),
-            ..own
-        };
+    fn plans_by_mode() {
+        // Where the thread runs does not enter: under a quota, t/grpc.rs checks the plan.
         let w = Duration::from_micros(500);
-        assert_eq!(
-            Plan::choose(BusyPollMode::Adaptive, w, own),
-            Plan::FromLastTask
-        );
-        assert_eq!(Plan::choose(BusyPollMode::Ahead, w, own), Plan::Ahead);
-        assert_eq!(
-            Plan::choose(BusyPollMode::Adaptive, w, shared),
-            Plan::FromLastTask
-        );
-        assert_eq!(
-            Plan::choose(BusyPollMode::Adaptive, w, quota),
-            Plan::FromLastTask
-        );
-        assert_eq!(
-            Plan::choose(BusyPollMode::Fixed, w, quota),
-            Plan::FromLastTask
-        );
-        assert_eq!(Plan::choose(BusyPollMode::Off, w, own), Plan::Off);
-        assert_eq!(
-            Plan::choose(BusyPollMode::Fixed, Duration::ZERO, own),
-            Plan::Off
-        );
+        assert_eq!(Plan::choose(BusyPollMode::Adaptive, w), Plan::FromLastTask);
+        assert_eq!(Plan::choose(BusyPollMode::Ahead, w), Plan::Ahead);
+        assert_eq!(Plan::choose(BusyPollMode::Fixed, w), Plan::FromLastTask);
+        assert_eq!(Plan::choose(BusyPollMode::Off, w), Plan::Off);
+        assert_eq!(Plan::choose(BusyPollMode::Fixed, Duration::ZERO), Plan::Off);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::answer::{Answer, RC_ABANDONED, RC_BAD_REQUEST};
-use super::busy::{BusyPoll, Next, Placement, Plan};
+use super::busy::{BusyPoll, Next, Plan};
 use super::calls;
 use super::command::{Claimed, Delays, Run};
 use super::Instance;
@@ -183,15 +183,12 @@ impl Instance {
         }
     }
 
-    /// The busy-polling plan for where this thread runs (its CPUs against the worker's, the
-    /// cgroup's CPU quota), logged once.
+    /// The busy-polling plan, logged once with where this thread runs (its CPUs against the
+    /// worker's, the cgroup's CPU quota).
     fn busy_poll(&self) -> BusyPoll {
         let mine = crate::cpu::current_affinity().unwrap_or_default();
-        let placement = Placement {
-            quota: crate::cpu::cgroup_quota(),
-            shares_one_cpu: mine.len() == 1 && mine == self.worker_cpus,
-        };
-        let plan = Plan::choose(self.config.busy_poll_mode, self.config.busy_poll, placement);
+        let quota = crate::cpu::cgroup_quota();
+        let plan = Plan::choose(self.config.busy_poll_mode, self.config.busy_poll);
         log!(
             Info,
             self.origin(),
@@ -201,7 +198,7 @@ impl Instance {
             self.config.busy_poll.as_micros(),
             mine,
             self.worker_cpus,
-            placement.quota.map_or("none".to_string(), |q| format!("{q:.2}"))
+            quota.map_or("none".to_string(), |q| format!("{q:.2}"))
         );
         BusyPoll::new(plan, self.config.busy_poll)
     }

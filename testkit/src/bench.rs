@@ -1,5 +1,5 @@
 //! Helpers shared by the benchmarks in `benches/`: medians, the machine line, CPU time and
-//! page faults of a process, pinning a process, Lua's monotonic clock, and rewriting one section
+//! page faults of a process (and of this one), the busy-polling plan an nginx's runtime chose, pinning a process, Lua's monotonic clock, and rewriting one section
 //! of `docs/benchmarks.md`.
 
 use std::fs;
@@ -92,6 +92,18 @@ pub fn replace_section(path: &Path, name: &str, body: &str) {
     fs::write(path, new).expect("write docs/benchmarks.md");
 }
 
+/// CPU seconds used so far by this process, all its threads, user + system (`getrusage`:
+/// microseconds, where [`cpu_seconds`] has clock ticks).
+pub fn own_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a writable `rusage`; RUSAGE_SELF needs nothing else.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 /// CPU time used so far by process `pid`, all its threads, user + system, in seconds (from
 /// `/proc/<pid>/stat`, clock-tick resolution). `None` when the process is gone.
 pub fn cpu_seconds(pid: i32) -> Option<f64> {
@@ -149,4 +161,16 @@ pub fn thread_name_cpu_seconds(pid: i32) -> Vec<(String, f64)> {
         }
     }
     out
+}
+
+/// The busy-polling plan the runtime in `nginx` chose: its `busy polling: <plan> (` line in
+/// error.log (logged at `info` when its poll thread starts), waited for up to `timeout`;
+/// `None` when no such line came (error_log above info, or a build from before the plans).
+pub fn busy_poll_plan(nginx: &crate::Nginx, timeout: std::time::Duration) -> Option<String> {
+    let (found, log) = nginx.wait_log_contains("busy polling: ", timeout);
+    if !found {
+        return None;
+    }
+    let rest = log.split("busy polling: ").nth(1)?;
+    Some(rest.split(" (").next().unwrap_or(rest).to_owned())
 }

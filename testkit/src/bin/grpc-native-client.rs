@@ -14,22 +14,12 @@
 
 use std::process::ExitCode;
 
+use testkit::bench::own_cpu_seconds;
 use testkit::native::{current_thread, Native};
 
 const USAGE: &str =
     "usage: grpc-native-client --target HOST:PORT --calls N [--in-flight C] [--multi-thread]";
 const WARMUP: usize = 100;
-
-fn cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes one rusage into the zeroed struct it is given.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
 
 fn main() -> ExitCode {
     let (mut target, mut calls, mut in_flight, mut multi) = (None, None, 1usize, false);
@@ -68,14 +58,14 @@ fn main() -> ExitCode {
     } else {
         current_thread()
     };
-    let cpu0 = cpu_seconds();
+    let cpu0 = own_cpu_seconds();
     let native = Native::connect(rt, &target, WARMUP);
     let secs = if in_flight == 1 {
         native.hello(calls)
     } else {
         native.concurrent(in_flight, calls)
     };
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = own_cpu_seconds() - cpu0;
     println!(
         "seconds {secs:.6} cpu_us_per_call {:.3}",
         cpu * 1e6 / calls as f64
