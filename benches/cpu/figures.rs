@@ -22,6 +22,9 @@ pub struct Figures {
     /// CPU µs per call of each thread name of an nginx side's worker (empty for the native
     /// sides).
     pub threads_us: Vec<Vec<(String, f64)>>,
+    /// Medians of the share of a run's time the runtime busy-polled, per side (0 for the
+    /// native sides).
+    pub polled_share: Vec<f64>,
     /// Per nginx side, against [native_ct, native]: medians of the per-round ratios of time
     /// (nginx / native), throughput (native time / nginx time) and CPU per call (nginx /
     /// native).
@@ -43,6 +46,10 @@ impl Series<'_> {
             .iter()
             .map(|r| r.secs * 1e6 / self.calls as f64)
             .collect()
+    }
+
+    fn polled_share(&self) -> Vec<f64> {
+        self.runs.iter().map(|r| r.polled / r.secs).collect()
     }
 
     fn calls_per_sec(&self) -> Vec<f64> {
@@ -119,6 +126,7 @@ impl Figures {
                         .collect()
                 })
                 .collect(),
+            polled_share: per_side(&|s| s.polled_share()),
             time_ratio: against(&|a, b| a.secs / b.secs),
             throughput_ratio: against(&|a, b| b.secs / a.secs),
             cpu_ratio: against(&|a, b| a.client_cpu / b.client_cpu),
@@ -148,6 +156,7 @@ impl Figures {
                 "calls_per_second": series.calls_per_sec(),
                 "client_cpu_us_per_call": series.cpu_us(|r| r.client_cpu),
                 "server_cpu_us_per_call": series.cpu_us(|r| r.server_cpu),
+                "busy_polled_share": series.polled_share(),
             });
             let mut side = json!({});
             let mut medians = json!({
@@ -155,6 +164,7 @@ impl Figures {
                 "calls_per_second": self.calls_per_sec[s],
                 "client_cpu_us_per_call": self.client_cpu_us[s],
                 "server_cpu_us_per_call": self.server_cpu_us[s],
+                "busy_polled_share": self.polled_share[s],
             });
             if s < NGINX_SIDES {
                 let names = series.thread_names();

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  nginx, grpc.init({ busy_poll = "adaptive" }) ──┐
-//!  nginx, grpc.init({ busy_poll = "ahead" }) ─────┤
+//!  nginx, grpc.init({ busy_poll = "fixed" }) ─────┤
 //!  nginx, grpc.init({ busy_poll = "off" }) ───────┼──► grpc-test-server --threads 0 --no-gzip-replies
 //!  tonic, current-thread runtime (native_ct) ─────┤        (one tokio thread, 127.0.0.1)
 //!  tonic, multi-thread runtime (native) ──────────┘
@@ -67,10 +67,10 @@ pub const NGINX_SIDES: usize = 3;
 pub const NATIVE_CT: usize = 3;
 pub const NATIVE: usize = 4;
 /// The sides' keys in the JSON and their names in the tables.
-pub const SIDE_KEYS: [&str; SIDES] = ["adaptive", "ahead", "off", "native_ct", "native"];
+pub const SIDE_KEYS: [&str; SIDES] = ["adaptive", "fixed", "off", "native_ct", "native"];
 pub const SIDE_NAMES: [&str; SIDES] = [
     "nginx, `busy_poll = \"adaptive\"` (the default)",
-    "nginx, `busy_poll = \"ahead\"` (opt-in)",
+    "nginx, `busy_poll = \"fixed\"` (always polls from the last task)",
     "nginx, `busy_poll = \"off\"`",
     "native_ct: tonic, current-thread runtime",
     "native: tonic, multi-thread runtime",
@@ -184,8 +184,8 @@ fn main() {
             let case = &CASES[c];
             let calls = case.calls(quick);
             match s {
-                NATIVE_CT => measure(me, server.pid(), || case.native(&current, calls)),
-                NATIVE => measure(me, server.pid(), || case.native(&multi, calls)),
+                NATIVE_CT => measure(me, server.pid(), || (case.native(&current, calls), 0.0)),
+                NATIVE => measure(me, server.pid(), || (case.native(&multi, calls), 0.0)),
                 s => {
                     let n = &nginx[p][s].0;
                     let query = nginx::query(case.sequential, calls);

@@ -10,7 +10,7 @@ use crate::placement::Placement;
 use crate::{IN_FLIGHT, WARMUP};
 
 /// The runtime's `busy_poll` option of each nginx side, in side order.
-pub const MODES: [&str; 3] = ["adaptive", "ahead", "off"];
+pub const MODES: [&str; 3] = ["adaptive", "fixed", "off"];
 
 const HTTP_CONF: &str = r#"
 init_worker_by_lua_block {
@@ -28,6 +28,13 @@ init_by_lua_block {
             if not ok then error(res) end
         end
     end
+    -- Prints a timed loop's seconds and the µs the runtime busy-polled during it.
+    function say_timed(f)
+        local grpc = require "resty.grpc_zc"
+        local p0 = grpc.stats().busy_polled_us
+        local secs = f()
+        ngx.say(secs, " ", grpc.stats().busy_polled_us - p0)
+    end
     function connect()
         local ok, conn = require("resty.grpc_zc").connect(ngx.var.arg_t)
         assert(ok, conn)
@@ -42,9 +49,11 @@ location /seq {
         local conn = connect()
         local n = tonumber(ngx.var.arg_n)
         calls(conn, WARMUP)
-        local t0 = bench_now()
-        calls(conn, n)
-        ngx.say(bench_now() - t0)
+        say_timed(function()
+            local t0 = bench_now()
+            calls(conn, n)
+            return bench_now() - t0
+        end)
     }
 }
 location /conc {
@@ -52,7 +61,9 @@ location /conc {
         -- c light threads of this request calling in a loop on one connection, n calls in all.
         local conn = connect()
         local c, n = tonumber(ngx.var.arg_c), tonumber(ngx.var.arg_n)
-        ngx.say(in_flight(c, n, WARMUP, function(k) calls(conn, k) end))
+        say_timed(function()
+            return in_flight(c, n, WARMUP, function(k) calls(conn, k) end)
+        end)
     }
 }
 "#;
@@ -90,11 +101,14 @@ pub fn query(sequential: bool, calls: usize) -> String {
     }
 }
 
-/// Seconds of a Lua request's timed loop, as Lua measured it.
-pub fn timed(nginx: &Nginx, server: &GrpcServer, query: &str) -> f64 {
+/// Seconds of a Lua request's timed loop, as Lua measured it, and the seconds its runtime
+/// busy-polled meanwhile (the warm-up's polling included in the in-flight case).
+pub fn timed(nginx: &Nginx, server: &GrpcServer, query: &str) -> (f64, f64) {
     let url = format!("{query}&t={}", server.addr());
     let text = nginx.get_ok(&url);
-    text.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{url}: {text}"))
+    let mut figures = text.split_whitespace().map(|f| f.parse::<f64>());
+    match (figures.next(), figures.next()) {
+        (Some(Ok(secs)), Some(Ok(polled_us))) => (secs, polled_us / 1e6),
+        _ => panic!("{url}: {text}"),
+    }
 }

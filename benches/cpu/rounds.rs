@@ -19,6 +19,8 @@ pub enum Client {
 #[derive(Debug, Clone)]
 pub struct Run {
     pub secs: f64,
+    /// Seconds the runtime busy-polled during the run (0 for the native clients).
+    pub polled: f64,
     pub client_cpu: f64,
     pub server_cpu: f64,
     /// CPU seconds per thread name of an nginx worker (threads of one name summed); empty for
@@ -57,7 +59,8 @@ pub fn interleave(
 
 /// Runs `f` (which returns the seconds of its timed loop) and measures what it cost `client`
 /// and the server.
-pub fn measure(client: Client, server: i32, f: impl FnOnce() -> f64) -> Run {
+/// One run: `f` returns the seconds of its timed loop and those it busy-polled.
+pub fn measure(client: Client, server: i32, f: impl FnOnce() -> (f64, f64)) -> Run {
     let proc_cpu = |pid: i32| cpu_seconds(pid).unwrap_or(f64::NAN);
     let client_cpu = || match client {
         Client::Worker(pid) => proc_cpu(pid),
@@ -68,10 +71,11 @@ pub fn measure(client: Client, server: i32, f: impl FnOnce() -> f64) -> Run {
         Client::ThisProcess => Vec::new(),
     };
     let (c0, s0, t0) = (client_cpu(), proc_cpu(server), threads());
-    let secs = f();
+    let (secs, polled) = f();
     let (c1, s1, t1) = (client_cpu(), proc_cpu(server), threads());
     Run {
         secs,
+        polled,
         client_cpu: c1 - c0,
         server_cpu: s1 - s0,
         threads: t1

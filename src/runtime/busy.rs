@@ -5,16 +5,19 @@
 //! needs no wake-up of a sleeping thread (35-70 µs between vCPUs on these VMs). Where the
 //! window sits is the plan, chosen once per poll thread from `busy_poll` ([`Plan::choose`]); the
 //! thread logs where it runs with it (its CPUs, the worker's, a cgroup CPU quota), on which no
-//! plan depends: polling from the last task measured best in every placement, under a quota
-//! too:
+//! plan depends:
 //!
-//! - **From the last task** (`busy_poll=adaptive`, the default, and `fixed`): poll from the
-//!   moment tasks were served for up to `busy_poll_us`. Each poll first yields the CPU
-//!   (`sched_yield`), so on a CPU shared with the worker and the server waiting this way costs
-//!   little. Under a cgroup CPU quota too: there polling was measured to save CPU, not spend
-//!   it (docs/benchmarks.md, "Busy polling under a CPU quota": with it off, each answer costs
-//!   the sleeping poll thread a wake-up, 3.2-3.6x the CPU per call at 16 and 64 calls in flight
-//!   under quotas of 1 and 0.5 CPU, and 3.3-3.7x the time). The quota is logged with the plan.
+//! - **Measured** (`busy_poll=adaptive`, the default): polls from the last task, as below, or
+//!   sleeps, whichever way measures cheaper as the loop runs: CPU of the whole process plus
+//!   the time answers wait, per answer, with the other way tried now and then (`trial.rs`).
+//!   Neither way wins everywhere on these VMs (docs/benchmarks.md, "Where polling from the
+//!   last task does not pay"), and the placement alone does not say which will.
+//! - **From the last task** (`busy_poll=fixed`): poll from the moment tasks were served for up
+//!   to `busy_poll_us`. Each poll first yields the CPU (`sched_yield`), so on a CPU shared with
+//!   the worker and the server waiting this way costs little. Under a cgroup CPU quota it was
+//!   measured to save CPU, not spend it (docs/benchmarks.md, "Busy polling under a CPU quota":
+//!   with it off, each answer costs the sleeping poll thread a wake-up, 3.2-3.6x the CPU per
+//!   call at 16 and 64 calls in flight under quotas of 1 and 0.5 CPU, and 3.3-3.7x the time).
 //! - **Ahead of the answer** (`busy_poll=ahead`, opt-in): the plan learns how long answers take
 //!   (from the last task to the first operation finishing: its 10 % and 90 % quantiles) and how
 //!   late its timer wakes it, sleeps until shortly before the early answers, and polls from
@@ -32,6 +35,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::trial::{Seen, Switched, Trial, Way};
 use crate::config::BusyPollMode;
 
 /// Most windows skipped after consecutive misses.
@@ -51,6 +55,7 @@ const INITIAL_LATENESS: Duration = Duration::from_micros(30);
 pub(super) enum Plan {
     Off,
     FromLastTask,
+    Measured,
     Ahead,
 }
 
@@ -60,7 +65,8 @@ impl Plan {
         match mode {
             _ if window.is_zero() => Plan::Off,
             BusyPollMode::Off => Plan::Off,
-            BusyPollMode::Fixed | BusyPollMode::Adaptive => Plan::FromLastTask,
+            BusyPollMode::Fixed => Plan::FromLastTask,
+            BusyPollMode::Adaptive => Plan::Measured,
             BusyPollMode::Ahead => Plan::Ahead,
         }
     }
@@ -69,6 +75,7 @@ impl Plan {
         match self {
             Plan::Off => "off",
             Plan::FromLastTask => "from the last task",
+            Plan::Measured => "measured (from the last task or sleeping, whichever costs less)",
             Plan::Ahead => "ahead of the answers",
         }
     }
@@ -152,6 +159,8 @@ pub(super) struct BusyPoll {
     lateness: Quantiles,
     /// When the timer was due, while it is armed.
     timer_due: Option<Instant>,
+    /// The measured plan's experiment.
+    trial: Option<Trial>,
 }
 
 impl BusyPoll {
@@ -170,6 +179,7 @@ impl BusyPoll {
             answer: Quantiles::default(),
             lateness: Quantiles::default(),
             timer_due: None,
+            trial: (plan == Plan::Measured).then(Trial::new),
         }
     }
 
@@ -178,19 +188,21 @@ impl BusyPoll {
     }
 
     /// Tasks were served: the last window is judged and a new one opens (or is skipped).
-    /// `finished`: operations finished so far; `first_finish`: when the first of them since
-    /// the last window opened finished, if one did.
-    pub(super) fn tasks_served(&mut self, finished: u64, first_finish: Option<Instant>) {
-        self.learn(finished, first_finish);
+    /// Returns the way the measured plan switched to, when it did.
+    pub(super) fn tasks_served(&mut self, seen: &Seen) -> Option<Switched> {
+        let finished = seen.finished;
+        self.learn(finished, seen.first_finish);
         if self.open && finished != self.finished_at_open && self.polling {
             self.hit();
         }
+        let switched = self.trial.as_mut().and_then(|t| t.seen(seen));
         self.opened = Instant::now();
         self.finished_at_open = finished;
         self.polling = false;
         self.timer_due = None;
         self.open = match self.plan {
             Plan::Off => false,
+            Plan::Measured if self.trial.as_ref().is_some_and(|t| t.way() == Way::Sleep) => false,
             _ if self.skip > 0 => {
                 self.skip -= 1;
                 false
@@ -198,6 +210,7 @@ impl BusyPoll {
             _ => true,
         };
         (self.start, self.end) = self.window_bounds();
+        switched
     }
 
     /// Where the next window polls, after its opening.
@@ -258,14 +271,17 @@ impl BusyPoll {
         }
     }
 
-    /// Nothing in flight any more: an open window served its purpose.
-    pub(super) fn all_done(&mut self, finished: u64, first_finish: Option<Instant>) {
-        self.learn(finished, first_finish);
+    /// Nothing in flight any more: an open window served its purpose. Returns the way the
+    /// measured plan switched to, when it did.
+    pub(super) fn all_done(&mut self, seen: &Seen) -> Option<Switched> {
+        let finished = seen.finished;
+        self.learn(finished, seen.first_finish);
         if self.open && finished != self.finished_at_open && self.polling {
             self.hit();
         }
         self.open = false;
         self.finished_at_open = finished;
+        self.trial.as_mut().and_then(|t| t.seen(seen))
     }
 
     /// Learns the answer time of the window that just ended from its first finished operation.
@@ -314,13 +330,22 @@ mod tests {
 
     const W: Duration = Duration::from_millis(2);
 
+    fn seen(finished: u64, first_finish: Option<Instant>) -> Seen {
+        Seen {
+            finished,
+            waited_ns: 0,
+            waited_sq_us: 0,
+            first_finish,
+        }
+    }
+
     fn fixed(window: Duration) -> BusyPoll {
         BusyPoll::new(Plan::FromLastTask, window)
     }
 
     /// Opens a window and lets it run out with nothing finished.
     fn miss(b: &mut BusyPoll, finished: u64) {
-        b.tasks_served(finished, None);
+        b.tasks_served(&seen(finished, None));
         while b.next(finished) == Next::Poll {
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -330,7 +355,7 @@ mod tests {
     fn plans_by_mode() {
         // Where the thread runs does not enter: under a quota, t/grpc.rs checks the plan.
         let w = Duration::from_micros(500);
-        assert_eq!(Plan::choose(BusyPollMode::Adaptive, w), Plan::FromLastTask);
+        assert_eq!(Plan::choose(BusyPollMode::Adaptive, w), Plan::Measured);
         assert_eq!(Plan::choose(BusyPollMode::Ahead, w), Plan::Ahead);
         assert_eq!(Plan::choose(BusyPollMode::Fixed, w), Plan::FromLastTask);
         assert_eq!(Plan::choose(BusyPollMode::Off, w), Plan::Off);
@@ -340,7 +365,7 @@ mod tests {
     #[test]
     fn polls_within_the_window_then_sleeps() {
         let mut b = fixed(W);
-        b.tasks_served(0, None);
+        b.tasks_served(&seen(0, None));
         assert_eq!(b.next(0), Next::Poll);
         std::thread::sleep(W + Duration::from_millis(1));
         assert_eq!(b.next(0), Next::Sleep, "the window is over");
@@ -352,26 +377,26 @@ mod tests {
         let mut b = fixed(W);
         miss(&mut b, 0);
         assert_eq!(b.skipping(), 1);
-        b.tasks_served(0, None);
+        b.tasks_served(&seen(0, None));
         assert_eq!(b.next(0), Next::Sleep, "skipped window");
         miss(&mut b, 0);
         assert_eq!(b.skipping(), 2);
         for _ in 0..2 {
-            b.tasks_served(0, None);
+            b.tasks_served(&seen(0, None));
             assert_eq!(b.next(0), Next::Sleep);
         }
         miss(&mut b, 0);
         assert_eq!(b.skipping(), 4);
         // Skipped windows are not judged: they keep the back-off as it is.
         for _ in 0..4 {
-            b.tasks_served(0, None);
-            b.all_done(1, Some(Instant::now()));
+            b.tasks_served(&seen(0, None));
+            b.all_done(&seen(1, Some(Instant::now())));
         }
         assert_eq!(b.skipping(), 0);
         // An answer inside an open window ends the back-off.
-        b.tasks_served(1, None);
+        b.tasks_served(&seen(1, None));
         assert_eq!(b.next(2), Next::Poll);
-        b.all_done(2, Some(Instant::now()));
+        b.all_done(&seen(2, Some(Instant::now())));
         miss(&mut b, 2);
         assert_eq!(b.skipping(), 1, "back to the first step");
     }
@@ -382,7 +407,7 @@ mod tests {
         for _ in 0..12 {
             miss(&mut b, 0);
             while b.skipping() > 0 {
-                b.tasks_served(0, None);
+                b.tasks_served(&seen(0, None));
             }
         }
         miss(&mut b, 0);
@@ -390,27 +415,41 @@ mod tests {
     }
 
     #[test]
+    fn measured_polls_from_the_last_task_unless_its_trial_sleeps() {
+        let mut b = BusyPoll::new(Plan::Measured, W);
+        b.tasks_served(&seen(0, None));
+        assert_eq!(b.next(0), Next::Poll);
+        b.trial.as_mut().unwrap().set_way(Way::Sleep);
+        b.tasks_served(&seen(0, None));
+        assert_eq!(b.next(0), Next::Sleep);
+        assert_eq!(b.skipping(), 0, "a window slept through is not a miss");
+        b.trial.as_mut().unwrap().set_way(Way::Poll);
+        b.tasks_served(&seen(0, None));
+        assert_eq!(b.next(0), Next::Poll);
+    }
+
+    #[test]
     fn off_never_polls() {
         let mut b = BusyPoll::new(Plan::Off, W);
-        b.tasks_served(0, None);
+        b.tasks_served(&seen(0, None));
         assert_eq!(b.next(0), Next::Sleep);
     }
 
     /// One window of the Ahead plan whose answer comes `took` after it opened (simulated by
     /// shifting `opened` back), seen while polling.
     fn answered_after(b: &mut BusyPoll, n: &mut u64, took: Duration) {
-        b.tasks_served(*n, None);
+        b.tasks_served(&seen(*n, None));
         b.opened -= took;
         b.polling = true;
         let at = b.opened + took;
         *n += 1;
-        b.all_done(*n, Some(at));
+        b.all_done(&seen(*n, Some(at)));
     }
 
     #[test]
     fn ahead_polls_from_the_start_until_it_has_learned() {
         let mut b = BusyPoll::new(Plan::Ahead, Duration::from_micros(500));
-        b.tasks_served(0, None);
+        b.tasks_served(&seen(0, None));
         assert_eq!(b.next(0), Next::Poll);
     }
 
@@ -421,7 +460,7 @@ mod tests {
         for _ in 0..40 {
             answered_after(&mut b, &mut n, Duration::from_micros(200));
         }
-        b.tasks_served(n, None);
+        b.tasks_served(&seen(n, None));
         let Next::SleepFor(after) = b.next(n) else {
             panic!("expected a planned sleep");
         };
@@ -444,7 +483,7 @@ mod tests {
         for _ in 0..40 {
             answered_after(&mut b, &mut n, Duration::from_millis(2));
         }
-        b.tasks_served(n, None);
+        b.tasks_served(&seen(n, None));
         assert_eq!(b.next(n), Next::Sleep);
     }
 
@@ -455,16 +494,16 @@ mod tests {
         for _ in 0..40 {
             answered_after(&mut b, &mut n, Duration::from_micros(30));
         }
-        b.tasks_served(n, None);
+        b.tasks_served(&seen(n, None));
         assert_eq!(b.next(n), Next::Poll);
     }
 
     #[test]
     fn answers_seen_after_sleeping_are_taken_one_wake_up_earlier() {
         let mut b = BusyPoll::new(Plan::Ahead, Duration::from_micros(500));
-        b.tasks_served(0, None);
+        b.tasks_served(&seen(0, None));
         let at = b.opened + Duration::from_micros(130);
-        b.all_done(1, Some(at));
+        b.all_done(&seen(1, Some(at)));
         // Not polling: 130 µs seen, 30 µs assumed lateness.
         assert_eq!(b.answer.lo(), Duration::from_micros(100));
     }

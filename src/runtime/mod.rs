@@ -11,6 +11,7 @@
 //! | `answer.rs` | how a task is answered: the rc codes and [`Answer`] |
 //! | `calls.rs` | the call table: which slots a call holds, and who frees them |
 //! | `busy.rs` | when the event loop busy-polls the network instead of sleeping |
+//! | `trial.rs` | the default plan's experiment: polling against sleeping, by cost per answer |
 //!
 //! ```text
 //! poll thread: task ─► Desc ─► claim request slot ─► verify envelope ─► command
@@ -26,6 +27,7 @@ mod calls;
 mod command;
 mod reply;
 mod serve;
+mod trial;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,6 +74,11 @@ pub struct Instance {
     io: OnceLock<tokio::runtime::Handle>,
     /// gRPC operations finished so far (busy polling judges its windows by it).
     finished: AtomicU64,
+    /// Their times from launch to finish, each capped at `busy_poll_us`, summed in ns (the
+    /// measured plan weighs them; only read and summed under it).
+    waited_ns: AtomicU64,
+    /// The sum of their squares, in µs² (the measured plan tells noise from a difference).
+    waited_sq_us: AtomicU64,
     /// Time the poll thread has spent busy-polling, in ns.
     busy_polled_ns: AtomicU64,
     /// When the first operation finished since busy polling last looked, in ns after
@@ -114,6 +121,8 @@ impl Instance {
             running: Mutex::new(HashMap::new()),
             io: OnceLock::new(),
             finished: AtomicU64::new(0),
+            waited_ns: AtomicU64::new(0),
+            waited_sq_us: AtomicU64::new(0),
             busy_polled_ns: AtomicU64::new(0),
             first_finish_ns: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
@@ -264,19 +273,43 @@ impl Instance {
         self.grpc.get().is_some_and(|g| g.cancel_stream(stream_id))
     }
 
-    /// How the poll thread busy-polls: `off`, `from the last task`, `ahead of the answers`
-    /// (None until its event loop has started).
+    /// How the poll thread busy-polls: `off`, `from the last task`, `measured (...)`, `ahead of
+    /// the answers` (None until its event loop has started).
     pub fn busy_plan(&self) -> Option<&'static str> {
         self.busy_plan.get().map(|p| p.name())
     }
 
-    /// An operation finished now. Only the `ahead` plan learns answer times (from the first
-    /// one to finish), so only it pays for reading the clock here.
-    fn finished_one(&self) {
+    /// When an operation launched now began, if the plan weighs how long operations wait
+    /// (only the measured plan pays for reading the clock).
+    fn launched_at(&self) -> Option<Instant> {
+        (self.busy_plan.get() == Some(&busy::Plan::Measured)).then(Instant::now)
+    }
+
+    /// An operation launched at `began` (see `launched_at`) finished now. Only the `ahead`
+    /// plan learns answer times (from the first one to finish), so only it pays for reading
+    /// the clock for that.
+    fn finished_one(&self, began: Option<Instant>) {
         self.finished.fetch_add(1, Ordering::Relaxed);
+        if let Some(began) = began {
+            let waited = began.elapsed().min(self.config.busy_poll);
+            let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+            self.waited_ns.fetch_add(ns, Ordering::Relaxed);
+            let us = ns / 1000;
+            self.waited_sq_us.fetch_add(us * us, Ordering::Relaxed);
+        }
         if self.busy_plan.get() == Some(&busy::Plan::Ahead) {
             let ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
             self.first_finish_ns.fetch_min(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// The counters busy polling judges by, as they stand (the first finish taken).
+    fn seen(&self) -> trial::Seen {
+        trial::Seen {
+            finished: self.finished.load(Ordering::Relaxed),
+            waited_ns: self.waited_ns.load(Ordering::Relaxed),
+            waited_sq_us: self.waited_sq_us.load(Ordering::Relaxed),
+            first_finish: self.take_first_finish(),
         }
     }
 

@@ -9,6 +9,8 @@
 //!                                                         gave up  ─► slot freed, RC_ABANDONED
 //! ```
 
+use std::time::Instant;
+
 use tonic::Status;
 
 use super::answer::{Answer, RC_ABANDONED, RC_BAD_REQUEST, RC_EXHAUSTED};
@@ -46,11 +48,17 @@ impl Instance {
         }
     }
 
-    /// A gRPC operation finished (on the event loop or a tokio thread): write the reply and
-    /// answer the task.
-    pub(super) fn grpc_done(&self, task: Task, req: &Handle, result: OpResult) {
+    /// A gRPC operation launched at `began` (when the plan weighs waits) finished (on the
+    /// event loop or a tokio thread): write the reply and answer the task.
+    pub(super) fn grpc_done(
+        &self,
+        task: Task,
+        req: &Handle,
+        result: OpResult,
+        began: Option<Instant>,
+    ) {
         self.running().remove(&calls::key(req));
-        self.finished_one();
+        self.finished_one(began);
         let opened = result.as_ref().map_or(0, |r| r.stream_id);
         let reply = match result {
             Ok(Received {

@@ -23,6 +23,7 @@ use super::answer::{Answer, RC_ABANDONED, RC_BAD_REQUEST};
 use super::busy::{BusyPoll, Next, Plan};
 use super::calls;
 use super::command::{Claimed, Delays, Run};
+use super::trial::Switched;
 use super::Instance;
 use crate::arena::Handle;
 use crate::grpc::Op;
@@ -99,6 +100,20 @@ impl Instance {
         };
         let _ = self.busy_plan.set(busy.plan());
         let finished = || self.finished.load(Ordering::Relaxed);
+        let switched = |s: Option<Switched>| {
+            if let Some(s) = s {
+                log!(
+                    Info,
+                    self.origin(),
+                    "busy polling: measured, now {} (per answer, CPU + waiting: polling {:.1} + {:.1} us, sleeping {:.1} + {:.1} us)",
+                    s.to.name(),
+                    s.poll.cpu / 1000.0,
+                    s.poll.waited / 1000.0,
+                    s.sleep.cpu / 1000.0,
+                    s.sleep.waited / 1000.0
+                );
+            }
+        };
         // Whether the loop last woke for its timer (not for a task).
         let mut woke_by_timer = false;
         let wakes = HeldWakes::hold();
@@ -118,13 +133,13 @@ impl Instance {
             }
             if served > 0 {
                 woke_by_timer = false;
-                busy.tasks_served(finished(), self.take_first_finish());
+                switched(busy.tasks_served(&self.seen()));
                 tokio::task::yield_now().await;
                 continue;
             }
             let mut sleep_for = None;
             if self.idle() {
-                busy.all_done(finished(), self.take_first_finish());
+                switched(busy.all_done(&self.seen()));
                 // A timer that fired after its answer came is no reason to wait for a task.
                 if !woke_by_timer && queue.spin_poll() {
                     continue;
@@ -280,9 +295,10 @@ impl Instance {
             }
         };
         let inst = Arc::clone(self);
+        let began = self.launched_at();
         // Registered before the operation can finish: grpc_done takes it out.
         let mut running = self.running();
-        let abort = grpc.start(op, move |result| inst.grpc_done(task, &req, result));
+        let abort = grpc.start(op, move |result| inst.grpc_done(task, &req, result, began));
         running.insert(calls::key(&req), abort);
     }
 

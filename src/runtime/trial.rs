@@ -1,0 +1,478 @@
+//! The adaptive plan's experiment (`busy_poll = "adaptive"`): polling from the last task against
+//! sleeping, judged by what each way costs per answer, measured as the loop runs.
+//!
+//! No rule read from the placement predicts which way is cheaper: on these VMs polling made
+//! calls 3.7x faster at 41 % of the CPU under a CPU quota, broke even on sequential calls with
+//! a CPU to spare, and lost on one CPU shared with the server (+49 µs a sequential call, and
+//! CPU) (docs/benchmarks.md, "Where polling from the last task does not pay"). So the plan
+//! measures both:
+//!
+//! - Answers are served in stretches of one way. A stretch's **cost per answer** is the CPU
+//!   the whole process (every thread of the nginx worker) spent during it, plus the time its
+//!   operations took from launch to being seen finished, each capped at the window
+//!   (`busy_poll_us`: polling cannot make a slower answer sooner), over its answers. One µs of
+//!   CPU weighs as much as one µs an answer waits: polling must save at least the CPU it
+//!   spends. A difference in waits counts only where it stands out of their noise (more
+//!   than twice the standard error of the difference of the two means): answers that take
+//!   20 ms from a server whose timer ticks in milliseconds vary by more than a CPU's worth of
+//!   polling, and there the CPU decides alone.
+//! - The way that measured cheaper serves [`STRETCH`]-answer stretches; between them, after a
+//!   gap, the other way is tried for a [`TRY`]-answer stretch. A try that costs less, by more
+//!   than [`MARGIN`] of the chosen way's CPU so that noise does not flip the choice, takes
+//!   over (the margin is taken of the CPU, not of the whole cost: where answers wait 20 ms, a
+//!   way that spends 300 µs of CPU more for nothing is only 1.5 % dearer in all). A try that
+//!   loses doubles the gap, up to [`MAX_GAP`] stretches, so a way that keeps losing is tried
+//!   on about one answer in 130. When the chosen way's CPU or waits move by more than
+//!   [`CHANGE`] (the load or the placement changed), the other way is tried after the next
+//!   stretch.
+//!
+//! It sees the worker's CPU and the answers' waits, not the server's CPU: where polling slows
+//! a server that shares its CPU, that shows as answers that wait longer.
+
+use std::time::{Duration, Instant};
+
+/// Answers in a stretch of the chosen way, and in a try of the other.
+pub(super) const STRETCH: u64 = 512;
+pub(super) const TRY: u64 = 128;
+/// Stretches of the chosen way between tries: at first, and at most.
+const MIN_GAP: u32 = 2;
+pub(super) const MAX_GAP: u32 = 32;
+/// A try takes over when it costs less than the chosen way by this share of the chosen way's
+/// CPU per answer.
+const MARGIN: f64 = 0.05;
+/// The chosen way's CPU or waits per answer moved by this much against their averages: try the
+/// other soon.
+const CHANGE: f64 = 0.3;
+
+/// How the loop waits for answers while operations are in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Way {
+    Poll,
+    Sleep,
+}
+
+impl Way {
+    fn other(self) -> Way {
+        match self {
+            Way::Poll => Way::Sleep,
+            Way::Sleep => Way::Poll,
+        }
+    }
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Way::Poll => "polling from the last task",
+            Way::Sleep => "sleeping",
+        }
+    }
+}
+
+/// The counters a stretch is measured by, as the loop last read them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Seen {
+    /// Operations finished so far.
+    pub finished: u64,
+    /// Their times from launch to finish, each capped at the window, summed, in ns; and the
+    /// sum of their squares, in µs².
+    pub waited_ns: u64,
+    pub waited_sq_us: u64,
+    /// When the first of them since the last read finished, if one did (the ahead plan's).
+    pub first_finish: Option<Instant>,
+}
+
+/// What a way costs per answer, in ns: the process's CPU, and how long answers waited (the
+/// mean, and its standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(super) struct Cost {
+    pub cpu: f64,
+    pub waited: f64,
+    pub waited_se: f64,
+}
+
+impl Cost {
+    /// How much more `self` costs than `other` (negative: less): the CPU, plus the waits
+    /// where they differ by more than twice the standard error of their difference.
+    fn more_than(self, other: Cost) -> f64 {
+        let waits = self.waited - other.waited;
+        let noise = 2.0 * self.waited_se.hypot(other.waited_se);
+        let waits = if waits.abs() > noise { waits } else { 0.0 };
+        self.cpu - other.cpu + waits
+    }
+
+    /// `self` moved from `avg` by more than [`CHANGE`] in its CPU or its waits.
+    fn moved_from(self, avg: Cost) -> bool {
+        (self.cpu - avg.cpu).abs() > CHANGE * avg.cpu
+            || (self.waited - avg.waited).abs() > CHANGE * avg.waited
+    }
+
+    fn blend(self, weight: f64, new: Cost) -> Cost {
+        Cost {
+            cpu: (1.0 - weight) * self.cpu + weight * new.cpu,
+            waited: (1.0 - weight) * self.waited + weight * new.waited,
+            waited_se: (1.0 - weight) * self.waited_se + weight * new.waited_se,
+        }
+    }
+}
+
+/// A try that changed the way, with what both ways cost per answer: for the log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Switched {
+    pub to: Way,
+    pub poll: Cost,
+    pub sleep: Cost,
+}
+
+/// Where a stretch began.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    finished: u64,
+    waited_ns: u64,
+    waited_sq_us: u64,
+    cpu: Duration,
+}
+
+pub(super) struct Trial {
+    /// The way the loop waits in this stretch.
+    way: Way,
+    /// The way that measured cheaper.
+    chosen: Way,
+    /// Cost per answer by way: the chosen way's a running average, the other's its last try.
+    cost: [Option<Cost>; 2],
+    /// Where this stretch began; `None` until the first (warm-up) stretch ended.
+    from: Option<Mark>,
+    /// Answers of the warm-up stretch (connections opening, code warming), not judged.
+    warm_up_until: u64,
+    /// Stretches of the chosen way left before the next try, and the gap after it.
+    left: u32,
+    gap: u32,
+    /// The process's CPU time so far (tests give their own).
+    cpu_clock: fn() -> Option<Duration>,
+}
+
+impl Trial {
+    pub(super) fn new() -> Trial {
+        Trial::with_clock(crate::cpu::process_cpu_time)
+    }
+
+    fn with_clock(cpu_clock: fn() -> Option<Duration>) -> Trial {
+        Trial {
+            way: Way::Poll,
+            chosen: Way::Poll,
+            cost: [None, None],
+            from: None,
+            warm_up_until: STRETCH,
+            left: 1,
+            gap: MIN_GAP,
+            cpu_clock,
+        }
+    }
+
+    /// The way the loop waits now.
+    pub(super) fn way(&self) -> Way {
+        self.way
+    }
+
+    /// The loop read its counters (after serving tasks, or with nothing in flight): a stretch
+    /// that has its answers is judged. Returns the new way when a try took over.
+    pub(super) fn seen(&mut self, seen: &Seen) -> Option<Switched> {
+        let Some(from) = self.from else {
+            if seen.finished >= self.warm_up_until {
+                self.from = self.mark(seen);
+            }
+            return None;
+        };
+        let answers = seen.finished.saturating_sub(from.finished);
+        let wanted = if self.way == self.chosen {
+            STRETCH
+        } else {
+            TRY
+        };
+        if answers < wanted {
+            return None;
+        }
+        let now = self.mark(seen)?;
+        let cpu = now.cpu.saturating_sub(from.cpu).as_nanos() as f64;
+        let waited = now.waited_ns.saturating_sub(from.waited_ns) as f64;
+        let squares = now.waited_sq_us.saturating_sub(from.waited_sq_us) as f64 * 1e6;
+        self.from = Some(now);
+        let n = answers as f64;
+        let mean = waited / n;
+        let variance = (squares / n - mean * mean).max(0.0);
+        self.judge(Cost {
+            cpu: cpu / n,
+            waited: mean,
+            waited_se: (variance / n).sqrt(),
+        })
+    }
+
+    fn mark(&self, seen: &Seen) -> Option<Mark> {
+        Some(Mark {
+            finished: seen.finished,
+            waited_ns: seen.waited_ns,
+            waited_sq_us: seen.waited_sq_us,
+            cpu: (self.cpu_clock)()?,
+        })
+    }
+
+    /// A stretch of `self.way` cost `cost` per answer.
+    fn judge(&mut self, cost: Cost) -> Option<Switched> {
+        let i = self.way as usize;
+        if self.way == self.chosen {
+            self.cost[i] = Some(match self.cost[i] {
+                Some(avg) if cost.moved_from(avg) => {
+                    // What the chosen way costs moved: the other may be cheaper now. The
+                    // average starts again from this stretch.
+                    self.gap = MIN_GAP;
+                    self.left = self.left.min(1);
+                    cost
+                }
+                Some(avg) => avg.blend(0.25, cost),
+                None => cost,
+            });
+            self.left = self.left.saturating_sub(1);
+            if self.left == 0 {
+                self.way = self.chosen.other();
+            }
+            return None;
+        }
+        // A try of the other way.
+        self.cost[i] = Some(cost);
+        let chosen = self.cost[self.chosen as usize];
+        let switched = match chosen {
+            Some(c) if cost.more_than(c) < -MARGIN * c.cpu => {
+                self.chosen = self.way;
+                self.gap = MIN_GAP;
+                true
+            }
+            _ => {
+                self.way = self.chosen;
+                self.gap = (self.gap * 2).min(MAX_GAP);
+                false
+            }
+        };
+        self.left = self.gap;
+        switched.then(|| Switched {
+            to: self.chosen,
+            poll: self.cost[Way::Poll as usize].unwrap_or_default(),
+            sleep: self.cost[Way::Sleep as usize].unwrap_or_default(),
+        })
+    }
+
+    /// Puts the loop in `way` for this stretch (tests).
+    #[cfg(test)]
+    pub(super) fn set_way(&mut self, way: Way) {
+        self.way = way;
+    }
+
+    /// Cost per answer of a way, as last measured (tests).
+    #[cfg(test)]
+    fn cost(&self, way: Way) -> Option<Cost> {
+        self.cost[way as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// The CPU clock the tests drive.
+        static CPU: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    }
+
+    fn clock() -> Option<Duration> {
+        Some(CPU.with(Cell::get))
+    }
+
+    /// A load where polling costs `poll` µs per answer (CPU and waiting half each) and
+    /// sleeping `sleep`, or the CPU and waits of `by_way` when set, and answers wait `wait`
+    /// µs more either way, give or take up to `jitter` µs (uniformly); answers are counted as
+    /// the loop would count them.
+    struct Load {
+        t: Trial,
+        seen: Seen,
+        poll: f64,
+        sleep: f64,
+        by_way: Option<[(f64, f64); 2]>,
+        wait: f64,
+        jitter: f64,
+        rng: fastrand::Rng,
+        /// Answers served each way.
+        served: [u64; 2],
+        switches: Vec<Switched>,
+    }
+
+    impl Load {
+        fn new(poll: f64, sleep: f64) -> Load {
+            CPU.with(|c| c.set(Duration::ZERO));
+            Load {
+                t: Trial::with_clock(clock),
+                seen: Seen::default(),
+                poll,
+                sleep,
+                by_way: None,
+                wait: 0.0,
+                jitter: 0.0,
+                rng: fastrand::Rng::with_seed(11),
+                served: [0, 0],
+                switches: Vec::new(),
+            }
+        }
+
+        /// `n` answers, 16 at a time (a batch of tasks served).
+        fn run(&mut self, n: u64) {
+            for _ in 0..n / 16 {
+                let way = self.t.way();
+                let (cpu, waits) = match (self.by_way, way) {
+                    (Some(w), _) => w[way as usize],
+                    (None, Way::Poll) => (self.poll / 2.0, self.poll / 2.0),
+                    (None, Way::Sleep) => (self.sleep / 2.0, self.sleep / 2.0),
+                };
+                CPU.with(|c| c.set(c.get() + Duration::from_nanos((cpu * 1000.0 * 16.0) as u64)));
+                for _ in 0..16 {
+                    let jitter = (self.rng.f64() * 2.0 - 1.0) * self.jitter;
+                    let us = waits + self.wait + jitter;
+                    self.seen.waited_ns += (us * 1000.0) as u64;
+                    self.seen.waited_sq_us += (us * us) as u64;
+                }
+                self.seen.finished += 16;
+                self.served[way as usize] += 16;
+                if let Some(s) = self.t.seen(&self.seen) {
+                    self.switches.push(s);
+                }
+            }
+        }
+
+        /// The share of answers served sleeping.
+        fn slept(&self) -> f64 {
+            self.served[Way::Sleep as usize] as f64 / (self.served[0] + self.served[1]) as f64
+        }
+    }
+
+    #[test]
+    fn keeps_polling_where_it_is_cheaper_and_tries_sleeping_ever_less_often() {
+        let mut l = Load::new(40.0, 120.0);
+        l.run(STRETCH);
+        assert_eq!(l.t.way(), Way::Poll, "the warm-up stretch polls");
+        l.run(400_000);
+        assert_eq!(l.t.chosen, Way::Poll);
+        assert!(l.switches.is_empty(), "{:?}", l.switches);
+        // Tries of sleeping, at most one TRY per MAX_GAP stretches once the gap has grown.
+        let bound = TRY as f64 / (TRY + MAX_GAP as u64 * STRETCH) as f64;
+        assert!(l.slept() < 2.0 * bound, "slept {}", l.slept());
+        assert!(l.slept() > 0.0, "sleeping was never tried");
+        let poll = l.t.cost(Way::Poll).unwrap();
+        let poll = poll.cpu + poll.waited;
+        assert!((poll - 40_000.0).abs() < 1.0, "poll cost {poll}");
+    }
+
+    #[test]
+    fn sleeps_where_sleeping_is_cheaper() {
+        let mut l = Load::new(90.0, 60.0);
+        l.run(STRETCH + STRETCH + TRY);
+        assert_eq!(l.t.chosen, Way::Sleep, "the first try takes over");
+        assert_eq!(
+            l.switches,
+            vec![Switched {
+                to: Way::Sleep,
+                poll: Cost {
+                    cpu: 45_000.0,
+                    waited: 45_000.0,
+                    waited_se: 0.0
+                },
+                sleep: Cost {
+                    cpu: 30_000.0,
+                    waited: 30_000.0,
+                    waited_se: 0.0
+                },
+            }]
+        );
+        l.run(400_000);
+        assert_eq!(l.switches.len(), 1, "{:?}", l.switches);
+        assert!(l.slept() > 0.97, "slept {}", l.slept());
+    }
+
+    #[test]
+    fn a_try_within_the_margin_does_not_take_over() {
+        // 2 µs less, within 5 % of polling's 50 µs of CPU.
+        let mut l = Load::new(100.0, 98.0);
+        l.run(100_000);
+        assert!(l.switches.is_empty(), "{:?}", l.switches);
+        assert_eq!(l.t.chosen, Way::Poll);
+    }
+
+    #[test]
+    fn cpu_spent_for_nothing_counts_where_answers_wait_long() {
+        // Answers wait 20 ms either way; polling costs 600 µs more per answer (300 of CPU),
+        // 3 % of the whole cost: sleeping takes over.
+        let mut l = Load::new(700.0, 100.0);
+        l.wait = 20_000.0;
+        l.run(STRETCH + STRETCH + TRY);
+        assert_eq!(l.t.chosen, Way::Sleep, "{:?}", l.switches);
+    }
+
+    #[test]
+    fn waits_count_only_out_of_their_noise() {
+        let cost = |cpu: f64, waited: f64, waited_se: f64| Cost {
+            cpu,
+            waited,
+            waited_se,
+        };
+        // 400 µs longer waits, with standard errors of 250 µs each (2 of their difference:
+        // 707 µs): noise; the 400 µs of CPU less decide.
+        let poll = cost(450.0, 20_000.0, 250.0);
+        let sleep = cost(50.0, 20_400.0, 250.0);
+        assert_eq!(sleep.more_than(poll), -400.0);
+        // The same difference measured to 50 µs counts.
+        let poll = cost(450.0, 20_000.0, 50.0);
+        let sleep = cost(50.0, 20_400.0, 50.0);
+        assert_eq!(sleep.more_than(poll), 0.0);
+        assert_eq!(poll.more_than(sleep), 0.0);
+    }
+
+    #[test]
+    fn waits_shortened_beyond_their_noise_buy_polling_its_cpu() {
+        // Answers take 20 ms ± 5 ms either way (a server's millisecond timer, a loaded
+        // machine), 2 ms longer sleeping; polling spends 400 µs of CPU more.
+        for seed in 0..20 {
+            let mut l = Load::new(0.0, 0.0);
+            l.by_way = Some([(450.0, 0.0), (50.0, 2_000.0)]);
+            l.rng = fastrand::Rng::with_seed(seed);
+            l.wait = 20_000.0;
+            l.jitter = 5_000.0;
+            l.run(STRETCH + STRETCH + TRY);
+            assert_eq!(l.t.chosen, Way::Poll, "seed {seed}: {:?}", l.t.cost);
+        }
+    }
+
+    #[test]
+    fn follows_a_change_of_load() {
+        let mut l = Load::new(40.0, 120.0);
+        l.run(200_000);
+        assert_eq!(l.t.chosen, Way::Poll);
+        // Polling turns dear (the server now shares the poll thread's CPU): the change in its
+        // cost brings a try of sleeping after the next stretch, and sleeping takes over.
+        l.poll = 200.0;
+        l.run(3 * STRETCH);
+        assert_eq!(l.t.chosen, Way::Sleep);
+        assert_eq!(l.switches.len(), 1);
+        // And back.
+        l.poll = 40.0;
+        l.sleep = 200.0;
+        l.run(3 * STRETCH);
+        assert_eq!(l.t.chosen, Way::Poll);
+        assert_eq!(l.switches.len(), 2);
+    }
+
+    #[test]
+    fn without_a_cpu_clock_it_keeps_polling() {
+        let mut t = Trial::with_clock(|| None);
+        let mut seen = Seen::default();
+        for _ in 0..1000 {
+            seen.finished += 16;
+            assert_eq!(t.seen(&seen), None);
+        }
+        assert_eq!(t.way(), Way::Poll);
+    }
+}
