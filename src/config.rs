@@ -31,10 +31,10 @@ pub struct Config {
 /// `busy_poll`: how the poll thread places its busy-polling windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BusyPollMode {
-    /// The default: from the last task, with the back-off, in every placement (a CPU quota
-    /// included, where polling measured cheaper than sleeping).
+    /// The default: from the last task, with the back-off, or not at all, whichever way
+    /// measures cheaper per answer as the loop runs (`runtime/trial.rs`).
     Adaptive,
-    /// From the last task, for the whole `busy_poll_us`.
+    /// Always from the last task, for the whole `busy_poll_us`, with the back-off.
     Fixed,
     /// Ahead of the learned answer times, woken by a timer.
     Ahead,

@@ -336,6 +336,7 @@ mod tests {
             waited_ns: 0,
             waited_sq_us: 0,
             first_finish,
+            in_flight: 0,
         }
     }
 

@@ -305,7 +305,9 @@ impl Instance {
 
     /// The counters busy polling judges by, as they stand (the first finish taken).
     fn seen(&self) -> trial::Seen {
+        let measured = self.busy_plan.get() == Some(&busy::Plan::Measured);
         trial::Seen {
+            in_flight: if measured { self.running().len() } else { 0 },
             finished: self.finished.load(Ordering::Relaxed),
             waited_ns: self.waited_ns.load(Ordering::Relaxed),
             waited_sq_us: self.waited_sq_us.load(Ordering::Relaxed),

@@ -72,7 +72,8 @@ impl Instance {
     /// runs the gRPC calls they start, and waits on the host's eventfd when there is nothing
     /// to do. Before it sleeps it spins: while no gRPC operation is in flight, for the next
     /// task, as the blocking poll does (`poll_spin_us`); while some are, it busy-polls the
-    /// network as its plan says (`busy.rs`): from the last task, or from a timer set shortly
+    /// network as its plan says (`busy.rs`): from the last task (always, or when measured
+    /// cheaper than sleeping: `trial.rs`), or from a timer set shortly
     /// before the answers it expects.
     async fn serve_async(self: &Arc<Self>, mut queue: TaskQueue) {
         let readable = match queue.readable() {

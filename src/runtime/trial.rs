@@ -17,12 +17,13 @@
 //!   20 ms from a server whose timer ticks in milliseconds vary by more than a CPU's worth of
 //!   polling, and there the CPU decides alone.
 //! - The way that measured cheaper serves [`STRETCH`]-answer stretches; between them, after a
-//!   gap, the other way is tried for a [`TRY`]-answer stretch. A try that costs less, by more
+//!   gap, the other way is tried for a [`TRY`]-answer stretch. After each change of way, the
+//!   answers of calls launched the old way settle unmeasured first. A try that costs less, by more
 //!   than [`MARGIN`] of the chosen way's CPU so that noise does not flip the choice, takes
 //!   over (the margin is taken of the CPU, not of the whole cost: where answers wait 20 ms, a
 //!   way that spends 300 µs of CPU more for nothing is only 1.5 % dearer in all). A try that
-//!   loses doubles the gap, up to [`MAX_GAP`] stretches, so a way that keeps losing is tried
-//!   on about one answer in 130. When the chosen way's CPU or waits move by more than
+//!   loses doubles the gap, up to [`MAX_GAP`] stretches, so a way that keeps losing serves
+//!   about one answer in 40. When the chosen way's CPU or waits move by more than
 //!   [`CHANGE`] (the load or the placement changed), the other way is tried after the next
 //!   stretch.
 //!
@@ -31,18 +32,24 @@
 
 use std::time::{Duration, Instant};
 
-/// Answers in a stretch of the chosen way, and in a try of the other.
+/// Answers measured in a stretch of the chosen way, and in a try of the other.
 pub(super) const STRETCH: u64 = 512;
-pub(super) const TRY: u64 = 128;
+pub(super) const TRY: u64 = 256;
+/// After the way changes, answers that are not measured: those of calls launched the old way
+/// (twice the calls in flight at the change), at least this many, at most `MAX_SETTLE`. At 64
+/// calls in flight the first answers of a try otherwise carry the old way's state: tries of
+/// sleeping after polling measured 30-55 µs of CPU a call on one CPU where sleeping costs 91.
+const MIN_SETTLE: u64 = 64;
+const MAX_SETTLE: u64 = 4096;
 /// Stretches of the chosen way between tries: at first, and at most.
 const MIN_GAP: u32 = 2;
 pub(super) const MAX_GAP: u32 = 32;
 /// A try takes over when it costs less than the chosen way by this share of the chosen way's
 /// CPU per answer.
-const MARGIN: f64 = 0.05;
+const MARGIN: f64 = 0.1;
 /// The chosen way's CPU or waits per answer moved by this much against their averages: try the
 /// other soon.
-const CHANGE: f64 = 0.3;
+const CHANGE: f64 = 0.5;
 
 /// How the loop waits for answers while operations are in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +85,8 @@ pub(super) struct Seen {
     pub waited_sq_us: u64,
     /// When the first of them since the last read finished, if one did (the ahead plan's).
     pub first_finish: Option<Instant>,
+    /// Operations in flight now.
+    pub in_flight: usize,
 }
 
 /// What a way costs per answer, in ns: the process's CPU, and how long answers waited (the
@@ -138,10 +147,11 @@ pub(super) struct Trial {
     chosen: Way,
     /// Cost per answer by way: the chosen way's a running average, the other's its last try.
     cost: [Option<Cost>; 2],
-    /// Where this stretch began; `None` until the first (warm-up) stretch ended.
+    /// Where this stretch's measure began; `None` while it settles.
     from: Option<Mark>,
-    /// Answers of the warm-up stretch (connections opening, code warming), not judged.
-    warm_up_until: u64,
+    /// Until this many operations finished, the stretch settles (at the start: a warm-up,
+    /// connections opening and code warming).
+    settle_until: u64,
     /// Stretches of the chosen way left before the next try, and the gap after it.
     left: u32,
     gap: u32,
@@ -160,7 +170,7 @@ impl Trial {
             chosen: Way::Poll,
             cost: [None, None],
             from: None,
-            warm_up_until: STRETCH,
+            settle_until: STRETCH,
             left: 1,
             gap: MIN_GAP,
             cpu_clock,
@@ -176,7 +186,7 @@ impl Trial {
     /// that has its answers is judged. Returns the new way when a try took over.
     pub(super) fn seen(&mut self, seen: &Seen) -> Option<Switched> {
         let Some(from) = self.from else {
-            if seen.finished >= self.warm_up_until {
+            if seen.finished >= self.settle_until {
                 self.from = self.mark(seen);
             }
             return None;
@@ -198,11 +208,18 @@ impl Trial {
         let n = answers as f64;
         let mean = waited / n;
         let variance = (squares / n - mean * mean).max(0.0);
-        self.judge(Cost {
+        let was = self.way;
+        let switched = self.judge(Cost {
             cpu: cpu / n,
             waited: mean,
             waited_se: (variance / n).sqrt(),
-        })
+        });
+        if self.way != was {
+            let settle = (2 * seen.in_flight as u64).clamp(MIN_SETTLE, MAX_SETTLE);
+            self.from = None;
+            self.settle_until = seen.finished + settle;
+        }
+        switched
     }
 
     fn mark(&self, seen: &Seen) -> Option<Mark> {
@@ -275,6 +292,10 @@ impl Trial {
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    /// Answers until the first try has been judged: the warm-up, a stretch, the try's
+    /// settling and the try.
+    const FIRST_TRY: u64 = STRETCH + STRETCH + MIN_SETTLE + TRY;
 
     thread_local! {
         /// The CPU clock the tests drive.
@@ -370,7 +391,7 @@ mod tests {
     #[test]
     fn sleeps_where_sleeping_is_cheaper() {
         let mut l = Load::new(90.0, 60.0);
-        l.run(STRETCH + STRETCH + TRY);
+        l.run(FIRST_TRY);
         assert_eq!(l.t.chosen, Way::Sleep, "the first try takes over");
         assert_eq!(
             l.switches,
@@ -408,7 +429,7 @@ mod tests {
         // 3 % of the whole cost: sleeping takes over.
         let mut l = Load::new(700.0, 100.0);
         l.wait = 20_000.0;
-        l.run(STRETCH + STRETCH + TRY);
+        l.run(FIRST_TRY);
         assert_eq!(l.t.chosen, Way::Sleep, "{:?}", l.switches);
     }
 
@@ -441,7 +462,7 @@ mod tests {
             l.rng = fastrand::Rng::with_seed(seed);
             l.wait = 20_000.0;
             l.jitter = 5_000.0;
-            l.run(STRETCH + STRETCH + TRY);
+            l.run(FIRST_TRY);
             assert_eq!(l.t.chosen, Way::Poll, "seed {seed}: {:?}", l.t.cost);
         }
     }
