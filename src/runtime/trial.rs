@@ -12,7 +12,11 @@
 //!   operations took from launch to being seen finished, each capped at the window
 //!   (`busy_poll_us`: polling cannot make a slower answer sooner), over its answers. One µs of
 //!   CPU weighs as much as one µs an answer waits: polling must save at least the CPU it
-//!   spends. A difference in waits counts only where it stands out of their noise (more
+//!   spends. A way that gives more answers a second (by [`DOMINANT`]) for no more CPU an
+//!   answer wins outright, whatever the waits say: at 64 calls in flight on one CPU, sleeping
+//!   starved the nginx thread, so fewer calls reached the runtime, and the ones that did
+//!   waited less (264 µs against 487) while calls took 2.6x as long. A difference in waits
+//!   counts only where it stands out of their noise (more
 //!   than twice the standard error of the difference of the two means): answers that take
 //!   20 ms from a server whose timer ticks in milliseconds vary by more than a CPU's worth of
 //!   polling, and there the CPU decides alone.
@@ -47,6 +51,9 @@ pub(super) const MAX_GAP: u32 = 32;
 /// A try takes over when it costs less than the chosen way by this share of the chosen way's
 /// CPU per answer.
 const MARGIN: f64 = 0.1;
+/// A way whose answers come this much closer together (wall time per answer) for no more CPU
+/// per answer is the cheaper, whatever the waits.
+const DOMINANT: f64 = 0.1;
 /// The chosen way's CPU or waits per answer moved by this much against their averages: try the
 /// other soon.
 const CHANGE: f64 = 0.5;
@@ -89,16 +96,28 @@ pub(super) struct Seen {
     pub in_flight: usize,
 }
 
-/// What a way costs per answer, in ns: the process's CPU, and how long answers waited (the
-/// mean, and its standard error).
+/// What a way costs per answer, in ns: the process's CPU, how long answers waited (the mean,
+/// and its standard error), and the wall time per answer (how far apart they came).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub(super) struct Cost {
     pub cpu: f64,
     pub waited: f64,
     pub waited_se: f64,
+    pub wall: f64,
 }
 
 impl Cost {
+    /// `self` gives answers faster, by [`DOMINANT`], for no more CPU per answer than `other`.
+    fn dominates(self, other: Cost) -> bool {
+        self.wall < other.wall * (1.0 - DOMINANT) && self.cpu <= other.cpu
+    }
+
+    /// `self` is cheaper than `other` by the margin.
+    fn beats(self, other: Cost) -> bool {
+        self.dominates(other)
+            || !other.dominates(self) && self.more_than(other) < -MARGIN * other.cpu
+    }
+
     /// How much more `self` costs than `other` (negative: less): the CPU, plus the waits
     /// where they differ by more than twice the standard error of their difference.
     fn more_than(self, other: Cost) -> f64 {
@@ -119,6 +138,7 @@ impl Cost {
             cpu: (1.0 - weight) * self.cpu + weight * new.cpu,
             waited: (1.0 - weight) * self.waited + weight * new.waited,
             waited_se: (1.0 - weight) * self.waited_se + weight * new.waited_se,
+            wall: (1.0 - weight) * self.wall + weight * new.wall,
         }
     }
 }
@@ -138,6 +158,15 @@ struct Mark {
     waited_ns: u64,
     waited_sq_us: u64,
     cpu: Duration,
+    wall: Duration,
+}
+
+/// The process's CPU time and a monotonic wall time, or `None` when the CPU clock cannot be
+/// read.
+fn clocks() -> Option<(Duration, Duration)> {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let wall = BASE.get_or_init(Instant::now).elapsed();
+    Some((crate::cpu::process_cpu_time()?, wall))
 }
 
 pub(super) struct Trial {
@@ -155,16 +184,16 @@ pub(super) struct Trial {
     /// Stretches of the chosen way left before the next try, and the gap after it.
     left: u32,
     gap: u32,
-    /// The process's CPU time so far (tests give their own).
-    cpu_clock: fn() -> Option<Duration>,
+    /// The process's CPU time and the wall time so far ([`clocks`]; tests give their own).
+    clock: fn() -> Option<(Duration, Duration)>,
 }
 
 impl Trial {
     pub(super) fn new() -> Trial {
-        Trial::with_clock(crate::cpu::process_cpu_time)
+        Trial::with_clock(clocks)
     }
 
-    fn with_clock(cpu_clock: fn() -> Option<Duration>) -> Trial {
+    fn with_clock(clock: fn() -> Option<(Duration, Duration)>) -> Trial {
         Trial {
             way: Way::Poll,
             chosen: Way::Poll,
@@ -173,7 +202,7 @@ impl Trial {
             settle_until: STRETCH,
             left: 1,
             gap: MIN_GAP,
-            cpu_clock,
+            clock,
         }
     }
 
@@ -202,6 +231,7 @@ impl Trial {
         }
         let now = self.mark(seen)?;
         let cpu = now.cpu.saturating_sub(from.cpu).as_nanos() as f64;
+        let wall = now.wall.saturating_sub(from.wall).as_nanos() as f64;
         let waited = now.waited_ns.saturating_sub(from.waited_ns) as f64;
         let squares = now.waited_sq_us.saturating_sub(from.waited_sq_us) as f64 * 1e6;
         self.from = Some(now);
@@ -213,6 +243,7 @@ impl Trial {
             cpu: cpu / n,
             waited: mean,
             waited_se: (variance / n).sqrt(),
+            wall: wall / n,
         });
         if self.way != was {
             let settle = (2 * seen.in_flight as u64).clamp(MIN_SETTLE, MAX_SETTLE);
@@ -223,11 +254,13 @@ impl Trial {
     }
 
     fn mark(&self, seen: &Seen) -> Option<Mark> {
+        let (cpu, wall) = (self.clock)()?;
         Some(Mark {
             finished: seen.finished,
             waited_ns: seen.waited_ns,
             waited_sq_us: seen.waited_sq_us,
-            cpu: (self.cpu_clock)()?,
+            cpu,
+            wall,
         })
     }
 
@@ -256,7 +289,7 @@ impl Trial {
         self.cost[i] = Some(cost);
         let chosen = self.cost[self.chosen as usize];
         let switched = match chosen {
-            Some(c) if cost.more_than(c) < -MARGIN * c.cpu => {
+            Some(c) if cost.beats(c) => {
                 self.chosen = self.way;
                 self.gap = MIN_GAP;
                 true
@@ -300,10 +333,11 @@ mod tests {
     thread_local! {
         /// The CPU clock the tests drive.
         static CPU: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+        static WALL: Cell<Duration> = const { Cell::new(Duration::ZERO) };
     }
 
-    fn clock() -> Option<Duration> {
-        Some(CPU.with(Cell::get))
+    fn clock() -> Option<(Duration, Duration)> {
+        Some((CPU.with(Cell::get), WALL.with(Cell::get)))
     }
 
     /// A load where polling costs `poll` µs per answer (CPU and waiting half each) and
@@ -316,6 +350,8 @@ mod tests {
         poll: f64,
         sleep: f64,
         by_way: Option<[(f64, f64); 2]>,
+        /// Wall µs per answer by way (100 both ways when `None`).
+        wall: Option<[f64; 2]>,
         wait: f64,
         jitter: f64,
         rng: fastrand::Rng,
@@ -327,12 +363,14 @@ mod tests {
     impl Load {
         fn new(poll: f64, sleep: f64) -> Load {
             CPU.with(|c| c.set(Duration::ZERO));
+            WALL.with(|c| c.set(Duration::ZERO));
             Load {
                 t: Trial::with_clock(clock),
                 seen: Seen::default(),
                 poll,
                 sleep,
                 by_way: None,
+                wall: None,
                 wait: 0.0,
                 jitter: 0.0,
                 rng: fastrand::Rng::with_seed(11),
@@ -351,6 +389,8 @@ mod tests {
                     (None, Way::Sleep) => (self.sleep / 2.0, self.sleep / 2.0),
                 };
                 CPU.with(|c| c.set(c.get() + Duration::from_nanos((cpu * 1000.0 * 16.0) as u64)));
+                let wall = self.wall.map_or(100.0, |w| w[way as usize]);
+                WALL.with(|c| c.set(c.get() + Duration::from_nanos((wall * 1000.0 * 16.0) as u64)));
                 for _ in 0..16 {
                     let jitter = (self.rng.f64() * 2.0 - 1.0) * self.jitter;
                     let us = waits + self.wait + jitter;
@@ -400,12 +440,14 @@ mod tests {
                 poll: Cost {
                     cpu: 45_000.0,
                     waited: 45_000.0,
-                    waited_se: 0.0
+                    waited_se: 0.0,
+                    wall: 100_000.0
                 },
                 sleep: Cost {
                     cpu: 30_000.0,
                     waited: 30_000.0,
-                    waited_se: 0.0
+                    waited_se: 0.0,
+                    wall: 100_000.0
                 },
             }]
         );
@@ -434,11 +476,38 @@ mod tests {
     }
 
     #[test]
+    fn faster_answers_for_no_more_cpu_win_whatever_the_waits() {
+        // 64 calls in flight on one CPU, as measured (µs): polling 29 of CPU and 487 of
+        // waits per answer, sleeping 82 and 264 (the nginx thread, starved, launched fewer
+        // calls), and 50 against 130 between answers.
+        let mut l = Load::new(0.0, 0.0);
+        l.by_way = Some([(29.0, 487.0), (82.0, 264.0)]);
+        l.wall = Some([50.0, 130.0]);
+        l.run(100_000);
+        assert!(l.switches.is_empty(), "{:?}", l.switches);
+        assert_eq!(l.t.chosen, Way::Poll);
+        // And where sleeping is chosen first, polling's try takes over.
+        let mut l = Load::new(0.0, 0.0);
+        l.t.chosen = Way::Sleep;
+        l.t.way = Way::Sleep;
+        l.by_way = Some([(29.0, 487.0), (82.0, 264.0)]);
+        l.wall = Some([50.0, 130.0]);
+        l.run(100_000);
+        assert_eq!(l.t.chosen, Way::Poll, "{:?}", l.switches);
+        // Without the wall times the waits would decide for sleeping.
+        let mut l = Load::new(0.0, 0.0);
+        l.by_way = Some([(29.0, 487.0), (82.0, 264.0)]);
+        l.run(FIRST_TRY);
+        assert_eq!(l.t.chosen, Way::Sleep);
+    }
+
+    #[test]
     fn waits_count_only_out_of_their_noise() {
         let cost = |cpu: f64, waited: f64, waited_se: f64| Cost {
             cpu,
             waited,
             waited_se,
+            wall: 100.0,
         };
         // 400 µs longer waits, with standard errors of 250 µs each (2 of their difference:
         // 707 µs): noise; the 400 µs of CPU less decide.
