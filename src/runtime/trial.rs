@@ -12,27 +12,31 @@
 //!   operations took from launch to being seen finished, each capped at the window
 //!   (`busy_poll_us`: polling cannot make a slower answer sooner), over its answers. One µs of
 //!   CPU weighs as much as one µs an answer waits: polling must save at least the CPU it
-//!   spends. A way that gives more answers a second (by [`DOMINANT`]) for no more CPU an
-//!   answer wins outright, whatever the waits say: at 64 calls in flight on one CPU, sleeping
-//!   starved the nginx thread, so fewer calls reached the runtime, and the ones that did
-//!   waited less (264 µs against 487) while calls took 2.6x as long. A difference in waits
-//!   counts only where it stands out of their noise (more
-//!   than twice the standard error of the difference of the two means): answers that take
-//!   20 ms from a server whose timer ticks in milliseconds vary by more than a CPU's worth of
+//!   spends. A difference in waits counts only where it stands out of their noise (more than
+//!   twice the standard error of the difference of the two means): answers that take 20 ms
+//!   from a server whose timer ticks in milliseconds vary by more than a CPU's worth of
 //!   polling, and there the CPU decides alone.
+//! - A way that gives answers closer together (wall time per answer, by [`DOMINANT`]) for no
+//!   more CPU an answer wins outright, whatever the waits say: at 64 calls in flight on one
+//!   CPU, sleeping starved the nginx thread, so fewer calls reached the runtime and the ones
+//!   that did waited less (264 µs against 487), while calls took 2.6x as long.
 //! - The way that measured cheaper serves [`STRETCH`]-answer stretches; between them, after a
-//!   gap, the other way is tried for a [`TRY`]-answer stretch. After each change of way, the
-//!   answers of calls launched the old way settle unmeasured first. A try that costs less, by more
-//!   than [`MARGIN`] of the chosen way's CPU so that noise does not flip the choice, takes
-//!   over (the margin is taken of the CPU, not of the whole cost: where answers wait 20 ms, a
-//!   way that spends 300 µs of CPU more for nothing is only 1.5 % dearer in all). A try that
-//!   loses doubles the gap, up to [`MAX_GAP`] stretches, so a way that keeps losing serves
-//!   about one answer in 40. When the chosen way's CPU or waits move by more than
-//!   [`CHANGE`] (the load or the placement changed), the other way is tried after the next
-//!   stretch.
+//!   gap, the other way is tried for a [`TRY`]-answer stretch. After each change of way the
+//!   answers of calls launched the old way settle unmeasured first. A try that costs less, by
+//!   more than [`MARGIN`] of the chosen way's CPU so that noise does not flip the choice,
+//!   takes over (the margin is taken of the CPU, not of the whole cost: where answers wait
+//!   20 ms, a way that spends 300 µs of CPU more for nothing is only 1.5 % dearer in all).
+//!   Each try doubles the gap, up to [`MAX_GAP`] stretches, so the way that loses serves about
+//!   one answer in 40, and where both cost the same the choice flips ever less often. When the
+//!   chosen way's CPU or waits move by more than [`CHANGE`] against their average (the load
+//!   or the placement changed, or a try won that should not have: a way whose cost builds up
+//!   past its try), the other way is tried after the next stretch.
 //!
-//! It sees the worker's CPU and the answers' waits, not the server's CPU: where polling slows
-//! a server that shares its CPU, that shows as answers that wait longer.
+//! It sees the worker's CPU and the answers' waits, not the server's CPU nor the time a call
+//! spends in Lua and the host queue: where polling slows a server that shares its CPU, that
+//! shows as answers that wait longer; where it only makes the nginx thread answer sooner, it
+//! does not show (unpinned sequential calls: polling saved 35 µs a call end to end, of which
+//! the runtime saw 7).
 
 use std::time::{Duration, Instant};
 
@@ -290,8 +294,12 @@ impl Trial {
         let chosen = self.cost[self.chosen as usize];
         let switched = match chosen {
             Some(c) if cost.beats(c) => {
+                // The gap grows on a win too: where both ways cost about the same, the choice
+                // flips less and less often. A win that was a mistake (a way whose cost builds
+                // up past its try) shows as a change of the new way's cost, which brings the
+                // next try after one stretch.
                 self.chosen = self.way;
-                self.gap = MIN_GAP;
+                self.gap = (self.gap * 2).min(MAX_GAP);
                 true
             }
             _ => {
