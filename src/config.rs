@@ -32,7 +32,8 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BusyPollMode {
     /// The default: from the last task, with the back-off, or not at all, whichever way
-    /// measures cheaper per answer as the loop runs (`runtime/trial.rs`).
+    /// measures cheaper per answer as the loop runs (`runtime/trial.rs`); under a cgroup CPU
+    /// quota, from the last task.
     Adaptive,
     /// Always from the last task, for the whole `busy_poll_us`, with the back-off.
     Fixed,

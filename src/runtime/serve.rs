@@ -204,7 +204,11 @@ impl Instance {
     fn busy_poll(&self) -> BusyPoll {
         let mine = crate::cpu::current_affinity().unwrap_or_default();
         let quota = crate::cpu::cgroup_quota();
-        let plan = Plan::choose(self.config.busy_poll_mode, self.config.busy_poll);
+        let plan = Plan::choose(
+            self.config.busy_poll_mode,
+            self.config.busy_poll,
+            quota.is_some(),
+        );
         log!(
             Info,
             self.origin(),
