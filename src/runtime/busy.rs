@@ -340,6 +340,8 @@ mod tests {
             finished,
             waited_ns: 0,
             waited_sq_us: 0,
+            gaps_ns: 0,
+            gaps_sq_us: 0,
             first_finish,
             in_flight: 0,
         }

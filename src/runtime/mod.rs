@@ -79,6 +79,14 @@ pub struct Instance {
     waited_ns: AtomicU64,
     /// The sum of their squares, in µs² (the measured plan tells noise from a difference).
     waited_sq_us: AtomicU64,
+    /// The times from an answer to the next launch (capped the same way), summed in ns, and
+    /// their squares in µs²: the part of a call the runtime does not see (the nginx thread,
+    /// Lua, the host queue), where calls follow answers (only under the measured plan).
+    gaps_ns: AtomicU64,
+    gaps_sq_us: AtomicU64,
+    /// When the last operation finished, in ns after `epoch` (`u64::MAX`: none since the last
+    /// launch; only under the measured plan).
+    last_finish_ns: AtomicU64,
     /// Time the poll thread has spent busy-polling, in ns.
     busy_polled_ns: AtomicU64,
     /// When the first operation finished since busy polling last looked, in ns after
@@ -123,6 +131,9 @@ impl Instance {
             finished: AtomicU64::new(0),
             waited_ns: AtomicU64::new(0),
             waited_sq_us: AtomicU64::new(0),
+            gaps_ns: AtomicU64::new(0),
+            gaps_sq_us: AtomicU64::new(0),
+            last_finish_ns: AtomicU64::new(u64::MAX),
             busy_polled_ns: AtomicU64::new(0),
             first_finish_ns: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
@@ -280,9 +291,23 @@ impl Instance {
     }
 
     /// When an operation launched now began, if the plan weighs how long operations wait
-    /// (only the measured plan pays for reading the clock).
+    /// (only the measured plan pays for reading the clock). The first launch after an answer
+    /// adds the gap since it.
     fn launched_at(&self) -> Option<Instant> {
-        (self.busy_plan.get() == Some(&busy::Plan::Measured)).then(Instant::now)
+        if self.busy_plan.get() != Some(&busy::Plan::Measured) {
+            return None;
+        }
+        let now = Instant::now();
+        let last = self.last_finish_ns.swap(u64::MAX, Ordering::Relaxed);
+        if last != u64::MAX {
+            let at = self.epoch + std::time::Duration::from_nanos(last);
+            let gap = now.saturating_duration_since(at).min(self.config.busy_poll);
+            let ns = u64::try_from(gap.as_nanos()).unwrap_or(u64::MAX);
+            self.gaps_ns.fetch_add(ns, Ordering::Relaxed);
+            let us = ns / 1000;
+            self.gaps_sq_us.fetch_add(us * us, Ordering::Relaxed);
+        }
+        Some(now)
     }
 
     /// An operation launched at `began` (see `launched_at`) finished now. Only the `ahead`
@@ -291,6 +316,9 @@ impl Instance {
     fn finished_one(&self, began: Option<Instant>) {
         self.finished.fetch_add(1, Ordering::Relaxed);
         if let Some(began) = began {
+            let now = self.epoch.elapsed();
+            let ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX - 1);
+            self.last_finish_ns.store(ns, Ordering::Relaxed);
             let waited = began.elapsed().min(self.config.busy_poll);
             let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
             self.waited_ns.fetch_add(ns, Ordering::Relaxed);
@@ -311,6 +339,8 @@ impl Instance {
             finished: self.finished.load(Ordering::Relaxed),
             waited_ns: self.waited_ns.load(Ordering::Relaxed),
             waited_sq_us: self.waited_sq_us.load(Ordering::Relaxed),
+            gaps_ns: self.gaps_ns.load(Ordering::Relaxed),
+            gaps_sq_us: self.gaps_sq_us.load(Ordering::Relaxed),
             first_finish: self.take_first_finish(),
         }
     }

@@ -9,7 +9,9 @@
 //!
 //! - Answers are served in stretches of one way. A stretch's **cost per answer** is the CPU
 //!   the whole process (every thread of the nginx worker) spent during it, plus the time its
-//!   operations took from launch to being seen finished, each capped at the window
+//!   operations took from launch to being seen finished and the time from each answer to the
+//!   next launch (the part of a call the runtime does not see: the nginx thread, Lua, the
+//!   host queue; it tells where calls follow answers), each capped at the window
 //!   (`busy_poll_us`: polling cannot make a slower answer sooner), over its answers. One µs of
 //!   CPU weighs as much as one µs an answer waits: polling must save at least the CPU it
 //!   spends. A difference in waits counts only where it stands out of their noise (more than
@@ -32,11 +34,10 @@
 //!   or the placement changed, or a try won that should not have: a way whose cost builds up
 //!   past its try), the other way is tried after the next stretch.
 //!
-//! It sees the worker's CPU and the answers' waits, not the server's CPU nor the time a call
-//! spends in Lua and the host queue: where polling slows a server that shares its CPU, that
-//! shows as answers that wait longer; where it only makes the nginx thread answer sooner, it
-//! does not show (unpinned sequential calls: polling saved 35 µs a call end to end, of which
-//! the runtime saw 7).
+//! It sees the worker's CPU and the answers' waits, not the server's CPU: where polling slows
+//! a server that shares its CPU, that shows as answers that wait longer. The gaps were added
+//! after unpinned sequential calls, where polling saved 35 µs a call end to end, of which the
+//! waits from launch to finish showed 7.
 
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,9 @@ pub(super) struct Seen {
     /// sum of their squares, in µs².
     pub waited_ns: u64,
     pub waited_sq_us: u64,
+    /// The times from an answer to the next launch, capped and summed the same way.
+    pub gaps_ns: u64,
+    pub gaps_sq_us: u64,
     /// When the first of them since the last read finished, if one did (the ahead plan's).
     pub first_finish: Option<Instant>,
     /// Operations in flight now.
@@ -161,8 +165,18 @@ struct Mark {
     finished: u64,
     waited_ns: u64,
     waited_sq_us: u64,
+    gaps_ns: u64,
+    gaps_sq_us: u64,
     cpu: Duration,
     wall: Duration,
+}
+
+/// The mean per answer and its standard error (ns) of `n` answers' samples summed (ns) and
+/// squared (µs²); answers without a sample count as 0.
+fn mean_and_se(sum_ns: u64, squares_us: u64, n: f64) -> (f64, f64) {
+    let mean = sum_ns as f64 / n;
+    let variance = (squares_us as f64 * 1e6 / n - mean * mean).max(0.0);
+    (mean, (variance / n).sqrt())
 }
 
 /// The process's CPU time and a monotonic wall time, or `None` when the CPU clock cannot be
@@ -236,17 +250,23 @@ impl Trial {
         let now = self.mark(seen)?;
         let cpu = now.cpu.saturating_sub(from.cpu).as_nanos() as f64;
         let wall = now.wall.saturating_sub(from.wall).as_nanos() as f64;
-        let waited = now.waited_ns.saturating_sub(from.waited_ns) as f64;
-        let squares = now.waited_sq_us.saturating_sub(from.waited_sq_us) as f64 * 1e6;
         self.from = Some(now);
         let n = answers as f64;
-        let mean = waited / n;
-        let variance = (squares / n - mean * mean).max(0.0);
+        let (waits, waits_se) = mean_and_se(
+            now.waited_ns.saturating_sub(from.waited_ns),
+            now.waited_sq_us.saturating_sub(from.waited_sq_us),
+            n,
+        );
+        let (gaps, gaps_se) = mean_and_se(
+            now.gaps_ns.saturating_sub(from.gaps_ns),
+            now.gaps_sq_us.saturating_sub(from.gaps_sq_us),
+            n,
+        );
         let was = self.way;
         let switched = self.judge(Cost {
             cpu: cpu / n,
-            waited: mean,
-            waited_se: (variance / n).sqrt(),
+            waited: waits + gaps,
+            waited_se: waits_se.hypot(gaps_se),
             wall: wall / n,
         });
         if self.way != was {
@@ -263,6 +283,8 @@ impl Trial {
             finished: seen.finished,
             waited_ns: seen.waited_ns,
             waited_sq_us: seen.waited_sq_us,
+            gaps_ns: seen.gaps_ns,
+            gaps_sq_us: seen.gaps_sq_us,
             cpu,
             wall,
         })
@@ -507,6 +529,16 @@ mod tests {
         l.by_way = Some([(29.0, 487.0), (82.0, 264.0)]);
         l.run(FIRST_TRY);
         assert_eq!(l.t.chosen, Way::Sleep);
+    }
+
+    #[test]
+    fn mean_and_standard_error_of_summed_samples() {
+        // 100 and 300 µs: mean 200 µs, variance 10,000 µs², standard error √(10,000 / 2).
+        let (mean, se) = mean_and_se(400_000, 100 * 100 + 300 * 300, 2.0);
+        assert_eq!(mean, 200_000.0);
+        assert!((se - 70_710.7).abs() < 1.0, "{se}");
+        // No samples: nothing.
+        assert_eq!(mean_and_se(0, 0, 512.0), (0.0, 0.0));
     }
 
     #[test]
