@@ -1,18 +1,19 @@
 //! The adaptive plan's experiment (`busy_poll = "adaptive"`): polling from the last task against
 //! sleeping, judged by what each way costs per answer, measured as the loop runs.
 //!
-//! No rule read from the placement predicts which way is cheaper: on these VMs polling made
-//! calls 3.7x faster at 41 % of the CPU under a CPU quota, broke even on sequential calls with
+//! No rule read from the placement predicts which way is cheaper: on these VMs polling made 2.4x
+//! the calls at 41 % of the CPU on one CPU at 64 in flight, broke even on sequential calls with
 //! a CPU to spare, and lost on one CPU shared with the server (+49 µs a sequential call, and
 //! CPU) (docs/benchmarks.md, "Where polling from the last task does not pay"). So the plan
-//! measures both:
+//! measures both (but under a cgroup CPU quota, where `busy.rs` polls from the last task):
 //!
 //! - Answers are served in stretches of one way. A stretch's **cost per answer** is the CPU
 //!   the whole process (every thread of the nginx worker) spent during it, plus the time its
 //!   operations took from launch to being seen finished and the time from each answer to the
 //!   next launch (the part of a call the runtime does not see: the nginx thread, Lua, the
-//!   host queue; it tells where calls follow answers), each capped at the window
-//!   (`busy_poll_us`: polling cannot make a slower answer sooner), over its answers. One µs of
+//!   host queue; it tells where calls follow answers), each capped at 64 windows
+//!   (`busy_poll_us`) or 100 ms, over its answers: where calls queue, polling shortens every
+//!   wait, not only those within a window. One µs of
 //!   CPU weighs as much as one µs an answer waits: polling must save at least the CPU it
 //!   spends. A difference in waits counts only where it stands out of their noise (more than
 //!   twice the standard error of the difference of the two means): answers that take 20 ms
@@ -91,8 +92,8 @@ impl Way {
 pub(super) struct Seen {
     /// Operations finished so far.
     pub finished: u64,
-    /// Their times from launch to finish, each capped at the window, summed, in ns; and the
-    /// sum of their squares, in µs².
+    /// Their times from launch to finish, each capped, summed, in ns; and the sum of their
+    /// squares, in µs² (running totals: they may wrap).
     pub waited_ns: u64,
     pub waited_sq_us: u64,
     /// The times from an answer to the next launch, capped and summed the same way.
@@ -253,13 +254,13 @@ impl Trial {
         self.from = Some(now);
         let n = answers as f64;
         let (waits, waits_se) = mean_and_se(
-            now.waited_ns.saturating_sub(from.waited_ns),
-            now.waited_sq_us.saturating_sub(from.waited_sq_us),
+            now.waited_ns.wrapping_sub(from.waited_ns),
+            now.waited_sq_us.wrapping_sub(from.waited_sq_us),
             n,
         );
         let (gaps, gaps_se) = mean_and_se(
-            now.gaps_ns.saturating_sub(from.gaps_ns),
-            now.gaps_sq_us.saturating_sub(from.gaps_sq_us),
+            now.gaps_ns.wrapping_sub(from.gaps_ns),
+            now.gaps_sq_us.wrapping_sub(from.gaps_sq_us),
             n,
         );
         let was = self.way;
