@@ -647,9 +647,9 @@ fn adaptive_switches_to_sleeping_where_polling_only_costs() {
             .parse()
             .unwrap()
     };
-    // Warm-up (512 answers), a stretch polling (512), a try of sleeping (64 settling, 256
-    // measured): 1,344 answers.
-    let first = load(200);
+    // Warm-up (512 answers), a stretch polling (512), a try of sleeping (128 settling, 256
+    // measured) and its confirmation (256): 1,664 answers.
+    let first = load(250);
     let (found, log) = nginx.wait_log_contains(
         "busy polling: measured, now sleeping (",
         Duration::from_secs(5),
@@ -667,8 +667,8 @@ fn adaptive_switches_to_sleeping_where_polling_only_costs() {
     };
     let (poll, sleep) = (cost("polling"), cost("sleeping"));
     assert!(sleep < poll, "{line}");
-    // From here it sleeps, trying polling for 320 answers after 2, 4, 8 ... stretches of 512.
-    let then = load(200);
+    // From here it sleeps, trying polling for 384 answers after 4, 8 ... stretches of 512.
+    let then = load(250);
     assert!(
         first > 0.3 && then < first / 2.0,
         "share of the time polled: {first:.2} before the switch, {then:.2} after\n{log}"

@@ -27,7 +27,7 @@
 //!   gap, the other way is tried for a [`TRY`]-answer stretch. After each change of way the
 //!   answers of calls launched the old way settle unmeasured first. A try that costs less, by
 //!   more than [`MARGIN`] of the chosen way's CPU so that noise does not flip the choice,
-//!   takes over (the margin is taken of the CPU, not of the whole cost: where answers wait
+//!   and again in a second try right after, takes over (the margin is taken of the CPU, not of the whole cost: where answers wait
 //!   20 ms, a way that spends 300 µs of CPU more for nothing is only 1.5 % dearer in all).
 //!   Each try doubles the gap, up to [`MAX_GAP`] stretches, so the way that loses serves about
 //!   one answer in 40, and where both cost the same the choice flips ever less often. When the
@@ -49,7 +49,7 @@ pub(super) const TRY: u64 = 256;
 /// (twice the calls in flight at the change), at least this many, at most `MAX_SETTLE`. At 64
 /// calls in flight the first answers of a try otherwise carry the old way's state: tries of
 /// sleeping after polling measured 30-55 µs of CPU a call on one CPU where sleeping costs 91.
-const MIN_SETTLE: u64 = 64;
+const MIN_SETTLE: u64 = 128;
 const MAX_SETTLE: u64 = 4096;
 /// Stretches of the chosen way between tries: at first, and at most.
 const MIN_GAP: u32 = 2;
@@ -203,6 +203,8 @@ pub(super) struct Trial {
     /// Stretches of the chosen way left before the next try, and the gap after it.
     left: u32,
     gap: u32,
+    /// The try won once and runs again to confirm.
+    confirming: bool,
     /// The process's CPU time and the wall time so far ([`clocks`]; tests give their own).
     clock: fn() -> Option<(Duration, Duration)>,
 }
@@ -221,6 +223,7 @@ impl Trial {
             settle_until: STRETCH,
             left: 1,
             gap: MIN_GAP,
+            confirming: false,
             clock,
         }
     }
@@ -312,10 +315,18 @@ impl Trial {
             }
             return None;
         }
-        // A try of the other way.
+        // A try of the other way, or the confirming second half of one that won.
         self.cost[i] = Some(cost);
         let chosen = self.cost[self.chosen as usize];
         let switched = match chosen {
+            Some(c) if cost.beats(c) && !self.confirming => {
+                // A win is confirmed by another try before it takes over: right after a
+                // change, a way that builds up a queue or starves the nginx thread still looks
+                // cheap (at 16 calls in flight sleeping's tries measured half the waits it
+                // settled at).
+                self.confirming = true;
+                return None;
+            }
             Some(c) if cost.beats(c) => {
                 // The gap grows on a win too: where both ways cost about the same, the choice
                 // flips less and less often. A win that was a mistake (a way whose cost builds
@@ -332,6 +343,7 @@ impl Trial {
             }
         };
         self.left = self.gap;
+        self.confirming = false;
         switched.then(|| Switched {
             to: self.chosen,
             poll: self.cost[Way::Poll as usize].unwrap_or_default(),
@@ -360,6 +372,8 @@ mod tests {
     /// Answers until the first try has been judged: the warm-up, a stretch, the try's
     /// settling and the try.
     const FIRST_TRY: u64 = STRETCH + STRETCH + MIN_SETTLE + TRY;
+    /// And until a first try that wins has been confirmed.
+    const FIRST_SWITCH: u64 = FIRST_TRY + TRY;
 
     thread_local! {
         /// The CPU clock the tests drive.
@@ -463,7 +477,10 @@ mod tests {
     fn sleeps_where_sleeping_is_cheaper() {
         let mut l = Load::new(90.0, 60.0);
         l.run(FIRST_TRY);
-        assert_eq!(l.t.chosen, Way::Sleep, "the first try takes over");
+        assert_eq!(l.t.chosen, Way::Poll, "a win is confirmed first");
+        assert_eq!(l.t.way(), Way::Sleep);
+        l.run(TRY);
+        assert_eq!(l.t.chosen, Way::Sleep, "the confirmed try takes over");
         assert_eq!(
             l.switches,
             vec![Switched {
@@ -502,7 +519,7 @@ mod tests {
         // 3 % of the whole cost: sleeping takes over.
         let mut l = Load::new(700.0, 100.0);
         l.wait = 20_000.0;
-        l.run(FIRST_TRY);
+        l.run(FIRST_SWITCH);
         assert_eq!(l.t.chosen, Way::Sleep, "{:?}", l.switches);
     }
 
@@ -528,7 +545,7 @@ mod tests {
         // Without the wall times the waits would decide for sleeping.
         let mut l = Load::new(0.0, 0.0);
         l.by_way = Some([(29.0, 487.0), (82.0, 264.0)]);
-        l.run(FIRST_TRY);
+        l.run(FIRST_SWITCH);
         assert_eq!(l.t.chosen, Way::Sleep);
     }
 
@@ -585,13 +602,13 @@ mod tests {
         // Polling turns dear (the server now shares the poll thread's CPU): the change in its
         // cost brings a try of sleeping after the next stretch, and sleeping takes over.
         l.poll = 200.0;
-        l.run(3 * STRETCH);
+        l.run(4 * STRETCH);
         assert_eq!(l.t.chosen, Way::Sleep);
         assert_eq!(l.switches.len(), 1);
         // And back.
         l.poll = 40.0;
         l.sleep = 200.0;
-        l.run(3 * STRETCH);
+        l.run(4 * STRETCH);
         assert_eq!(l.t.chosen, Way::Poll);
         assert_eq!(l.switches.len(), 2);
     }
