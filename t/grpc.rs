@@ -599,10 +599,12 @@ fn busy_polling_plans_and_ahead_sleeps_until_the_answer_is_near() {
 }
 
 /// `busy_poll = "adaptive"` (the default) weighs polling against sleeping by what each costs
-/// per answer as it runs, and takes the cheaper: with 8 calls in flight whose answers take
-/// 2 ms, inside a 5 ms window, polling keeps a CPU busy to see answers a wake-up sooner, so
-/// after its first stretches the runtime switches to sleeping, logs both costs, and from then
-/// on polls only in its occasional tries.
+/// per answer as it runs, and takes the cheaper: with 2 calls in flight whose answers take
+/// 2 ms, inside a 5 ms window, polling keeps a CPU busy for about a millisecond an answer to
+/// see it a wake-up sooner, so after its first stretches (and a confirming try) the runtime
+/// switches to sleeping, logs both costs, and from then on polls only in its occasional tries.
+/// (With more calls in flight the server queues them and their waits drift by more than the
+/// CPU polling costs: the test would measure the server.)
 #[test]
 fn adaptive_switches_to_sleeping_where_polling_only_costs() {
     let server = GrpcServer::start(GrpcServerOpts::default());
@@ -617,7 +619,7 @@ fn adaptive_switches_to_sleeping_where_polling_only_costs() {
         .server_conf(&location(
             "/load",
             r#"
-            -- 8 light threads, n calls each, answered 2 ms late; prints the share of the time
+            -- 2 light threads, n calls each, answered 2 ms late; prints the share of the time
             -- the runtime busy-polled.
             local n = tonumber(ngx.var.arg_n)
             local function calls()
@@ -629,10 +631,10 @@ fn adaptive_switches_to_sleeping_where_polling_only_costs() {
             ngx.update_time()
             local p0, t0 = grpc.stats().busy_polled_us, ngx.now()
             local threads = {}
-            for i = 1, 8 do
+            for i = 1, 2 do
                 threads[i] = ngx.thread.spawn(calls)
             end
-            for i = 1, 8 do
+            for i = 1, 2 do
                 assert(ngx.thread.wait(threads[i]))
             end
             ngx.update_time()
@@ -649,7 +651,7 @@ fn adaptive_switches_to_sleeping_where_polling_only_costs() {
     };
     // Warm-up (512 answers), a stretch polling (512), a try of sleeping (128 settling, 256
     // measured) and its confirmation (256): 1,664 answers.
-    let first = load(250);
+    let first = load(1000);
     let (found, log) = nginx.wait_log_contains(
         "busy polling: measured, now sleeping (",
         Duration::from_secs(5),
@@ -668,7 +670,7 @@ fn adaptive_switches_to_sleeping_where_polling_only_costs() {
     let (poll, sleep) = (cost("polling"), cost("sleeping"));
     assert!(sleep < poll, "{line}");
     // From here it sleeps, trying polling for 384 answers after 4, 8 ... stretches of 512.
-    let then = load(250);
+    let then = load(1000);
     assert!(
         first > 0.3 && then < first / 2.0,
         "share of the time polled: {first:.2} before the switch, {then:.2} after\n{log}"
