@@ -2,7 +2,7 @@
 # `make demo`: starts the demo gRPC server (Greeter, RouteGuide), a fleet of three backends on
 # 127.0.0.2-4 and nginx on 127.0.0.1, calls unary and streaming gRPC locations (resty.grpc_zc,
 # Lua tables), bad input refused with clear errors, the host's echo runtime, runtimes in Python,
-# Go, Java and Node.js, and the fleet
+# Go, Java and Node.js, busy polling that measures, and the fleet
 # (round_robin, a backend killed under a retry policy, the Prometheus page) with curl, prints
 # what came back and the runtime's own error-log lines, and stops them all.
 set -euo pipefail
@@ -85,6 +85,7 @@ run curl -s "$base/echo" --data-binary 'hello from nginx Lua, through a Rust thr
 run curl -s "$base/rc"
 run curl -s "$base/timeout"
 run curl -s "$base/loop"
+run curl -s "$base/busy"
 run curl -s "$base/runtimes"
 run curl -s "$base/fleet"
 echo "\$ kill -9 b1   # one backend dies: its endpoint leaves the picks, calls in flight on it are retried"
@@ -109,4 +110,6 @@ fi
 echo
 echo "The runtime's own lines in nginx's error log (its format, through the host):"
 grep -m 4 'resty_grpc_zc: instance' "$prefix/logs/error.log" || true
+echo "Busy polling: each runtime's plan, and the measured plan's switches (if any):"
+grep 'busy polling: ' "$prefix/logs/error.log" | sed 's/.*busy polling: /  busy polling: /' | head -6 || true
 echo "demo: nginx stopped; error.log clean ($prefix/logs/error.log)"
