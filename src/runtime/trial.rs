@@ -7,18 +7,17 @@
 //! CPU) (docs/benchmarks.md, "Where polling from the last task does not pay"). So the plan
 //! measures both (but under a cgroup CPU quota, where `busy.rs` polls from the last task):
 //!
-//! - Answers are served in stretches of one way. A stretch's **cost per answer** is the CPU
-//!   the whole process (every thread of the nginx worker) spent during it, plus the time its
+//! - Answers are served in stretches of one way. A stretch's **cost per answer** is the CPU the
+//!   whole process (every thread of the nginx worker) spent during it, plus the time its
 //!   operations took from launch to being seen finished and the time from each answer to the
-//!   next launch (the part of a call the runtime does not see: the nginx thread, Lua, the
-//!   host queue; it tells where calls follow answers), each capped at 64 windows
-//!   (`busy_poll_us`) or 100 ms, over its answers: where calls queue, polling shortens every
-//!   wait, not only those within a window. One µs of
-//!   CPU weighs as much as one µs an answer waits: polling must save at least the CPU it
-//!   spends. A difference in waits counts only where it stands out of their noise (more than
-//!   twice the standard error of the difference of the two means): answers that take 20 ms
-//!   from a server whose timer ticks in milliseconds vary by more than a CPU's worth of
-//!   polling, and there the CPU decides alone.
+//!   next launch (the part of a call the runtime does not see: the nginx thread, Lua, the host
+//!   queue; it tells where calls follow answers), each capped at 64 windows (`busy_poll_us`) or
+//!   100 ms, over its answers: where calls queue, polling shortens every wait, not only those
+//!   within a window. One µs of CPU weighs as much as one µs an answer waits: polling must save
+//!   at least the CPU it spends. A difference in waits counts only where it stands out of their
+//!   noise (more than twice the standard error of the difference of the two means): answers
+//!   that take 20 ms from a server whose timer ticks in milliseconds vary by more than a CPU's
+//!   worth of polling, and there the CPU decides alone.
 //! - A way that gives answers closer together (wall time per answer, by [`DOMINANT`]) for no
 //!   more CPU an answer wins outright, whatever the waits say: at 64 calls in flight on one
 //!   CPU, sleeping starved the nginx thread, so fewer calls reached the runtime and the ones
@@ -26,14 +25,16 @@
 //! - The way that measured cheaper serves [`STRETCH`]-answer stretches; between them, after a
 //!   gap, the other way is tried for a [`TRY`]-answer stretch. After each change of way the
 //!   answers of calls launched the old way settle unmeasured first. A try that costs less, by
-//!   more than [`MARGIN`] of the chosen way's CPU so that noise does not flip the choice,
-//!   and again in a second try right after, takes over (the margin is taken of the CPU, not of the whole cost: where answers wait
-//!   20 ms, a way that spends 300 µs of CPU more for nothing is only 1.5 % dearer in all).
-//!   Each try doubles the gap, up to [`MAX_GAP`] stretches, so the way that loses serves about
-//!   one answer in 40, and where both cost the same the choice flips ever less often. When the
-//!   chosen way's CPU or waits move by more than [`CHANGE`] against their average (the load
-//!   or the placement changed, or a try won that should not have: a way whose cost builds up
-//!   past its try), the other way is tried after the next stretch.
+//!   more than [`MARGIN`] of the chosen way's CPU so that noise does not flip the choice, and
+//!   again in a second try right after, takes over (the margin is taken of the CPU, not of the
+//!   whole cost: where answers wait 20 ms, a way that spends 300 µs of CPU more for nothing is
+//!   only 1.5 % dearer in all). Each try doubles the gap, up to [`MAX_GAP`] stretches, so the
+//!   way that loses serves about one answer in 40. When the chosen way's CPU or waits move by
+//!   more than [`CHANGE`] against their average (the load or the placement changed, or a try
+//!   won that should not have: a way whose cost builds up past its try), the other way is
+//!   tried after the next stretch, and the gap starts again from 2. (Where both ways cost the same, at 64 calls in
+//!   flight with a CPU to spare, the noise makes such moves common and the choice keeps
+//!   flipping: docs/benchmarks.md, "A plan that measures".)
 //!
 //! It sees the worker's CPU and the answers' waits, not the server's CPU: where polling slows
 //! a server that shares its CPU, that shows as answers that wait longer. The gaps were added
