@@ -335,15 +335,17 @@ fn exception_text(env: Env) -> String {
     pending_exception_text(env).unwrap_or_else(|| "Node.js is stopping".into())
 }
 
-/// The pending exception's stack (or its text), cleared; `None` without one.
+/// The pending exception's stack (or its text), cleared; `None` without one, or when neither
+/// can be read: that is Node.js terminating (a worker exiting with calls in flight), whose
+/// termination exception runs no JavaScript, not even its `toString` (t/rt_nodejs.rs
+/// `reload_with_calls_in_flight` saw it as an `[error] ... serve: exception` line).
 fn pending_exception_text(env: Env) -> Option<String> {
     let e = env.take_exception()?;
     let stack = env
         .get(e, c"stack")
         .ok()
         .filter(|s| env.type_of(*s).ok() == Some(napi::T_STRING));
-    let text = env.to_string_lossy(stack.unwrap_or(e));
-    Some(text.unwrap_or_else(|_| "exception".into()))
+    env.to_string_lossy(stack.unwrap_or(e)).ok()
 }
 
 fn loaded(env: Env, [id, rc, _]: [Value; 3]) -> JsResult {
