@@ -57,9 +57,8 @@ pub fn interleave(
     all
 }
 
-/// Runs `f` (which returns the seconds of its timed loop) and measures what it cost `client`
-/// and the server.
-/// One run: `f` returns the seconds of its timed loop and those it busy-polled.
+/// Runs `f` (which returns the seconds of its timed loop and those the runtime busy-polled
+/// meanwhile) and measures what it cost `client` and the server.
 pub fn measure(client: Client, server: i32, f: impl FnOnce() -> (f64, f64)) -> Run {
     let proc_cpu = |pid: i32| cpu_seconds(pid).unwrap_or(f64::NAN);
     let client_cpu = || match client {

@@ -193,14 +193,19 @@ impl BusyPoll {
     }
 
     /// Tasks were served: the last window is judged and a new one opens (or is skipped).
-    /// Returns the way the measured plan switched to, when it did.
-    pub(super) fn tasks_served(&mut self, seen: &Seen) -> Option<Switched> {
+    /// `in_flight` counts the operations in flight, asked only when the measured plan changes
+    /// its way. Returns the way the measured plan switched to, when it did.
+    pub(super) fn tasks_served(
+        &mut self,
+        seen: &Seen,
+        in_flight: impl FnOnce() -> usize,
+    ) -> Option<Switched> {
         let finished = seen.finished;
         self.learn(finished, seen.first_finish);
         if self.open && finished != self.finished_at_open && self.polling {
             self.hit();
         }
-        let switched = self.trial.as_mut().and_then(|t| t.seen(seen));
+        let switched = self.trial.as_mut().and_then(|t| t.seen(seen, in_flight));
         self.opened = Instant::now();
         self.finished_at_open = finished;
         self.polling = false;
@@ -286,7 +291,7 @@ impl BusyPoll {
         }
         self.open = false;
         self.finished_at_open = finished;
-        self.trial.as_mut().and_then(|t| t.seen(seen))
+        self.trial.as_mut().and_then(|t| t.seen(seen, || 0))
     }
 
     /// Learns the answer time of the window that just ended from its first finished operation.
@@ -338,12 +343,8 @@ mod tests {
     fn seen(finished: u64, first_finish: Option<Instant>) -> Seen {
         Seen {
             finished,
-            waited_ns: 0,
-            waited_sq_us: 0,
-            gaps_ns: 0,
-            gaps_sq_us: 0,
             first_finish,
-            in_flight: 0,
+            ..Seen::default()
         }
     }
 
@@ -353,7 +354,7 @@ mod tests {
 
     /// Opens a window and lets it run out with nothing finished.
     fn miss(b: &mut BusyPoll, finished: u64) {
-        b.tasks_served(&seen(finished, None));
+        b.tasks_served(&seen(finished, None), || 0);
         while b.next(finished) == Next::Poll {
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -386,7 +387,7 @@ mod tests {
     #[test]
     fn polls_within_the_window_then_sleeps() {
         let mut b = fixed(W);
-        b.tasks_served(&seen(0, None));
+        b.tasks_served(&seen(0, None), || 0);
         assert_eq!(b.next(0), Next::Poll);
         std::thread::sleep(W + Duration::from_millis(1));
         assert_eq!(b.next(0), Next::Sleep, "the window is over");
@@ -398,24 +399,24 @@ mod tests {
         let mut b = fixed(W);
         miss(&mut b, 0);
         assert_eq!(b.skipping(), 1);
-        b.tasks_served(&seen(0, None));
+        b.tasks_served(&seen(0, None), || 0);
         assert_eq!(b.next(0), Next::Sleep, "skipped window");
         miss(&mut b, 0);
         assert_eq!(b.skipping(), 2);
         for _ in 0..2 {
-            b.tasks_served(&seen(0, None));
+            b.tasks_served(&seen(0, None), || 0);
             assert_eq!(b.next(0), Next::Sleep);
         }
         miss(&mut b, 0);
         assert_eq!(b.skipping(), 4);
         // Skipped windows are not judged: they keep the back-off as it is.
         for _ in 0..4 {
-            b.tasks_served(&seen(0, None));
+            b.tasks_served(&seen(0, None), || 0);
             b.all_done(&seen(1, Some(Instant::now())));
         }
         assert_eq!(b.skipping(), 0);
         // An answer inside an open window ends the back-off.
-        b.tasks_served(&seen(1, None));
+        b.tasks_served(&seen(1, None), || 0);
         assert_eq!(b.next(2), Next::Poll);
         b.all_done(&seen(2, Some(Instant::now())));
         miss(&mut b, 2);
@@ -428,7 +429,7 @@ mod tests {
         for _ in 0..12 {
             miss(&mut b, 0);
             while b.skipping() > 0 {
-                b.tasks_served(&seen(0, None));
+                b.tasks_served(&seen(0, None), || 0);
             }
         }
         miss(&mut b, 0);
@@ -438,28 +439,28 @@ mod tests {
     #[test]
     fn measured_polls_from_the_last_task_unless_its_trial_sleeps() {
         let mut b = BusyPoll::new(Plan::Measured, W);
-        b.tasks_served(&seen(0, None));
+        b.tasks_served(&seen(0, None), || 0);
         assert_eq!(b.next(0), Next::Poll);
         b.trial.as_mut().unwrap().set_way(Way::Sleep);
-        b.tasks_served(&seen(0, None));
+        b.tasks_served(&seen(0, None), || 0);
         assert_eq!(b.next(0), Next::Sleep);
         assert_eq!(b.skipping(), 0, "a window slept through is not a miss");
         b.trial.as_mut().unwrap().set_way(Way::Poll);
-        b.tasks_served(&seen(0, None));
+        b.tasks_served(&seen(0, None), || 0);
         assert_eq!(b.next(0), Next::Poll);
     }
 
     #[test]
     fn off_never_polls() {
         let mut b = BusyPoll::new(Plan::Off, W);
-        b.tasks_served(&seen(0, None));
+        b.tasks_served(&seen(0, None), || 0);
         assert_eq!(b.next(0), Next::Sleep);
     }
 
     /// One window of the Ahead plan whose answer comes `took` after it opened (simulated by
     /// shifting `opened` back), seen while polling.
     fn answered_after(b: &mut BusyPoll, n: &mut u64, took: Duration) {
-        b.tasks_served(&seen(*n, None));
+        b.tasks_served(&seen(*n, None), || 0);
         b.opened -= took;
         b.polling = true;
         let at = b.opened + took;
@@ -470,7 +471,7 @@ mod tests {
     #[test]
     fn ahead_polls_from_the_start_until_it_has_learned() {
         let mut b = BusyPoll::new(Plan::Ahead, Duration::from_micros(500));
-        b.tasks_served(&seen(0, None));
+        b.tasks_served(&seen(0, None), || 0);
         assert_eq!(b.next(0), Next::Poll);
     }
 
@@ -481,7 +482,7 @@ mod tests {
         for _ in 0..40 {
             answered_after(&mut b, &mut n, Duration::from_micros(200));
         }
-        b.tasks_served(&seen(n, None));
+        b.tasks_served(&seen(n, None), || 0);
         let Next::SleepFor(after) = b.next(n) else {
             panic!("expected a planned sleep");
         };
@@ -511,7 +512,7 @@ mod tests {
         for _ in 0..40 {
             answered_after(&mut b, &mut n, Duration::from_millis(2));
         }
-        b.tasks_served(&seen(n, None));
+        b.tasks_served(&seen(n, None), || 0);
         assert_eq!(b.next(n), Next::Sleep);
     }
 
@@ -522,14 +523,14 @@ mod tests {
         for _ in 0..40 {
             answered_after(&mut b, &mut n, Duration::from_micros(30));
         }
-        b.tasks_served(&seen(n, None));
+        b.tasks_served(&seen(n, None), || 0);
         assert_eq!(b.next(n), Next::Poll);
     }
 
     #[test]
     fn answers_seen_after_sleeping_are_taken_one_wake_up_earlier() {
         let mut b = BusyPoll::new(Plan::Ahead, Duration::from_micros(500));
-        b.tasks_served(&seen(0, None));
+        b.tasks_served(&seen(0, None), || 0);
         let at = b.opened + Duration::from_micros(130);
         b.all_done(&seen(1, Some(at)));
         // Not polling: 130 µs seen, 30 µs assumed lateness.

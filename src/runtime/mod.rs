@@ -74,16 +74,13 @@ pub struct Instance {
     io: OnceLock<tokio::runtime::Handle>,
     /// gRPC operations finished so far (busy polling judges its windows by it).
     finished: AtomicU64,
-    /// Their times from launch to finish, each capped (`wait_cap`), summed in ns (the
-    /// measured plan weighs them; only read and summed under it).
-    waited_ns: AtomicU64,
-    /// The sum of their squares, in µs² (the measured plan tells noise from a difference).
-    waited_sq_us: AtomicU64,
-    /// The times from an answer to the next launch (capped the same way), summed in ns, and
-    /// their squares in µs²: the part of a call the runtime does not see (the nginx thread,
-    /// Lua, the host queue), where calls follow answers (only under the measured plan).
-    gaps_ns: AtomicU64,
-    gaps_sq_us: AtomicU64,
+    /// Their times from launch to finish, each capped (`wait_cap`): the measured plan weighs
+    /// them, and tells noise from a difference by their squares (only summed under it).
+    waits: trial::SampleSums,
+    /// The times from an answer to the next launch, capped the same way: the part of a call
+    /// the runtime does not see (the nginx thread, Lua, the host queue), where calls follow
+    /// answers (only under the measured plan).
+    gaps: trial::SampleSums,
     /// When the last operation finished, in ns after `epoch` (`u64::MAX`: none since the last
     /// launch; only under the measured plan).
     last_finish_ns: AtomicU64,
@@ -129,10 +126,8 @@ impl Instance {
             running: Mutex::new(HashMap::new()),
             io: OnceLock::new(),
             finished: AtomicU64::new(0),
-            waited_ns: AtomicU64::new(0),
-            waited_sq_us: AtomicU64::new(0),
-            gaps_ns: AtomicU64::new(0),
-            gaps_sq_us: AtomicU64::new(0),
+            waits: trial::SampleSums::default(),
+            gaps: trial::SampleSums::default(),
             last_finish_ns: AtomicU64::new(u64::MAX),
             busy_polled_ns: AtomicU64::new(0),
             first_finish_ns: AtomicU64::new(u64::MAX),
@@ -310,11 +305,8 @@ impl Instance {
         let last = self.last_finish_ns.swap(u64::MAX, Ordering::Relaxed);
         if last != u64::MAX {
             let at = self.epoch + std::time::Duration::from_nanos(last);
-            let gap = now.saturating_duration_since(at).min(self.wait_cap());
-            let ns = u64::try_from(gap.as_nanos()).unwrap_or(u64::MAX);
-            self.gaps_ns.fetch_add(ns, Ordering::Relaxed);
-            let us = ns / 1000;
-            self.gaps_sq_us.fetch_add(us * us, Ordering::Relaxed);
+            self.gaps
+                .add(now.saturating_duration_since(at).min(self.wait_cap()));
         }
         Some(now)
     }
@@ -325,14 +317,13 @@ impl Instance {
     fn finished_one(&self, began: Option<Instant>) {
         self.finished.fetch_add(1, Ordering::Relaxed);
         if let Some(began) = began {
-            let now = self.epoch.elapsed();
-            let ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX - 1);
+            // One clock read for both: when it finished, and how long it took.
+            let now = Instant::now();
+            let since_epoch = now.saturating_duration_since(self.epoch).as_nanos();
+            let ns = u64::try_from(since_epoch).unwrap_or(u64::MAX - 1);
             self.last_finish_ns.store(ns, Ordering::Relaxed);
-            let waited = began.elapsed().min(self.wait_cap());
-            let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
-            self.waited_ns.fetch_add(ns, Ordering::Relaxed);
-            let us = ns / 1000;
-            self.waited_sq_us.fetch_add(us * us, Ordering::Relaxed);
+            self.waits
+                .add(now.saturating_duration_since(began).min(self.wait_cap()));
         }
         if self.busy_plan.get() == Some(&busy::Plan::Ahead) {
             let ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
@@ -342,16 +333,17 @@ impl Instance {
 
     /// The counters busy polling judges by, as they stand (the first finish taken).
     fn seen(&self) -> trial::Seen {
-        let measured = self.busy_plan.get() == Some(&busy::Plan::Measured);
         trial::Seen {
-            in_flight: if measured { self.running().len() } else { 0 },
             finished: self.finished.load(Ordering::Relaxed),
-            waited_ns: self.waited_ns.load(Ordering::Relaxed),
-            waited_sq_us: self.waited_sq_us.load(Ordering::Relaxed),
-            gaps_ns: self.gaps_ns.load(Ordering::Relaxed),
-            gaps_sq_us: self.gaps_sq_us.load(Ordering::Relaxed),
+            waits: self.waits.load(),
+            gaps: self.gaps.load(),
             first_finish: self.take_first_finish(),
         }
+    }
+
+    /// gRPC operations running now.
+    fn in_flight(&self) -> usize {
+        self.running().len()
     }
 
     /// When the first operation finished since the last call, if one did.

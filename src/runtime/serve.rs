@@ -134,7 +134,7 @@ impl Instance {
             }
             if served > 0 {
                 woke_by_timer = false;
-                switched(busy.tasks_served(&self.seen()));
+                switched(busy.tasks_served(&self.seen(), || self.in_flight()));
                 tokio::task::yield_now().await;
                 continue;
             }

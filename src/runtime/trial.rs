@@ -41,6 +41,7 @@
 //! after unpinned sequential calls, where polling saved 35 µs a call end to end, of which the
 //! waits from launch to finish showed 7.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Answers measured in a stretch of the chosen way, and in a try of the other.
@@ -88,22 +89,67 @@ impl Way {
     }
 }
 
+/// Times summed, in ns, and their squares summed, in µs²: running totals (they may wrap), so
+/// two readings give the mean and its standard error between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct Samples {
+    pub sum_ns: u64,
+    pub sq_us: u64,
+}
+
+impl Samples {
+    /// The samples added since `from`.
+    fn since(self, from: Samples) -> Samples {
+        Samples {
+            sum_ns: self.sum_ns.wrapping_sub(from.sum_ns),
+            sq_us: self.sq_us.wrapping_sub(from.sq_us),
+        }
+    }
+
+    /// The mean per answer and its standard error (ns) over `n` answers; answers without a
+    /// sample count as 0.
+    fn mean_and_se(self, n: f64) -> (f64, f64) {
+        let mean = self.sum_ns as f64 / n;
+        let variance = (self.sq_us as f64 * 1e6 / n - mean * mean).max(0.0);
+        (mean, (variance / n).sqrt())
+    }
+}
+
+/// [`Samples`] added to from any thread (the instance's, read each turn of the loop).
+#[derive(Debug, Default)]
+pub(super) struct SampleSums {
+    sum_ns: AtomicU64,
+    sq_us: AtomicU64,
+}
+
+impl SampleSums {
+    pub(super) fn add(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let us = ns / 1000;
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.sq_us
+            .fetch_add(us.saturating_mul(us), Ordering::Relaxed);
+    }
+
+    pub(super) fn load(&self) -> Samples {
+        Samples {
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
+            sq_us: self.sq_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The counters a stretch is measured by, as the loop last read them.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Seen {
     /// Operations finished so far.
     pub finished: u64,
-    /// Their times from launch to finish, each capped, summed, in ns; and the sum of their
-    /// squares, in µs² (running totals: they may wrap).
-    pub waited_ns: u64,
-    pub waited_sq_us: u64,
-    /// The times from an answer to the next launch, capped and summed the same way.
-    pub gaps_ns: u64,
-    pub gaps_sq_us: u64,
+    /// Their times from launch to finish, each capped.
+    pub waits: Samples,
+    /// The times from an answer to the next launch, capped the same way.
+    pub gaps: Samples,
     /// When the first of them since the last read finished, if one did (the ahead plan's).
     pub first_finish: Option<Instant>,
-    /// Operations in flight now.
-    pub in_flight: usize,
 }
 
 /// What a way costs per answer, in ns: the process's CPU, how long answers waited (the mean,
@@ -165,20 +211,10 @@ pub(super) struct Switched {
 #[derive(Debug, Clone, Copy)]
 struct Mark {
     finished: u64,
-    waited_ns: u64,
-    waited_sq_us: u64,
-    gaps_ns: u64,
-    gaps_sq_us: u64,
+    waits: Samples,
+    gaps: Samples,
     cpu: Duration,
     wall: Duration,
-}
-
-/// The mean per answer and its standard error (ns) of `n` answers' samples summed (ns) and
-/// squared (µs²); answers without a sample count as 0.
-fn mean_and_se(sum_ns: u64, squares_us: u64, n: f64) -> (f64, f64) {
-    let mean = sum_ns as f64 / n;
-    let variance = (squares_us as f64 * 1e6 / n - mean * mean).max(0.0);
-    (mean, (variance / n).sqrt())
 }
 
 /// The process's CPU time and a monotonic wall time, or `None` when the CPU clock cannot be
@@ -235,8 +271,13 @@ impl Trial {
     }
 
     /// The loop read its counters (after serving tasks, or with nothing in flight): a stretch
-    /// that has its answers is judged. Returns the new way when a try took over.
-    pub(super) fn seen(&mut self, seen: &Seen) -> Option<Switched> {
+    /// that has its answers is judged. `in_flight` (the operations in flight) is asked only
+    /// when the way changes. Returns the new way when a try took over.
+    pub(super) fn seen(
+        &mut self,
+        seen: &Seen,
+        in_flight: impl FnOnce() -> usize,
+    ) -> Option<Switched> {
         let Some(from) = self.from else {
             if seen.finished >= self.settle_until {
                 self.from = self.mark(seen);
@@ -257,16 +298,8 @@ impl Trial {
         let wall = now.wall.saturating_sub(from.wall).as_nanos() as f64;
         self.from = Some(now);
         let n = answers as f64;
-        let (waits, waits_se) = mean_and_se(
-            now.waited_ns.wrapping_sub(from.waited_ns),
-            now.waited_sq_us.wrapping_sub(from.waited_sq_us),
-            n,
-        );
-        let (gaps, gaps_se) = mean_and_se(
-            now.gaps_ns.wrapping_sub(from.gaps_ns),
-            now.gaps_sq_us.wrapping_sub(from.gaps_sq_us),
-            n,
-        );
+        let (waits, waits_se) = now.waits.since(from.waits).mean_and_se(n);
+        let (gaps, gaps_se) = now.gaps.since(from.gaps).mean_and_se(n);
         let was = self.way;
         let switched = self.judge(Cost {
             cpu: cpu / n,
@@ -275,7 +308,7 @@ impl Trial {
             wall: wall / n,
         });
         if self.way != was {
-            let settle = (2 * seen.in_flight as u64).clamp(MIN_SETTLE, MAX_SETTLE);
+            let settle = (2 * in_flight() as u64).clamp(MIN_SETTLE, MAX_SETTLE);
             self.from = None;
             self.settle_until = seen.finished + settle;
         }
@@ -286,10 +319,8 @@ impl Trial {
         let (cpu, wall) = (self.clock)()?;
         Some(Mark {
             finished: seen.finished,
-            waited_ns: seen.waited_ns,
-            waited_sq_us: seen.waited_sq_us,
-            gaps_ns: seen.gaps_ns,
-            gaps_sq_us: seen.gaps_sq_us,
+            waits: seen.waits,
+            gaps: seen.gaps,
             cpu,
             wall,
         })
@@ -440,12 +471,12 @@ mod tests {
                 for _ in 0..16 {
                     let jitter = (self.rng.f64() * 2.0 - 1.0) * self.jitter;
                     let us = waits + self.wait + jitter;
-                    self.seen.waited_ns += (us * 1000.0) as u64;
-                    self.seen.waited_sq_us += (us * us) as u64;
+                    self.seen.waits.sum_ns += (us * 1000.0) as u64;
+                    self.seen.waits.sq_us += (us * us) as u64;
                 }
                 self.seen.finished += 16;
                 self.served[way as usize] += 16;
-                if let Some(s) = self.t.seen(&self.seen) {
+                if let Some(s) = self.t.seen(&self.seen, || 0) {
                     self.switches.push(s);
                 }
             }
@@ -553,11 +584,20 @@ mod tests {
     #[test]
     fn mean_and_standard_error_of_summed_samples() {
         // 100 and 300 µs: mean 200 µs, variance 10,000 µs², standard error √(10,000 / 2).
-        let (mean, se) = mean_and_se(400_000, 100 * 100 + 300 * 300, 2.0);
+        let samples = |sum_ns, sq_us| Samples { sum_ns, sq_us };
+        let (mean, se) = samples(400_000, 100 * 100 + 300 * 300).mean_and_se(2.0);
         assert_eq!(mean, 200_000.0);
         assert!((se - 70_710.7).abs() < 1.0, "{se}");
         // No samples: nothing.
-        assert_eq!(mean_and_se(0, 0, 512.0), (0.0, 0.0));
+        assert_eq!(samples(0, 0).mean_and_se(512.0), (0.0, 0.0));
+        // Differences of running totals survive their wrapping.
+        let from = samples(u64::MAX - 99, 0);
+        assert_eq!(samples(300, 0).since(from), samples(400, 0));
+        // Added as durations: ns summed, µs squared.
+        let sums = SampleSums::default();
+        sums.add(Duration::from_micros(100));
+        sums.add(Duration::from_micros(300));
+        assert_eq!(sums.load(), samples(400_000, 100 * 100 + 300 * 300));
     }
 
     #[test]
@@ -620,7 +660,7 @@ mod tests {
         let mut seen = Seen::default();
         for _ in 0..1000 {
             seen.finished += 16;
-            assert_eq!(t.seen(&seen), None);
+            assert_eq!(t.seen(&seen, || 0), None);
         }
         assert_eq!(t.way(), Way::Poll);
     }
