@@ -7,7 +7,7 @@
 //! | `max_message` | `4m` | largest payload, at most `64m`; the arena must hold one |
 //! | `cpus` | (the worker's) | CPUs the runtime's own threads (poll thread, tokio workers) may run on: numbers and ranges separated by `:`, e.g. `1`, `2-3`, `1:3` |
 //! | `busy_poll_us` | `500` | while gRPC operations are in flight, the longest the poll thread keeps polling the network after its last task (yielding its CPU to any other runnable thread between polls) before it sleeps, backing off after windows that saw no answer; `0` turns it off. Only where the poll thread is the event loop (a host with asynchronous polling, as this project's) |
-//! | `busy_poll` | `adaptive` | `adaptive`: poll from the last task for up to `busy_poll_us`, backing off after windows that catch nothing (src/runtime/busy.rs), wherever the poll thread runs and under a cgroup CPU quota too (measured cheaper there than sleeping: docs/benchmarks.md); `fixed`: the same plan, by name; `ahead`: sleep until shortly before the answers it has learned to expect and poll from there (measured slower and dearer on these VMs; docs/benchmarks.md); `off` |
+//! | `busy_poll` | `adaptive` | `adaptive`: measure both ways as it runs, polling from the last task and sleeping, and serve most answers the cheaper way by CPU + waiting per answer (src/runtime/trial.rs); under a cgroup CPU quota poll from the last task (measured cheaper there than sleeping: docs/benchmarks.md); `fixed`: always poll from the last task for up to `busy_poll_us`, backing off after windows that catch nothing (src/runtime/busy.rs); `ahead`: sleep until shortly before the answers it has learned to expect and poll from there (measured slower and dearer on these VMs; docs/benchmarks.md); `off` |
 
 use std::fmt;
 use std::io;

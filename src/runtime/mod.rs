@@ -81,6 +81,9 @@ pub struct Instance {
     /// the runtime does not see (the nginx thread, Lua, the host queue), where calls follow
     /// answers (only under the measured plan).
     gaps: trial::SampleSums,
+    /// The part of those gaps beyond the cap, in ns: time nothing was asked (only under the
+    /// measured plan).
+    idle_ns: AtomicU64,
     /// When the last operation finished, in ns after `epoch` (`u64::MAX`: none since the last
     /// launch; only under the measured plan).
     last_finish_ns: AtomicU64,
@@ -128,6 +131,7 @@ impl Instance {
             finished: AtomicU64::new(0),
             waits: trial::SampleSums::default(),
             gaps: trial::SampleSums::default(),
+            idle_ns: AtomicU64::new(0),
             last_finish_ns: AtomicU64::new(u64::MAX),
             busy_polled_ns: AtomicU64::new(0),
             first_finish_ns: AtomicU64::new(u64::MAX),
@@ -305,8 +309,13 @@ impl Instance {
         let last = self.last_finish_ns.swap(u64::MAX, Ordering::Relaxed);
         if last != u64::MAX {
             let at = self.epoch + std::time::Duration::from_nanos(last);
-            self.gaps
-                .add(now.saturating_duration_since(at).min(self.wait_cap()));
+            let gap = now.saturating_duration_since(at);
+            let cap = self.wait_cap();
+            self.gaps.add(gap.min(cap));
+            if let Some(idle) = gap.checked_sub(cap) {
+                let ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+                self.idle_ns.fetch_add(ns, Ordering::Relaxed);
+            }
         }
         Some(now)
     }
@@ -337,6 +346,7 @@ impl Instance {
             finished: self.finished.load(Ordering::Relaxed),
             waits: self.waits.load(),
             gaps: self.gaps.load(),
+            idle_ns: self.idle_ns.load(Ordering::Relaxed),
             first_finish: self.take_first_finish(),
         }
     }
