@@ -569,7 +569,7 @@ mod tests {
         /// `n` answers, 16 at a time (a batch of tasks served).
         fn run(&mut self, n: u64) {
             for _ in 0..n / 16 {
-                if self.seen.finished % STRETCH == 0 {
+                if self.seen.finished.is_multiple_of(STRETCH) {
                     self.factor = 1.0 + (self.rng.f64() * 2.0 - 1.0) * self.stray;
                 }
                 let way = self.t.way();
