@@ -423,8 +423,7 @@ impl Trial {
                         avg
                     }
                 },
-                (Some(avg), held) => {
-                    let mut avg = avg;
+                (Some(mut avg), held) => {
                     for c in held.into_iter().chain([cost]) {
                         self.spread = self.spread.blend(0.25, c.strays(avg));
                         avg = avg.blend(0.25, c);
@@ -455,10 +454,9 @@ impl Trial {
             Some(c) if cost.beats(c, spread) => {
                 // The gap grows on a win too: where both ways cost about the same, the choice
                 // flips less and less often. A win that was a mistake (a way whose cost builds
-                // up past its try) shows as a change of the new way's cost, which brings the
-                // next try after one stretch.
-                // The new way's average starts from its two tries; the spread stays, or
-                // grows to how far apart they came.
+                // up past its try) shows as a change of the new way's cost in two stretches,
+                // which brings the next try after them. The new way's average starts from its
+                // two tries; the spread stays, or grows to how far apart they came.
                 if let Some(first) = first {
                     let avg = first.blend(0.5, cost);
                     self.spread = self.spread.max(cost.strays(avg));
@@ -564,6 +562,15 @@ mod tests {
                 tried: 0,
                 switches: Vec::new(),
             }
+        }
+
+        /// A load given as each way's CPU and waits per answer, and optionally its wall time
+        /// per answer.
+        fn by_way(by_way: [(f64, f64); 2], wall: Option<[f64; 2]>) -> Load {
+            let mut l = Load::new(0.0, 0.0);
+            l.by_way = Some(by_way);
+            l.wall = wall;
+            l
         }
 
         /// `n` answers, 16 at a time (a batch of tasks served).
@@ -677,23 +684,19 @@ mod tests {
         // 64 calls in flight on one CPU, as measured (µs): polling 29 of CPU and 487 of
         // waits per answer, sleeping 82 and 264 (the nginx thread, starved, launched fewer
         // calls), and 50 against 130 between answers.
-        let mut l = Load::new(0.0, 0.0);
-        l.by_way = Some([(29.0, 487.0), (82.0, 264.0)]);
-        l.wall = Some([50.0, 130.0]);
+        let measured = [(29.0, 487.0), (82.0, 264.0)];
+        let mut l = Load::by_way(measured, Some([50.0, 130.0]));
         l.run(100_000);
         assert!(l.switches.is_empty(), "{:?}", l.switches);
         assert_eq!(l.t.chosen, Way::Poll);
         // And where sleeping is chosen first, polling's try takes over.
-        let mut l = Load::new(0.0, 0.0);
+        let mut l = Load::by_way(measured, Some([50.0, 130.0]));
         l.t.chosen = Way::Sleep;
         l.t.way = Way::Sleep;
-        l.by_way = Some([(29.0, 487.0), (82.0, 264.0)]);
-        l.wall = Some([50.0, 130.0]);
         l.run(100_000);
         assert_eq!(l.t.chosen, Way::Poll, "{:?}", l.switches);
         // Without the wall times the waits would decide for sleeping.
-        let mut l = Load::new(0.0, 0.0);
-        l.by_way = Some([(29.0, 487.0), (82.0, 264.0)]);
+        let mut l = Load::by_way(measured, None);
         l.run(FIRST_SWITCH);
         assert_eq!(l.t.chosen, Way::Sleep);
     }
@@ -749,8 +752,7 @@ mod tests {
         // Answers take 20 ms ± 5 ms either way (a server's millisecond timer, a loaded
         // machine), 2 ms longer sleeping; polling spends 400 µs of CPU more.
         for seed in 0..20 {
-            let mut l = Load::new(0.0, 0.0);
-            l.by_way = Some([(450.0, 0.0), (50.0, 2_000.0)]);
+            let mut l = Load::by_way([(450.0, 0.0), (50.0, 2_000.0)], None);
             l.rng = fastrand::Rng::with_seed(seed);
             l.wait = 20_000.0;
             l.jitter = 5_000.0;
@@ -766,9 +768,7 @@ mod tests {
         // old rules, which trusted the standard error and took one stray stretch for a change,
         // flipped here every 10-20 stretches).
         for seed in 0..10 {
-            let mut l = Load::new(0.0, 0.0);
-            l.by_way = Some([(40.0, 2_500.0), (40.0, 2_500.0)]);
-            l.wall = Some([45.0, 45.0]);
+            let mut l = Load::by_way([(40.0, 2_500.0); 2], Some([45.0; 2]));
             l.stray = 0.45;
             l.rng = fastrand::Rng::with_seed(seed);
             l.run(400_000);
@@ -806,12 +806,10 @@ mod tests {
 
     #[test]
     fn a_pause_between_loads_is_not_wall_time() {
-        // Sleeping gives answers 20 % closer together for the same CPU; a stretch of polling
-        // that spans a pause of a second would measure 2 ms per answer, and without taking the
-        // pause out polling's average wall time would make sleeping look faster for long.
-        let mut l = Load::new(0.0, 0.0);
-        l.by_way = Some([(40.0, 100.0), (40.0, 100.0)]);
-        l.wall = Some([50.0, 50.0]);
+        // Both ways give answers 50 µs apart for the same CPU. A stretch of polling that spans
+        // a pause of a second would measure about 2 ms per answer; blended into polling's
+        // average wall time, it would let sleeping's next try win outright.
+        let mut l = Load::by_way([(40.0, 100.0); 2], Some([50.0; 2]));
         l.run(100_000);
         l.run(200);
         WALL.with(|c| c.set(c.get() + Duration::from_secs(1)));
