@@ -2,7 +2,26 @@
 //! for the test messages) and the arena usage check.
 #![allow(dead_code)]
 
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
 use testkit::{Nginx, NginxBuilder};
+
+/// Held by every test of a binary that has tests timing the runtime's own behaviour: those take
+/// it alone ([`alone`]), the rest share it ([`shared`]). The tests run two at a time on 2
+/// cores, and a second test's nginx and servers beside a timing test stretch its 2 ms answers
+/// to 6 ms and more, past the window the test measures polling in.
+static MACHINE: RwLock<()> = RwLock::new(());
+
+/// For a test that times the runtime: no other test of the binary runs while it holds this.
+pub fn alone() -> RwLockWriteGuard<'static, ()> {
+    // A test that failed holding the lock poisons it; the next test still runs.
+    MACHINE.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// For any other test of a binary that has tests taking [`alone`].
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Lua for the tests: protobuf encoding of the test messages by hand (field numbers from
 /// testkit/proto/*.proto) and the arena usage check.
