@@ -11,10 +11,12 @@
 //! ```
 
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use loader_common::pin;
 
 use crate::binding::{self, LoadRequest};
 use crate::cfg::Spec;
@@ -89,7 +91,10 @@ fn loads() -> MutexGuard<'static, Option<HashMap<u64, Option<c_int>>>> {
 pub fn start() -> Result<(), String> {
     let mut p = phase();
     if *p == Phase::Idle {
-        pin_libraries();
+        if let Err(e) = pin_libraries() {
+            // Node.js runs without it; only an unload or an addon would find out.
+            host::log(host::WARN, &format!("resty_ffi_nodejs: {e}"));
+        }
         *p = Phase::Starting;
         let spawned = spawn_quiet("node", NODE_STACK, node_thread);
         if let Err(e) = spawned {
@@ -265,23 +270,9 @@ extern "C" fn at_exit() {
 /// Keeps this library and libnode loaded for good (Node.js cannot be unloaded, and LuaJIT
 /// dlcloses a runtime loaded with `unpin = true`), and makes libnode's symbols global so
 /// native addons (`.node` files) find the Node-API they import, whatever `is_global` was.
-fn pin_libraries() {
-    // SAFETY: dladdr on an address inside this library fills `info`; dlopen with RTLD_NOLOAD
-    // only takes a new reference on an already loaded object. The handles are never closed.
-    unsafe {
-        let mut info: libc::Dl_info = std::mem::zeroed();
-        if libc::dladdr(pin_libraries as *const c_void, &mut info) != 0 && !info.dli_fname.is_null()
-        {
-            libc::dlopen(
-                info.dli_fname,
-                libc::RTLD_NOW | libc::RTLD_NODELETE | libc::RTLD_NOLOAD,
-            );
-        }
-        libc::dlopen(
-            c"libnode.so.108".as_ptr(),
-            libc::RTLD_NOW | libc::RTLD_NODELETE | libc::RTLD_NOLOAD | libc::RTLD_GLOBAL,
-        );
-    }
+fn pin_libraries() -> Result<(), String> {
+    pin::pin_self()?;
+    pin::pin_loaded(c"libnode.so.108", true).map(drop)
 }
 
 /// Spawns a thread with every asynchronous signal blocked: nginx's signals must reach nginx's

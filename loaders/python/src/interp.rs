@@ -19,13 +19,14 @@
 //! Python again.
 
 use std::ffi::{CStr, CString};
-use std::os::raw::{c_char, c_void};
+use std::os::raw::c_char;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use pyo3::ffi;
 
 use crate::log;
+use loader_common::pin;
 
 /// The Python the crate was built against (`PYO3_PYTHON`), used as `program_name` outside a
 /// virtualenv so that `sys.prefix` does not depend on `PATH`.
@@ -41,9 +42,6 @@ enum State {
 }
 
 static STATE: Mutex<State> = Mutex::new(State::NotStarted);
-
-/// Any byte of this library, for `dladdr`.
-static ANCHOR: u8 = 0;
 
 /// Starts the interpreter unless it runs already. Call on the nginx main thread.
 pub fn ensure() -> Result<(), String> {
@@ -173,66 +171,10 @@ fn check(status: ffi::PyStatus) -> Result<(), String> {
 
 /// Pins this library and makes libpython global (the handles are kept forever).
 fn pin_libraries() -> Result<(), String> {
-    let own = loaded_path(std::ptr::addr_of!(ANCHOR).cast())?;
-    // SAFETY: `own` is the NUL-terminated path of a library that is loaded (this one);
-    // RTLD_NOLOAD only takes a reference to it and sets RTLD_NODELETE.
-    let handle = unsafe {
-        libc::dlopen(
-            own.as_ptr(),
-            libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
-        )
-    };
-    if handle.is_null() {
-        return Err(format!(
-            "cannot pin {}: {}",
-            own.to_string_lossy(),
-            dlerror()
-        ));
-    }
-    // SAFETY: `handle` is a live handle (never closed); the name is NUL-terminated. dlsym on
-    // a handle searches the library and its dependencies, libpython among them.
-    let sym = unsafe { libc::dlsym(handle, c"Py_IsInitialized".as_ptr()) };
-    if sym.is_null() {
-        return Err(format!("libpython not found: {}", dlerror()));
-    }
-    let libpython = loaded_path(sym)?;
-    // SAFETY: as above, for the loaded libpython; RTLD_GLOBAL adds it to the global scope.
-    let handle = unsafe {
-        libc::dlopen(
-            libpython.as_ptr(),
-            libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_GLOBAL | libc::RTLD_NODELETE,
-        )
-    };
-    if handle.is_null() {
-        return Err(format!(
-            "cannot make {} global: {}",
-            libpython.to_string_lossy(),
-            dlerror()
-        ));
-    }
-    Ok(())
-}
-
-/// The path of the loaded object that contains `addr`.
-fn loaded_path(addr: *const c_void) -> Result<CString, String> {
-    // SAFETY: an all-zero Dl_info is valid storage for dladdr to fill.
-    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: dladdr only reads the loader's tables; `info` is a valid out-pointer.
-    if unsafe { libc::dladdr(addr, &mut info) } == 0 || info.dli_fname.is_null() {
-        return Err("dladdr cannot name a loaded library".to_owned());
-    }
-    // SAFETY: dli_fname points at the loader's NUL-terminated name of a loaded object.
-    Ok(unsafe { CStr::from_ptr(info.dli_fname) }.to_owned())
-}
-
-fn dlerror() -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated message valid until the next dl* call
-    // on this thread; it is copied at once.
-    let e = unsafe { libc::dlerror() };
-    if e.is_null() {
-        "unknown error".to_owned()
-    } else {
-        // SAFETY: see above.
-        unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
-    }
+    let own = pin::pin_self()?;
+    // dlsym on a handle searches the library and its dependencies, libpython among them.
+    let libpython = own.library_of(c"Py_IsInitialized")?;
+    pin::pin_loaded(&libpython, true)
+        .map(drop)
+        .map_err(|e| format!("cannot make libpython global: {e}"))
 }
