@@ -84,6 +84,9 @@ pub struct Instance {
     /// The part of those gaps beyond the cap, in ns: time nothing was asked (only under the
     /// measured plan).
     idle_ns: AtomicU64,
+    /// Those gaps of at least `trial::PAUSE`: lulls after which the load may differ (only
+    /// under the measured plan).
+    pauses: AtomicU64,
     /// When the last operation finished, in ns after `epoch` (`u64::MAX`: none since the last
     /// launch; only under the measured plan).
     last_finish_ns: AtomicU64,
@@ -132,6 +135,7 @@ impl Instance {
             waits: trial::SampleSums::default(),
             gaps: trial::SampleSums::default(),
             idle_ns: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
             last_finish_ns: AtomicU64::new(u64::MAX),
             busy_polled_ns: AtomicU64::new(0),
             first_finish_ns: AtomicU64::new(u64::MAX),
@@ -316,6 +320,9 @@ impl Instance {
                 let ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
                 self.idle_ns.fetch_add(ns, Ordering::Relaxed);
             }
+            if gap >= trial::PAUSE {
+                self.pauses.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Some(now)
     }
@@ -347,6 +354,7 @@ impl Instance {
             waits: self.waits.load(),
             gaps: self.gaps.load(),
             idle_ns: self.idle_ns.load(Ordering::Relaxed),
+            pauses: self.pauses.load(Ordering::Relaxed),
             first_finish: self.take_first_finish(),
         }
     }

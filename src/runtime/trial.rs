@@ -41,6 +41,18 @@
 //!   means, the stretches being the batches). Where both ways cost the same (64 in flight
 //!   with a CPU to spare) the choice then rarely flips.
 //!
+//! - A try that loses decisively (it costs [`DECISIVE`] times the chosen way: CPU plus waits,
+//!   or wall time per answer for no less CPU) brings a gap of [`DECISIVE_GAP`] stretches at
+//!   once: on one CPU at 64 in flight, tries of sleeping took 3x the time per answer, and the
+//!   tries after 2, 4, 8 and 16 stretches cost the plan 10-15 % of the calls polling makes
+//!   there, still 10 % with 32 stretches between them.
+//! - After a lull (an answer followed by no launch for [`PAUSE`]) the measure starts again:
+//!   the chosen way's average from the next stretch, the other way tried right after it (the
+//!   gap stays, as after a move). The load that follows a lull may cost each way differently while
+//!   neither way's figures move: on one CPU, 64 calls in flight cost the sleeping way what
+//!   sequential calls had (120-160 µs an answer, where polling serves them in 40), and the
+//!   plan slept on for 30 stretches, until its next try.
+//!
 //! It sees the worker's CPU and the answers' waits, not the server's CPU: where polling slows
 //! a server that shares its CPU, that shows as answers that wait longer. The gaps were added
 //! after unpinned sequential calls, where polling saved 35 µs a call end to end, of which the
@@ -70,6 +82,16 @@ const DOMINANT: f64 = 0.1;
 /// The chosen way's CPU or waits per answer moved by this much against their averages: try the
 /// other soon.
 const CHANGE: f64 = 0.5;
+/// A try that costs this many times the chosen way loses decisively: the next comes after
+/// `DECISIVE_GAP` stretches (65,536 answers: 2 s at 30,000 calls/s), a move or a lull
+/// permitting; the one after that, if it loses by less, after `MAX_GAP` again.
+const DECISIVE: f64 = 2.0;
+const DECISIVE_GAP: u32 = 4 * MAX_GAP;
+/// A time from an answer to the next launch this long is a lull, after which the load may be
+/// another: the plan measures afresh ([`Trial::after_pause`]). Long enough that a client with
+/// think time between its calls is not measured afresh at every call (below 1 call/s a
+/// stretch takes over 8 minutes; polling then costs at most a window per call).
+pub(super) const PAUSE: Duration = Duration::from_secs(1);
 
 /// How the loop waits for answers while operations are in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +179,8 @@ pub(super) struct Seen {
     /// nothing asked, which the wall time per answer leaves out (a stretch that spans a pause
     /// between loads otherwise measures seconds per answer).
     pub idle_ns: u64,
+    /// Those gaps of [`PAUSE`] or more, counted.
+    pub pauses: u64,
     /// When the first of them since the last read finished, if one did (the ahead plan's).
     pub first_finish: Option<Instant>,
 }
@@ -196,6 +220,13 @@ impl Cost {
         let noise = (2.0 * self.waited_se.hypot(other.waited_se)).max(2.0 * spread.waited);
         let waits = if waits.abs() > noise { waits } else { 0.0 };
         self.cpu - other.cpu + waits
+    }
+
+    /// `self`, a try, costs the chosen way's `other` by [`DECISIVE`] times or more: its CPU
+    /// plus waits, or its wall time per answer for no less CPU.
+    fn loses_decisively_to(self, other: Cost) -> bool {
+        self.wall > DECISIVE * other.wall && self.cpu >= other.cpu
+            || self.cpu + self.waited > DECISIVE * (other.cpu + other.waited)
     }
 
     /// `self` moved from `avg` by more than [`CHANGE`], and by more than 3 spreads, in its
@@ -309,6 +340,8 @@ pub(super) struct Trial {
     gap: u32,
     /// The try won once and runs again to confirm.
     confirming: bool,
+    /// Lulls seen so far (`Seen::pauses`).
+    pauses: u64,
     /// The process's CPU time and the wall time so far ([`clocks`]; tests give their own).
     clock: fn() -> Option<(Duration, Duration)>,
 }
@@ -330,6 +363,7 @@ impl Trial {
             left: 1,
             gap: MIN_GAP,
             confirming: false,
+            pauses: 0,
             clock,
         }
     }
@@ -347,6 +381,11 @@ impl Trial {
         seen: &Seen,
         in_flight: impl FnOnce() -> usize,
     ) -> Option<Switched> {
+        if seen.pauses != self.pauses {
+            self.pauses = seen.pauses;
+            self.after_pause(seen);
+            return None;
+        }
         let Some(from) = self.from else {
             if seen.finished >= self.settle_until {
                 self.from = self.mark(seen);
@@ -387,6 +426,26 @@ impl Trial {
             self.settle_until = seen.finished + settle;
         }
         switched
+    }
+
+    /// A lull ended ([`PAUSE`]): the load that follows may cost each way differently while
+    /// neither way's figures need move. On one CPU, 64 calls in flight cost the sleeping way
+    /// about what sequential calls had (120-160 µs an answer, CPU and wall time, where polling
+    /// serves them in 40), so no change showed and the plan slept on until its next try, 32
+    /// stretches later. So the measure starts again: the stretch that spans the lull is
+    /// dropped, the chosen way's average starts from the next stretch, and the other way is
+    /// tried right after it. The gap stays, as after a move: started again from [`MIN_GAP`]
+    /// at each lull, the tries of the next few stretches made sequential runs of 20,000 calls
+    /// 10-15 % slower where both ways cost about the same. A try under way goes on, measured
+    /// from here; with no average to beat, it loses.
+    fn after_pause(&mut self, seen: &Seen) {
+        self.cost[self.chosen as usize] = None;
+        self.held = None;
+        self.confirming = false;
+        self.left = 1;
+        if self.from.is_some() {
+            self.from = self.mark(seen);
+        }
     }
 
     fn mark(&self, seen: &Seen) -> Option<Mark> {
@@ -466,6 +525,16 @@ impl Trial {
                 self.chosen = self.way;
                 self.gap = (self.gap * 2).min(MAX_GAP);
                 true
+            }
+            Some(c) if cost.loses_decisively_to(c) => {
+                // A way that costs double will not turn cheaper unless the load changes, which
+                // a move or a lull shows: the next try comes only after DECISIVE_GAP. On one
+                // CPU at 64 in flight a try of sleeping took 3x the time per answer: tries
+                // after 2, 4, 8 and 16 stretches cost the plan 10-15 % of the calls polling
+                // makes there, and with MAX_GAP between them still 10 %.
+                self.way = self.chosen;
+                self.gap = DECISIVE_GAP;
+                false
             }
             _ => {
                 self.way = self.chosen;
@@ -781,7 +850,7 @@ mod tests {
 
     #[test]
     fn one_stray_stretch_does_not_bring_a_try() {
-        let mut l = Load::new(40.0, 120.0);
+        let mut l = Load::new(40.0, 60.0);
         l.run(100_000);
         let gap = l.t.gap;
         assert!(gap > MIN_GAP);
@@ -838,6 +907,75 @@ mod tests {
         l.run(5 * STRETCH);
         assert_eq!(l.t.chosen, Way::Poll);
         assert_eq!(l.switches.len(), 2);
+    }
+
+    #[test]
+    fn a_try_that_loses_decisively_brings_a_long_gap() {
+        // Sleeping costs 3x: after its first try the next comes DECISIVE_GAP stretches later.
+        let mut l = Load::new(40.0, 120.0);
+        l.run(FIRST_TRY);
+        assert_eq!(
+            (l.t.way(), l.t.gap, l.t.left),
+            (Way::Poll, DECISIVE_GAP, DECISIVE_GAP)
+        );
+        // Sleeping costs 1.5x: the gap doubles.
+        let mut l = Load::new(40.0, 60.0);
+        l.run(FIRST_TRY);
+        assert_eq!((l.t.way(), l.t.gap), (Way::Poll, 2 * MIN_GAP));
+        // Answers 3x as far apart for more CPU, whatever the waits: decisive too.
+        let mut l = Load::by_way([(20.0, 1400.0), (60.0, 200.0)], Some([40.0, 120.0]));
+        l.run(FIRST_TRY);
+        assert_eq!((l.t.way(), l.t.gap), (Way::Poll, DECISIVE_GAP));
+    }
+
+    #[test]
+    fn after_a_lull_it_measures_afresh() {
+        // Sleeping is cheaper, and chosen long enough that the tries are MAX_GAP apart.
+        let mut l = Load::new(120.0, 80.0);
+        l.run(400_000);
+        assert_eq!(l.t.chosen, Way::Sleep);
+        assert_eq!(l.t.gap, MAX_GAP);
+        // The load that follows a lull costs sleeping what the last one did, but polling far
+        // less: no change shows, and without the lull the next try would come up to MAX_GAP
+        // stretches later.
+        let loads = |l: &mut Load| {
+            l.poll = 30.0;
+            l.run(6 * STRETCH);
+        };
+        let mut quiet = Load::new(120.0, 80.0);
+        quiet.run(400_000);
+        assert!(
+            quiet.t.left > 6,
+            "the next try is {} stretches off",
+            quiet.t.left
+        );
+        loads(&mut quiet);
+        assert_eq!(quiet.t.chosen, Way::Sleep, "no lull, no try yet");
+        l.seen.pauses += 1;
+        loads(&mut l);
+        assert_eq!(l.t.chosen, Way::Poll, "measured afresh after the lull");
+        assert_eq!(l.switches.last().map(|s| s.to), Some(Way::Poll));
+    }
+
+    #[test]
+    fn a_lull_during_a_try_ends_it_and_the_average_starts_again() {
+        let mut l = Load::new(40.0, 60.0);
+        l.run(100_000);
+        while l.t.way() == l.t.chosen {
+            l.run(16);
+        }
+        let gap = l.t.gap;
+        l.seen.pauses += 1;
+        l.run(MIN_SETTLE + TRY);
+        assert_eq!((l.t.way(), l.t.chosen), (Way::Poll, Way::Poll));
+        assert!(l.switches.is_empty(), "{:?}", l.switches);
+        // The gap after it grows as after any lost try; the chosen way's average starts again
+        // from the next stretch.
+        assert_eq!(l.t.gap, (gap * 2).min(MAX_GAP));
+        assert_eq!(l.t.cost(Way::Poll), None);
+        l.run(MIN_SETTLE + STRETCH);
+        let poll = l.t.cost(Way::Poll).expect("the next stretch's average");
+        assert!((poll.cpu - 20_000.0).abs() < 1.0, "{poll:?}");
     }
 
     #[test]
