@@ -70,8 +70,8 @@ fn library_of(addr: *const c_void) -> Result<CString, String> {
     Ok(unsafe { CStr::from_ptr(info.dli_fname) }.to_owned())
 }
 
-/// The dynamic loader's last error on this thread.
-fn dlerror() -> String {
+/// The dynamic loader's last error on this thread (after a `dlopen` or `dlsym` that failed).
+pub fn dlerror() -> String {
     // SAFETY: dlerror returns NULL or a NUL-terminated message valid until the next dl* call
     // on this thread; it is copied at once.
     let e = unsafe { libc::dlerror() };

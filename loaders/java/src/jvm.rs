@@ -22,7 +22,7 @@
 //!   are daemon threads blocked in the host's poll, which returns once the host finishes the
 //!   queues), so `DestroyJavaVM` never waits for anything.
 
-use std::ffi::{c_int, c_void, CStr, CString};
+use std::ffi::{c_int, c_void, CString};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Mutex, OnceLock};
@@ -200,7 +200,7 @@ fn create() -> Result<JavaVM, String> {
             "cannot load {}: {} (set JAVA_HOME, and `env JAVA_HOME;` in nginx.conf, or install \
              default-jdk-headless)",
             libjvm.display(),
-            dlerror()
+            loader_common::pin::dlerror()
         ));
     }
     // SAFETY: a NUL-terminated symbol name looked up in the handle just opened.
@@ -307,17 +307,6 @@ fn jni_error_name(rc: c_int) -> String {
         sys::JNI_EEXIST => "JNI_EEXIST".into(),
         sys::JNI_EINVAL => "JNI_EINVAL: an invalid option".into(),
         n => format!("rc {n}"),
-    }
-}
-
-fn dlerror() -> String {
-    // SAFETY: dlerror returns NULL or a NUL-terminated message owned by libc.
-    let e = unsafe { libc::dlerror() };
-    if e.is_null() {
-        "unknown error".to_owned()
-    } else {
-        // SAFETY: non-NULL, NUL-terminated.
-        unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned()
     }
 }
 
