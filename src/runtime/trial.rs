@@ -51,10 +51,10 @@
 //! - After a lull (an answer followed by no launch for [`PAUSE`]) the measure starts again in
 //!   the chosen way: a stretch settles unmeasured, the chosen way's average starts from the
 //!   next two and its spread is learnt again from them, the other way is tried right after
-//!   them (the gap stays, as after a move). The load that follows a lull may cost each way differently while
-//!   neither way's figures move: on one CPU, 64 calls in flight cost the sleeping way what
-//!   sequential calls had (120-160 µs an answer, where polling serves them in 40), and the
-//!   plan slept on for 30 stretches, until its next try.
+//!   them (the gap stays, as after a move). The load that follows a lull may cost each way
+//!   differently while neither way's figures move: on one CPU, 64 calls in flight cost the
+//!   sleeping way what sequential calls had (120-160 µs an answer, where polling serves them
+//!   in 40), and the plan slept on for 30 stretches, until its next try.
 //!
 //! It sees the worker's CPU and the answers' waits, not the server's CPU: where polling slows
 //! a server that shares its CPU, that shows as answers that wait longer. The gaps were added
